@@ -1,0 +1,284 @@
+"""``MiniApp``: the webhook server plus one ``SessionRunner`` per glasses session, and ``run_serve``.
+
+The detection service (model) is injected or built once in the background while the webhook server
+is already listening, so a port clash is reported at once and a session's ``tpa_connection_init`` is
+never delayed by model loading (the cloud allows 5–6 s from start to init, §2.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+
+from detector_app.mentra.allowlist import check_ws_url
+from detector_app.mentra.client import SessionRunner
+from detector_app.mentra.config import MentraSettings
+from detector_app.mentra.feedback import FeedbackConfig, FeedbackEngine
+from detector_app.mentra.ports import DetectionServiceLike
+from detector_app.mentra.session import AppSession, SessionConfig
+from detector_app.mentra.webhook import SessionRequest, StopRequest, WebhookError, create_web_app
+
+# Cloud errors after which a resurrected session should not immediately re-request the stream
+# (it would fail the same way and loop: error → 1008 → resurrection → request → error …).
+_STREAM_BLOCKING_ERRORS = {"PERMISSION_DENIED": 600.0, "WIFI_NOT_CONNECTED": 60.0}
+
+
+class PortInUseError(RuntimeError):
+    pass
+
+
+def lan_address() -> str:
+    """Best-guess LAN IP (no packet is sent: UDP connect only selects a route)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
+class MiniApp:
+    """Serves ``/webhook`` and ``/health`` and runs every glasses session (one stream each)."""
+
+    def __init__(
+        self,
+        settings: MentraSettings,
+        service: DetectionServiceLike | None = None,
+        *,
+        service_factory: Callable[[], DetectionServiceLike] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        session_options: dict[str, Any] | None = None,
+        feedback_config: FeedbackConfig | None = None,
+        tick_interval: float = 0.25,
+    ) -> None:
+        if service is None and service_factory is None:
+            raise ValueError("MiniApp needs a DetectionService or a factory for one")
+        self.settings = settings
+        self.package_name = settings.package_name
+        self._service = service
+        self._service_factory = service_factory
+        self._owns_service = service is None
+        self._service_task: asyncio.Task[DetectionServiceLike] | None = None
+        self._clock = clock
+        self._session_options = session_options or {}
+        self._feedback_config = feedback_config
+        self._tick_interval = tick_interval
+        self._runners: dict[str, SessionRunner] = {}
+        self._all_tasks: set[asyncio.Task[Any]] = set()
+        self._blocked: dict[str, tuple[str, float]] = {}  # sessionId → (error code, until)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self._closing = False
+
+    # ------------------------------------------------------------------ server lifecycle
+
+    async def start(self) -> None:
+        """Bind the webhook port (``PortInUseError`` if taken) and start loading the service."""
+        self._runner = web.AppRunner(create_web_app(self), handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            if exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
+                raise PortInUseError(
+                    f"Port {self.settings.port} is already in use (another detector-app or SDK app?). "
+                    "Pick another with --port or PORT=…"
+                ) from exc
+            raise PortInUseError(f"Cannot listen on {self.settings.host}:{self.settings.port}: {exc}") from exc
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
+        if self._service is None:
+            assert self._service_factory is not None
+            self._service_task = asyncio.create_task(asyncio.to_thread(self._service_factory))
+            self._service_task.add_done_callback(self._service_loaded)
+
+    def _service_loaded(self, task: asyncio.Task[DetectionServiceLike]) -> None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            logger.error(f"detection service failed to load: {task.exception()!r}")
+        else:
+            logger.info("detection service ready")
+
+    async def get_service(self) -> DetectionServiceLike:
+        if self._service is not None:
+            return self._service
+        assert self._service_task is not None, "MiniApp.start() was not called"
+        self._service = await asyncio.shield(self._service_task)
+        return self._service
+
+    @property
+    def webhook_urls(self) -> list[str]:
+        port = self.port or self.settings.port
+        urls = [f"http://{lan_address()}:{port}/webhook"]
+        if self.settings.public_url:
+            urls.insert(0, self.settings.public_url.rstrip("/") + "/webhook")
+        return urls
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop every stream (by streamId), close every session, stop the server, release the model."""
+        self._closing = True
+        runners = list(self._runners.values())
+        if runners:
+            logger.info(f"shutting down {len(runners)} session(s): stopping their streams")
+            await asyncio.gather(*(r.shutdown(timeout) for r in runners), return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._service_task is not None and not self._service_task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._service_task), timeout=60)
+            except Exception:  # noqa: BLE001
+                pass
+        if self._owns_service:
+            service = self._service
+            if service is None and self._service_task is not None and self._service_task.done() \
+                    and not self._service_task.cancelled() and self._service_task.exception() is None:
+                service = self._service_task.result()
+            if service is not None:
+                await asyncio.to_thread(service.close)
+
+    # ------------------------------------------------------------------ WebhookHandler
+
+    def active_sessions(self) -> int:
+        return sum(1 for r in self._runners.values() if not r.session.ended)
+
+    async def on_session_request(self, request: SessionRequest) -> None:
+        refusal = check_ws_url(request.ws_url, self.settings.ws_allowlist,
+                               allow_insecure=self.settings.allow_insecure_ws)
+        if refusal:
+            logger.warning(f"refused session_request {request.session_id}: {refusal}")
+            raise WebhookError(403, "WebSocket URL not allowed")
+        if self._closing:
+            raise WebhookError(503, "Shutting down")
+        existing = self._runners.get(request.session_id)
+        if existing is not None and not existing.stopping and not existing.session.ended:
+            logger.info(f"duplicate session_request {request.session_id} ignored (already running)")
+            return
+        runner = self._new_runner(request)
+        self._runners[request.session_id] = runner
+        task = runner.start()
+        self._all_tasks.add(task)
+        task.add_done_callback(lambda t, r=runner: self._runner_done(r, t))
+        logger.info(f"session_request {request.session_id} (user {request.user_id}) → {request.ws_url}")
+
+    async def on_stop_request(self, request: StopRequest) -> None:
+        runner = self._runners.get(request.session_id)
+        if runner is None or runner.session.ended:
+            logger.info(f"stop_request for unknown/finished session {request.session_id} (ok)")
+            return
+        runner.stop(request.reason or "stop_request")
+
+    # ------------------------------------------------------------------ sessions
+
+    def _new_runner(self, request: SessionRequest) -> SessionRunner:
+        s = self.settings
+        options: dict[str, Any] = {
+            "subscriptions": (f"transcription:{s.transcription_language}", "button_press", "rtmp_stream_status"),
+            "ingest_protocol": s.ingest_protocol,
+            "video": s.video_config(),
+            **self._session_options,
+        }
+        blocked = self._blocked.get(request.session_id)
+        if blocked and blocked[1] > self._clock():
+            logger.warning(f"[{request.session_id}] last session failed with {blocked[0]}: not auto-starting "
+                           "the stream (say 'start stream' or press the button)")
+            options["auto_start_stream"] = False
+        config = SessionConfig(package_name=s.package_name, api_key=s.api_key, **options)
+        feedback = FeedbackEngine(self._clock, self._feedback_config, speak_enabled=s.speak)
+        session = AppSession(config, request.session_id, request.ws_url, clock=self._clock,
+                             feedback=feedback, user_id=request.user_id)
+        return SessionRunner(session, self.get_service, tick_interval=self._tick_interval)
+
+    def _runner_done(self, runner: SessionRunner, task: asyncio.Task[Any]) -> None:
+        self._all_tasks.discard(task)
+        if self._runners.get(runner.session_id) is runner:
+            del self._runners[runner.session_id]
+        end = runner.end
+        if end is not None and end.error_code in _STREAM_BLOCKING_ERRORS:
+            self._blocked[runner.session_id] = (end.error_code, self._clock() + _STREAM_BLOCKING_ERRORS[end.error_code])
+        if not task.cancelled() and task.exception() is not None:
+            logger.opt(exception=task.exception()).error(f"[{runner.session_id}] session task crashed")
+
+
+async def serve(app: MiniApp, stop_event: asyncio.Event) -> int:
+    """Run ``app`` until ``stop_event`` is set; returns a process exit code."""
+    try:
+        await app.start()
+    except PortInUseError as exc:
+        logger.error(str(exc))
+        return 2
+    for url in app.webhook_urls:
+        logger.info(f"webhook: {url}")
+    logger.info(f"health:  http://{lan_address()}:{app.port}/health  (package {app.package_name})")
+    try:
+        await stop_event.wait()
+    finally:
+        logger.info("stopping: sending stream stop for every active session")
+        await app.stop()
+    return 0
+
+
+def run_serve(
+    settings: MentraSettings | None = None,
+    *,
+    service: DetectionServiceLike | None = None,
+    service_factory: Callable[[], DetectionServiceLike] | None = None,
+) -> int:
+    """Entry point of ``detector-app serve``: blocks until SIGINT/SIGTERM, returns the exit code
+    (0 clean, 2 configuration error or port in use). Pass the detection service, or a factory that
+    builds it (called once in a worker thread while the webhook server already listens)."""
+    settings = settings or MentraSettings()
+    if not settings.api_key.get_secret_value():
+        logger.error("MENTRAOS_API_KEY is not set (developer console → your app → API key)")
+        return 2
+    if service is None and service_factory is None:
+        service_factory = _default_service_factory(settings)
+
+    async def main() -> int:
+        stop_event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, _on_signal, sig, stop_event)
+            except (NotImplementedError, RuntimeError):  # non-main thread / Windows
+                pass
+        app = MiniApp(settings, service, service_factory=service_factory)
+        return await serve(app, stop_event)
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return 130
+
+
+def _on_signal(sig: signal.Signals, stop_event: asyncio.Event) -> None:
+    if stop_event.is_set():
+        logger.warning(f"{sig.name} again: still stopping streams (bounded by timeouts)")
+    else:
+        logger.info(f"{sig.name} received")
+    stop_event.set()
+
+
+def _default_service_factory(settings: MentraSettings) -> Callable[[], DetectionServiceLike]:
+    def build() -> DetectionServiceLike:
+        from detector_app.runtime import DetectionService  # heavy import: model, torch
+
+        return DetectionService(settings)  # type: ignore[arg-type,return-value]
+
+    return build
+
+
+__all__ = ["MiniApp", "PortInUseError", "run_serve", "serve"]

@@ -1,0 +1,258 @@
+"""asyncio driver for one ``AppSession``: the WebSocket, timers, reconnects and the detection pipeline.
+
+All protocol decisions live in ``session.py``; this module only performs the returned actions.
+Outgoing frames go through one writer task so their order (e.g. stream stop before close) is kept;
+each frame is tagged with the connection it was meant for and dropped if that socket is gone.
+Protocol-level pings from the cloud are answered by ``websockets`` itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from loguru import logger
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from detector_app.detection.types import FrameResult
+from detector_app.mentra.actions import (
+    Action,
+    Close,
+    Log,
+    ScheduleReconnect,
+    Send,
+    SessionEnded,
+    StartPipeline,
+    StopPipeline,
+)
+from detector_app.mentra.ports import DetectionServiceLike, StreamSessionLike
+from detector_app.mentra.session import AppSession
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the [D] cloud's payload limit (§3.1)
+
+
+class SessionRunner:
+    """Runs one glasses session until it ends; ``stop()``/``shutdown()`` end it cleanly."""
+
+    def __init__(
+        self,
+        session: AppSession,
+        get_service: Callable[[], Awaitable[DetectionServiceLike]],
+        *,
+        tick_interval: float = 0.25,
+        open_timeout: float = 5.0,
+        close_timeout: float = 2.0,
+        health_interval: float = 30.0,
+    ) -> None:
+        self.session = session
+        self._get_service = get_service
+        self._tick_interval = tick_interval
+        self._open_timeout = open_timeout
+        self._close_timeout = close_timeout
+        self._health_every = max(1, int(health_interval / tick_interval))
+        self._queue: asyncio.Queue[tuple[int, Action]] = asyncio.Queue()
+        self._ws: ClientConnection | None = None
+        self._generation = 0
+        self._ended = asyncio.Event()
+        self._reconnect_delay: float | None = None
+        self._pipeline_task: asyncio.Task[None] | None = None
+        self._stream: StreamSessionLike | None = None
+        self._task: asyncio.Task[SessionEnded | None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.end: SessionEnded | None = None
+        self.stopping = False
+
+    @property
+    def session_id(self) -> str:
+        return self.session.session_id
+
+    @property
+    def task(self) -> asyncio.Task[SessionEnded | None] | None:
+        return self._task
+
+    def start(self) -> asyncio.Task[SessionEnded | None]:
+        self._task = asyncio.create_task(self.run(), name=f"mentra-session:{self.session_id}")
+        return self._task
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> SessionEnded | None:
+        self._loop = asyncio.get_running_loop()
+        writer = asyncio.create_task(self._writer())
+        ticker = asyncio.create_task(self._ticker())
+        try:
+            while not self._ended.is_set():
+                await self._connect_once()
+                if self._ended.is_set():
+                    break
+                delay, self._reconnect_delay = self._reconnect_delay, None
+                if delay is None:
+                    logger.warning(f"[{self.session_id}] connection ended with no next step; stopping")
+                    break
+                try:
+                    await asyncio.wait_for(self._ended.wait(), timeout=delay)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            ticker.cancel()
+            writer.cancel()
+            await self._close_pipeline()
+            logger.info(f"[{self.session_id}] session finished: {self.end.reason if self.end else 'cancelled'}")
+        return self.end
+
+    def stop(self, reason: str = "stop_request") -> None:
+        """Webhook ``stop_request``: stop the stream; the cloud closes the socket afterwards."""
+        self.stopping = True
+        self._dispatch(self.session.stop(reason))
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """Process exit: stream stop + ownership_release + close, then wait (bounded) for the end."""
+        self.stopping = True
+        if self._task is None or self._task.done():
+            return
+        self._dispatch(self.session.shutdown())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            logger.warning(f"[{self.session_id}] did not end within {timeout:g} s; cancelling")
+            self._task.cancel()
+            try:
+                await self._task
+            except BaseException:  # noqa: BLE001 - it was cancelled on purpose
+                pass
+
+    # ------------------------------------------------------------------ connection
+
+    async def _connect_once(self) -> None:
+        url = self.session.ws_url
+        code: int | None = 1006
+        reason = ""
+        try:
+            async with connect(
+                url,
+                open_timeout=self._open_timeout,
+                close_timeout=self._close_timeout,
+                max_size=MAX_MESSAGE_BYTES,
+            ) as ws:
+                self._generation += 1
+                self._ws = ws
+                self._dispatch(self.session.connection_opened())
+                try:
+                    async for raw in ws:
+                        if isinstance(raw, bytes):
+                            continue  # audio_chunk PCM; we never subscribe to it
+                        try:
+                            msg = json.loads(raw)
+                        except ValueError:
+                            logger.warning(f"[{self.session_id}] ignoring non-JSON frame ({len(raw)} chars)")
+                            continue
+                        self._dispatch(self.session.message_received(msg))
+                except ConnectionClosed:
+                    pass
+                code, reason = ws.close_code, ws.close_reason or ""
+        except (OSError, InvalidHandshake, InvalidURI, asyncio.TimeoutError, TimeoutError) as exc:
+            code, reason = 1006, f"connect failed: {type(exc).__name__}: {exc}"
+        finally:
+            self._ws = None
+        self._dispatch(self.session.connection_closed(code, reason))
+
+    async def _writer(self) -> None:
+        while True:
+            generation, action = await self._queue.get()
+            ws = self._ws
+            if ws is None or generation != self._generation:
+                logger.debug(f"[{self.session_id}] dropped {action!r}: its connection is gone")
+                continue
+            try:
+                if isinstance(action, Send):
+                    await ws.send(json.dumps(action.message))
+                elif isinstance(action, Close):
+                    await ws.close(action.code, action.reason)
+            except ConnectionClosed:
+                logger.debug(f"[{self.session_id}] socket closed before {action!r}")
+            except Exception:  # noqa: BLE001 - keep the writer alive whatever happens
+                logger.exception(f"[{self.session_id}] failed to perform {action!r}")
+
+    async def _ticker(self) -> None:
+        n = 0
+        while True:
+            await asyncio.sleep(self._tick_interval)
+            self._dispatch(self.session.tick())
+            n += 1
+            if self._stream is not None and n % self._health_every == 0:
+                self._log_health()
+
+    def _log_health(self) -> None:
+        try:
+            logger.info(f"[{self.session_id}] ingest health: {self._stream.health()}")  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001
+            logger.debug(f"[{self.session_id}] health() failed: {exc}")
+
+    # ------------------------------------------------------------------ actions
+
+    def _dispatch(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, (Send, Close)):
+                self._queue.put_nowait((self._generation, action))
+            elif isinstance(action, Log):
+                logger.log(action.level, action.text)
+            elif isinstance(action, ScheduleReconnect):
+                self._reconnect_delay = action.delay
+            elif isinstance(action, StartPipeline):
+                if self._pipeline_task is None:
+                    self._pipeline_task = asyncio.create_task(self._start_pipeline(action.protocol))
+            elif isinstance(action, StopPipeline):
+                pass  # done in run()'s finally, after the last frames are sent
+            elif isinstance(action, SessionEnded):
+                self.end = action
+                self._ended.set()
+
+    async def _start_pipeline(self, protocol: str) -> None:
+        try:
+            service = await self._get_service()
+            stream = await asyncio.to_thread(service.open_stream, protocol)
+        except Exception as exc:  # noqa: BLE001
+            logger.exception(f"[{self.session_id}] open_stream({protocol!r}) failed")
+            self._dispatch(self.session.pipeline_failed(f"{type(exc).__name__}: {exc}"))
+            return
+        self._stream = stream
+        if self._ended.is_set():
+            return  # run()'s finally closes it
+        stream.add_listener(self._on_result_threadsafe)
+        self._dispatch(self.session.pipeline_ready(stream.publish_url))
+
+    def _on_result_threadsafe(self, result: FrameResult) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._ended.is_set():
+            return
+        try:
+            loop.call_soon_threadsafe(self._on_result, result)
+        except RuntimeError:
+            pass  # loop shutting down
+
+    def _on_result(self, result: FrameResult) -> None:
+        if not self._ended.is_set():
+            self._dispatch(self.session.frame_result(result))
+
+    async def _close_pipeline(self) -> None:
+        task = self._pipeline_task
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=10)
+            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001
+                task.cancel()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(stream.close), timeout=10)
+            except Exception as exc:  # noqa: BLE001
+                logger.warning(f"[{self.session_id}] stream.close() failed: {exc}")
+
+
+def describe_runner(runner: SessionRunner) -> dict[str, Any]:
+    """Small status dict (for logs / health)."""
+    s = runner.session
+    return {"sessionId": s.session_id, "phase": s.phase.value, "streamId": s.stream_id, "stream": s.stream_status}

@@ -1,0 +1,40 @@
+"""What the miniapp needs from the detection pipeline (``detector_app.runtime``), as Protocols.
+
+Structural typing keeps ``mentra`` independent of the model/ingest code: the real
+``DetectionService``/``StreamSession`` satisfy these, and tests pass small fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+from detector_app.detection.types import FrameResult
+
+
+@runtime_checkable
+class StreamSessionLike(Protocol):
+    """One ingest listener + detection loop for one glasses stream (fresh random key)."""
+
+    @property
+    def publish_url(self) -> str: ...  # where the glasses push (LAN address)
+
+    @property
+    def key(self) -> str: ...
+
+    def add_listener(self, callback: Callable[[FrameResult], None]) -> None:
+        """``callback`` runs on the inference thread, not the asyncio loop."""
+
+    def health(self) -> Any: ...
+
+    def close(self) -> None:
+        """Idempotent, never hangs."""
+
+
+@runtime_checkable
+class DetectionServiceLike(Protocol):
+    """The loaded model; opens one stream per glasses session."""
+
+    def open_stream(self, protocol: str) -> StreamSessionLike: ...
+
+    def close(self) -> None: ...
