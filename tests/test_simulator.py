@@ -1,0 +1,336 @@
+"""Fast checks of the MentraOS cloud simulator against a minimal scripted client (websockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import pytest
+import websockets
+from aiohttp import web
+from websockets.asyncio.client import ClientConnection, connect
+
+from detector_app.mentra.simulator import CloudSimulator, Faults, frame
+
+PKG = "com.example.detector"
+KEY = "test-key-123"
+USER = "alice-smith@example.com"  # hyphen on purpose: the session id parser must cope
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FakeApp:
+    """Webhook receiver that answers 200 at once and keeps the bodies; the test plays the app's WebSocket side."""
+
+    def __init__(self) -> None:
+        self.webhooks: list[dict[str, Any]] = []
+        self.arrived = asyncio.Event()
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> "FakeApp":
+        app = web.Application()
+
+        async def webhook(request: web.Request) -> web.Response:
+            self.webhooks.append(await request.json())
+            self.arrived.set()
+            return web.json_response({"status": "success"})
+
+        app.router.add_post("/webhook", webhook)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def wait_webhook(self, type_: str, index: int = 0, timeout: float = 5.0) -> dict[str, Any]:
+        async def _find() -> dict[str, Any]:
+            while True:
+                hits = [w for w in self.webhooks if w["type"] == type_]
+                if len(hits) > index:
+                    return hits[index]
+                self.arrived.clear()
+                await self.arrived.wait()
+
+        return await asyncio.wait_for(_find(), timeout)
+
+
+async def recv_json(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def recv_until(ws: ClientConnection, pred: Callable[[dict[str, Any]], bool], timeout: float = 8.0) -> dict[str, Any]:
+    async def _loop() -> dict[str, Any]:
+        while True:
+            msg = await recv_json(ws, timeout)
+            if pred(msg):
+                return msg
+
+    return await asyncio.wait_for(_loop(), timeout)
+
+
+async def expect_close(ws: ClientConnection, timeout: float = 5.0) -> tuple[int | None, str | None]:
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout)
+    except websockets.ConnectionClosed as exc:
+        return (exc.rcvd.code if exc.rcvd else None), (exc.rcvd.reason if exc.rcvd else None)
+
+
+def init_msg(session_id: str, key: str = KEY) -> str:
+    return json.dumps({"type": "tpa_connection_init", "packageName": PKG, "sessionId": session_id, "apiKey": key,
+                       "timestamp": "2026-04-02T10:11:12.500Z"})
+
+
+def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(coro_fn())
+
+
+async def started(app: FakeApp, sim: CloudSimulator) -> tuple[dict[str, Any], ClientConnection, dict[str, Any]]:
+    """Start a session, connect and init like an app would; returns (webhook, socket, ack)."""
+    task = asyncio.create_task(sim.start_session(USER))
+    hook = await app.wait_webhook("session_request")
+    url = hook.get("mentraOSWebsocketUrl") or hook["augmentOSWebsocketUrl"]
+    ws = await connect(url)
+    await ws.send(init_msg(hook["sessionId"]))
+    ack = await recv_json(ws)
+    await asyncio.wait_for(task, 5)
+    return hook, ws, ack
+
+
+def sim_for(app: FakeApp, generation: str = "D", **kw: Any) -> CloudSimulator:
+    return CloudSimulator(app_url=app.url, package_name=PKG, api_key=KEY, generation=generation, echo=False, **kw)
+
+
+def test_wrong_key_gets_invalid_api_key_and_1008() -> None:
+    async def body() -> None:
+        async with FakeApp() as app, sim_for(app, "B") as sim:
+            asyncio.create_task(sim.start_session(USER, wait=False))
+            hook = await app.wait_webhook("session_request")
+            async with connect(hook["augmentOSWebsocketUrl"]) as ws:
+                await ws.send(init_msg(hook["sessionId"], key="wrong"))
+                err = await recv_json(ws)
+                assert err["type"] == "tpa_connection_error" and err["code"] == "INVALID_API_KEY"
+                assert await expect_close(ws) == (1008, "Invalid API key")
+    run(body)
+
+
+@pytest.mark.parametrize("generation,closes", [("B", True), ("D", False)])
+def test_message_before_init_is_session_not_found(generation: str, closes: bool) -> None:
+    async def body() -> None:
+        async with FakeApp() as app, sim_for(app, generation) as sim:
+            async with connect(sim.ws_url) as ws:
+                await ws.send(json.dumps({"type": "subscription_update", "packageName": PKG, "subscriptions": []}))
+                err = await recv_json(ws)
+                assert (err["type"], err["code"]) == ("tpa_connection_error", "SESSION_NOT_FOUND")
+                if closes:
+                    assert (await expect_close(ws))[0] == 1008
+                else:
+                    await ws.send(json.dumps({"type": "ping"}))  # socket still open in D
+    run(body)
+
+
+def test_init_for_app_not_started() -> None:
+    async def body() -> None:
+        async with FakeApp() as app, sim_for(app, "D", connect_deadline_s=0.3) as sim:
+            with pytest.raises(Exception):
+                await sim.start_session(USER, timeout=3)
+            assert sim.log.find(frame("sim", "app_start_timeout")) is not None
+            async with connect(sim.ws_url) as ws:
+                await ws.send(init_msg(f"{USER}-{PKG}"))
+                err = await recv_json(ws)
+                assert err["code"] == "APP_NOT_STARTED"
+                assert (await expect_close(ws))[0] == 1008
+    run(body)
+
+
+def test_generation_b_webhook_and_ack_spelling() -> None:
+    async def body() -> None:
+        async with FakeApp() as app, sim_for(app, "B") as sim:
+            hook, ws, ack = await started(app, sim)
+            assert set(hook) == {"type", "sessionId", "userId", "timestamp", "augmentOSWebsocketUrl"}
+            assert hook["sessionId"] == f"{USER}-{PKG}" and hook["augmentOSWebsocketUrl"].endswith("/app-ws")
+            assert ack["type"] == "tpa_connection_ack" and "augmentosSettings" in ack and "mentraosSettings" not in ack
+            assert ack["capabilities"]["hasDisplay"] is False and ack["capabilities"]["hasCamera"] is True
+            await ws.send(json.dumps({"type": "ping"}))  # B: logged as unhandled, no pong
+            await ws.send(json.dumps({"type": "stream_status_check", "packageName": PKG}))
+            msg = await recv_json(ws)
+            assert msg == {**msg, "type": "stream_status_check_response", "hasActiveStream": False}
+            await ws.close()
+    run(body)
+
+
+def test_generation_d_webhook_ack_device_state_and_pong() -> None:
+    async def body() -> None:
+        async with FakeApp() as app, sim_for(app, "D", device="even_g1") as sim:
+            hook, ws, ack = await started(app, sim)
+            assert hook["websocketUrl"].endswith("/ws/miniapp")
+            assert hook["mentraOSWebsocketUrl"] == hook["augmentOSWebsocketUrl"]
+            assert "mentraosSettings" in ack and "augmentosSettings" not in ack
+            assert ack["userId"] == USER and ack["subscriptions"] == []
+            assert ack["capabilities"]["hasDisplay"] is True
+            state = await recv_json(ws)
+            assert state["type"] == "device_state_update" and state["fullSnapshot"] is True
+            await ws.send(json.dumps({"type": "ping"}))
+            pong = await recv_json(ws)
+            assert pong["type"] == "pong" and isinstance(pong["timestamp"], int)
+            await ws.send(json.dumps({"type": "display_event", "packageName": PKG, "sessionId": "", "view": "main",
+                                      "layout": {"layoutType": "text_wall", "text": "cat 92%"}}))
+            await sim.wait_for(frame("app->cloud", "display_event"), 3)
+            await ws.close()
+    run(body)
+
+
+def test_b_rejects_srt_url_with_invalid_rtmp_url() -> None:
+    async def body() -> None:
+        async with FakeApp() as app, sim_for(app, "B") as sim:
+            _, ws, _ = await started(app, sim)
+            await ws.send(json.dumps({"type": "rtmp_stream_request", "packageName": PKG,
+                                      "rtmpUrl": "srt://127.0.0.1:9000?streamid=x"}))
+            err = await recv_json(ws)
+            assert (err["code"], err["message"]) == ("INTERNAL_ERROR", "Invalid RTMP URL")
+            assert (await expect_close(ws))[0] == 1008
+    run(body)
+
+
+@pytest.mark.parametrize("fault,code", [("deny_camera", "PERMISSION_DENIED"), ("no_wifi", "WIFI_NOT_CONNECTED")])
+def test_stream_request_fault_switches(fault: str, code: str) -> None:
+    async def body() -> None:
+        async with FakeApp() as app, sim_for(app, "D", faults=Faults(**{fault: True})) as sim:
+            _, ws, _ = await started(app, sim)
+            await ws.send(json.dumps({"type": "stream_request", "packageName": PKG,
+                                      "streamUrl": "rtmp://127.0.0.1:1/live/k"}))
+            err = await recv_until(ws, lambda m: m["type"] == "tpa_connection_error")
+            assert err["code"] == code
+            assert (await expect_close(ws))[0] == 1008
+    run(body)
+
+
+def test_d_duplicate_statuses_and_stop() -> None:
+    """D sends stream_status + rtmp_stream_status (+ data_stream to subscribers); stop -> stopped at once."""
+    async def body() -> None:
+        async with FakeApp() as app, sim_for(app, "D") as sim:
+            _, ws, _ = await started(app, sim)
+            await ws.send(json.dumps({"type": "subscription_update", "packageName": PKG,
+                                      "subscriptions": ["rtmp_stream_status"]}))
+            await sim.wait_for(frame("sim", "subscriptions"), 3)
+            # Nobody listens on port 1: the glasses keep "connecting" (still initializing for the app).
+            await ws.send(json.dumps({"type": "rtmp_stream_request", "packageName": PKG,
+                                      "rtmpUrl": "rtmp://127.0.0.1:1/live/k"}))
+            first = [await recv_until(ws, lambda m: m["type"] != "device_state_update") for _ in range(3)]
+            assert [m["type"] for m in first] == ["stream_status", "rtmp_stream_status", "data_stream"]
+            sid = first[0]["streamId"]
+            assert sid.startswith("s") and all(m.get("streamId", m.get("data", {}).get("streamId")) == sid for m in first)
+            assert first[0]["status"] == first[1]["status"] == "initializing"
+            assert "stats" not in first[0] and "errorDetails" not in first[0]
+            await ws.send(json.dumps({"type": "stream_stop", "packageName": PKG, "streamId": sid}))
+            stopped = await recv_until(ws, lambda m: m["type"] == "stream_status")
+            assert stopped["status"] == "stopped"
+            await ws.close()
+    run(body)
+
+
+def test_abnormal_close_triggers_resurrection_webhooks() -> None:
+    async def body() -> None:
+        async with FakeApp() as app, sim_for(app, "B", grace_s=0.3) as sim:
+            _, ws, _ = await started(app, sim)
+            await sim.drop_app_socket(USER)  # abrupt: the client sees 1006
+            code, _ = await expect_close(ws)
+            assert code is None  # no close frame
+            await app.wait_webhook("stop_request")
+            second = await app.wait_webhook("session_request", index=1)
+            assert second["sessionId"] == f"{USER}-{PKG}"
+            kinds = [e.type for e in sim.events if e.direction == "sim"]
+            assert kinds.index("grace_start") < kinds.index("resurrect")
+    run(body)
+
+
+def test_stop_session_order() -> None:
+    async def body() -> None:
+        async with FakeApp() as app, sim_for(app, "D") as sim:
+            _, ws, _ = await started(app, sim)
+            await recv_json(ws)  # device_state_update
+            await sim.stop_session(USER)
+            assert (await recv_json(ws))["type"] == "app_stopped"
+            assert await expect_close(ws) == (1000, "App stopped")
+            assert app.webhooks[-1]["type"] == "stop_request" and app.webhooks[-1]["reason"] == "user_disabled"
+    run(body)
+
+
+def test_say_and_button_reach_subscribers() -> None:
+    async def body() -> None:
+        async with FakeApp() as app, sim_for(app, "B") as sim:
+            _, ws, _ = await started(app, sim)
+            await ws.send(json.dumps({"type": "subscription_update", "packageName": PKG,
+                                      "subscriptions": ["transcription", "button_press"]}))
+            await sim.wait_for(frame("sim", "subscriptions"), 3)
+            assert await sim.say("stop stream")
+            interim = await recv_json(ws)
+            final = await recv_until(ws, lambda m: m["data"].get("isFinal") is True)
+            assert interim["streamType"] == final["streamType"] == "transcription:en-US"
+            assert interim["data"]["isFinal"] is False and final["data"]["text"] == "stop stream"
+            assert await sim.press_button(USER, press_type="long")
+            btn = await recv_json(ws)
+            assert btn["streamType"] == "button_press" and btn["data"]["pressType"] == "long"
+            await ws.send(json.dumps({"type": "audio_play_request", "packageName": PKG, "requestId": "r1",
+                                      "audioUrl": "https://h/api/tts?text=I%20see%20a%20cat"}))
+            resp = await recv_json(ws)
+            assert resp["type"] == "audio_play_response" and resp["requestId"] == "r1" and resp["success"]
+            await ws.close()
+    run(body)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_stream_active_then_glasses_drop_and_reconnect(tmp_path: Path) -> None:
+    """Real publisher into a looping ffmpeg RTMP receiver: initializing -> active -> (drop) initializing -> active."""
+    video = tmp_path / "clip.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=15", "-t", "4",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "15", "-pix_fmt", "yuv420p", str(video)],
+                   check=True, timeout=30)
+    port = free_port()
+    receiver = subprocess.Popen(
+        ["sh", "-c", f"while :; do ffmpeg -v error -listen 1 -i rtmp://127.0.0.1:{port}/live/k -f null -; done"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def body() -> None:
+        faults = Faults(stream_drop_after_s=1.0, stream_restore_after_s=0.5)
+        async with FakeApp() as app, sim_for(app, "B", video=video, faults=faults,
+                                             publisher_reconnect_delay_s=0.5) as sim:
+            _, ws, _ = await started(app, sim)
+            await ws.send(json.dumps({"type": "rtmp_stream_request", "packageName": PKG,
+                                      "rtmpUrl": f"rtmp://127.0.0.1:{port}/live/k"}))
+            statuses: list[str] = []
+            while statuses[-2:] != ["initializing", "active"] or statuses.count("active") < 2:
+                msg = await recv_until(ws, lambda m: m["type"] == "rtmp_stream_status", timeout=15)
+                statuses.append(msg["status"])
+            assert statuses == ["initializing", "active", "initializing", "active"]
+            await ws.send(json.dumps({"type": "rtmp_stream_stop", "packageName": PKG}))
+            assert (await recv_until(ws, lambda m: m["type"] == "rtmp_stream_status"))["status"] == "stopped"
+            await ws.close()
+
+    try:
+        run(body)
+    finally:
+        os.killpg(receiver.pid, signal.SIGKILL)
+        receiver.wait(5)
