@@ -483,6 +483,7 @@ class CloudSimulator:
         finally:
             self._sockets.discard(ws)
             code = int(ws.close_code) if ws.close_code is not None else 1006
+            code = code or 1005  # close frame without a status code (e.g. Node ws `close()`)
             self._record("ws", "close", bound.user_id if bound else None, {"code": code, "path": request.path})
             if bound is not None and bound.ws is ws:
                 self._on_app_socket_closed(bound, code)
