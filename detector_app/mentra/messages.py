@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import quote, urlsplit
+import re
+from urllib.parse import urlencode
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -169,25 +170,28 @@ def display_clear(package_name: str, *, view: str = "main") -> dict[str, Any]:
 
 
 def tts_url(ws_url: str, text: str) -> str:
-    """The cloud's TTS endpoint on the WebSocket's host, as ``session.audio.speak()`` builds it (§9):
-    ``wss://host/app-ws`` → ``https://host/api/tts?text=…`` (``ws://`` → ``http://`` for local simulators)."""
-    parts = urlsplit(ws_url)
-    scheme = "http" if parts.scheme in ("ws", "http") else "https"
-    return f"{scheme}://{parts.netloc}/api/tts?text={quote(text, safe='')}"
+    """The cloud's TTS endpoint, built exactly like the SDK's ``session.audio.speak()`` (§9):
+    drop the ``ws(s)://`` scheme and a trailing ``/app-ws``, prefix ``https://``, add ``/api/tts?text=…``."""
+    base = re.sub(r"^wss?://", "", ws_url)
+    base = re.sub(r"/app-ws$", "", base)
+    return f"https://{base}/api/tts?{urlencode({'text': text})}"
 
 
 def audio_play_request(
     package_name: str,
+    session_id: str,
     request_id: str,
     audio_url: str,
     *,
     volume: float = 1.0,
     stop_other_audio: bool = True,
-    track_id: int | None = None,
+    track_id: int | None = 2,
 ) -> dict[str, Any]:
+    """Play a URL on the glasses; track 2 is the TTS track the SDK's ``speak()`` uses."""
     msg: dict[str, Any] = {
         "type": "audio_play_request",
         "packageName": package_name,
+        "sessionId": session_id,
         "requestId": request_id,
         "audioUrl": audio_url,
         "volume": volume,

@@ -543,5 +543,5 @@ class AppSession:
             elif isinstance(out, Speak):
                 self._audio_seq += 1
                 request_id = f"audio_req_{self._audio_seq}"
-                acts.append(Send(m.audio_play_request(pkg, request_id, m.tts_url(self.ws_url, out.text))))
+                acts.append(Send(m.audio_play_request(pkg, self.session_id, request_id, m.tts_url(self.ws_url, out.text))))
         return acts
