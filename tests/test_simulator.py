@@ -334,3 +334,54 @@ def test_stream_active_then_glasses_drop_and_reconnect(tmp_path: Path) -> None:
     finally:
         os.killpg(receiver.pid, signal.SIGKILL)
         receiver.wait(5)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_d_accepts_srt_stream_request(tmp_path: Path) -> None:
+    """D: stream_request + srt:// reaches active through a real SRT listener (glasses are the caller)."""
+    port = free_port()
+    receiver = subprocess.Popen(
+        ["ffmpeg", "-v", "error", "-i", f"srt://127.0.0.1:{port}?mode=listener", "-f", "null", "-"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def body() -> None:
+        async with FakeApp() as app, sim_for(app, "D", publisher_reconnect_delay_s=0.3) as sim:
+            _, ws, _ = await started(app, sim)
+            await ws.send(json.dumps({"type": "stream_request", "packageName": PKG,
+                                      "streamUrl": f"srt://127.0.0.1:{port}?streamid=abc"}))
+            active = await recv_until(ws, lambda m: m["type"] == "stream_status" and m["status"] == "active", 20)
+            assert active["resolvedConfig"]["transport"] == "srt"
+            await ws.send(json.dumps({"type": "stream_status_check", "packageName": PKG}))
+            check = await recv_until(ws, lambda m: m["type"] == "stream_status_check_response")
+            assert check["hasActiveStream"] and check["streamInfo"]["streamUrl"].startswith("srt://")
+            await ws.close()
+
+    try:
+        run(body)
+    finally:
+        os.killpg(receiver.pid, signal.SIGKILL)
+        receiver.wait(5)
+
+
+def test_run_simulate_starts_and_exits_on_sigint(tmp_path: Path) -> None:
+    """CLI entry: prints the banner, posts the webhook (app absent here), exits 0 on Ctrl-C."""
+    import sys
+    import time
+
+    code = ("from detector_app.mentra.simulator import run_simulate; import sys; "
+            f"sys.exit(run_simulate('http://127.0.0.1:{free_port()}', '{PKG}', '{KEY}', generation='B', "
+            f"port={free_port()}, interactive=False))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        banner = ""
+        assert proc.stdout is not None
+        while "simulator generation B" not in banner and time.monotonic() < deadline:
+            banner += proc.stdout.readline()
+        assert "simulator generation B" in banner
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

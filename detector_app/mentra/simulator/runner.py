@@ -61,9 +61,12 @@ async def _console(sim: CloudSimulator, users: list[str], stop: asyncio.Event) -
     lines: asyncio.Queue[str] = asyncio.Queue()
 
     def _pump() -> None:  # daemon thread: an executor thread would block asyncio.run's shutdown
-        for raw in sys.stdin:
-            loop.call_soon_threadsafe(lines.put_nowait, raw)
-        loop.call_soon_threadsafe(lines.put_nowait, "")
+        try:
+            for raw in sys.stdin:
+                loop.call_soon_threadsafe(lines.put_nowait, raw)
+            loop.call_soon_threadsafe(lines.put_nowait, "")
+        except (RuntimeError, ValueError, OSError):  # loop closed / stdin closed during shutdown
+            pass
 
     threading.Thread(target=_pump, name="sim-stdin", daemon=True).start()
     while not stop.is_set():
