@@ -1,0 +1,458 @@
+"""MiniApp end to end over a real WebSocket and real HTTP, against a minimal in-test cloud and a fake
+detection service (the team's simulator + real video tests live elsewhere)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+from websockets.asyncio.server import ServerConnection, serve as ws_serve
+from websockets.exceptions import ConnectionClosed
+
+from detector_app.detection.types import Box, Detection, FrameResult
+from detector_app.mentra.app import MiniApp
+from detector_app.mentra.config import MentraSettings
+from detector_app.mentra.feedback import FeedbackConfig
+from detector_app.mentra.ports import DetectionServiceLike, StreamSessionLike
+
+pytestmark = pytest.mark.timeout(30)
+
+PKG = "com.example.detector"
+KEY = "test-api-key-do-not-leak-42"
+SID = "alice@example.com-com.example.detector"
+FAST = {"reconnect_delays": (0.1, 0.2, 0.4), "stop_close_grace_s": 0.5}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def until(pred: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ------------------------------------------------------------------------------------ fakes
+
+class FakeStream:
+    def __init__(self, n: int) -> None:
+        self.key = f"key{n}"
+        self.publish_url = f"rtmp://192.168.1.20:{19350 + n}/live/{self.key}"
+        self.listeners: list[Callable[[FrameResult], None]] = []
+        self.closed = threading.Event()
+
+    def add_listener(self, callback: Callable[[FrameResult], None]) -> None:
+        self.listeners.append(callback)
+
+    def health(self) -> dict[str, Any]:
+        return {"fps": 10.0}
+
+    def close(self) -> None:
+        self.closed.set()
+
+    def emit_from_thread(self, results: list[FrameResult]) -> None:
+        """Like the inference thread: callbacks run off the event loop."""
+        def work() -> None:
+            for r in results:
+                for cb in self.listeners:
+                    cb(r)
+                time.sleep(0.01)
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+
+
+class FakeService:
+    def __init__(self) -> None:
+        self.streams: list[FakeStream] = []
+        self.closed = False
+
+    def open_stream(self, protocol: str) -> FakeStream:
+        assert protocol == "rtmp"
+        stream = FakeStream(len(self.streams))
+        self.streams.append(stream)
+        return stream
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_fakes_satisfy_protocols():
+    assert isinstance(FakeService(), DetectionServiceLike)
+    assert isinstance(FakeStream(0), StreamSessionLike)
+
+
+class FakeCloud:
+    """Just enough of the cloud: ack, stream statuses ([D]-style duplicates), stop, status check."""
+
+    def __init__(self) -> None:
+        self.conns: list[ServerConnection] = []
+        self.messages: list[tuple[int, dict[str, Any]]] = []
+        self.closes: list[tuple[int, int | None]] = []
+        self.stream_n = 0
+        self.active: tuple[str, str] | None = None
+        self.port = 0
+        self._server = None
+
+    async def __aenter__(self) -> "FakeCloud":
+        self._server = await ws_serve(self._handler, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/app-ws"
+
+    def of_type(self, mtype: str, conn: int | None = None) -> list[dict[str, Any]]:
+        return [m for i, m in self.messages if m.get("type") == mtype and (conn is None or i == conn)]
+
+    def types(self, conn: int | None = None) -> list[str]:
+        return [m["type"] for i, m in self.messages if conn is None or i == conn]
+
+    @staticmethod
+    async def _send(ws: ServerConnection, msg: dict[str, Any]) -> None:
+        try:  # the app may already be closing; keep reading what it sent before the close
+            await ws.send(json.dumps(msg))
+        except ConnectionClosed:
+            pass
+
+    async def _status(self, ws: ServerConnection, stream_id: str, status: str) -> None:
+        payload = {"sessionId": SID, "streamId": stream_id, "status": status, "appId": PKG}
+        await self._send(ws, {"type": "stream_status", **payload})
+        await self._send(ws, {"type": "rtmp_stream_status", **payload})
+        await self._send(ws, {"type": "data_stream", "streamType": "rtmp_stream_status",
+                              "data": {"type": "rtmp_stream_status", **payload}})
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        idx = len(self.conns)
+        self.conns.append(ws)
+        try:
+            async for raw in ws:
+                msg = json.loads(raw)
+                self.messages.append((idx, msg))
+                t = msg.get("type")
+                if t == "tpa_connection_init":
+                    await self._send(ws, ({
+                        "type": "tpa_connection_ack", "sessionId": msg["sessionId"], "settings": [],
+                        "mentraosSettings": {}, "userId": "alice@example.com",
+                        "capabilities": {"modelName": "Mentra Live", "hasDisplay": False}}))
+                    await self._send(ws, {"type": "device_state_update", "state": {}, "fullSnapshot": True})
+                elif t == "rtmp_stream_request":
+                    self.stream_n += 1
+                    sid = f"s{self.stream_n}"
+                    self.active = (sid, msg["rtmpUrl"])
+                    await self._status(ws, sid, "initializing")
+                    await self._status(ws, sid, "active")
+                elif t == "rtmp_stream_stop":
+                    sid = msg.get("streamId") or (self.active[0] if self.active else "none")
+                    self.active = None
+                    await self._status(ws, sid, "stopped")
+                elif t == "stream_status_check":
+                    info = None
+                    if self.active:
+                        info = {"type": "unmanaged", "streamId": self.active[0], "status": "active",
+                                "rtmpUrl": self.active[1], "requestingAppId": PKG}
+                    await self._send(ws, {"type": "stream_status_check_response",
+                                          "hasActiveStream": bool(info), "streamInfo": info})
+                elif t == "ping":
+                    await self._send(ws, {"type": "pong", "timestamp": int(time.time() * 1000)})
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closes.append((idx, ws.close_code))
+
+    async def send(self, msg: dict[str, Any], conn: int = -1) -> None:
+        await self.conns[conn].send(json.dumps(msg))
+
+
+def settings(port: int, **kw: Any) -> MentraSettings:
+    return MentraSettings(_env_file=None, package_name=PKG, api_key=KEY, port=port, host="127.0.0.1",
+                          ws_allowlist=["127.0.0.1"], **kw)
+
+
+def webhook_body(ws_url: str, session_id: str = SID) -> dict[str, Any]:
+    return {"type": "session_request", "sessionId": session_id, "userId": "alice@example.com",
+            "mentraOSWebsocketUrl": ws_url, "timestamp": "2026-04-02T10:11:12.345Z"}
+
+
+def cat_results(n: int = 4) -> list[FrameResult]:
+    det = Detection("cat", 0.9, Box(1000, 300, 1200, 500), 15)
+    return [FrameResult(i, i, None, 1280, 720, 0.0, 0.0, 5.0, (det,)) for i in range(n)]
+
+
+async def scenario(body: Callable[..., Any], **app_kw: Any) -> None:
+    """Run ``body(cloud, app, http, service)`` with everything started and torn down."""
+    service = FakeService()
+    port = free_port()
+    async with FakeCloud() as cloud:
+        app = MiniApp(settings(port), service, session_options=FAST, tick_interval=0.05, **app_kw)
+        await app.start()
+        try:
+            async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as http:
+                await body(cloud, app, http, service)
+        finally:
+            await app.stop(timeout=3)
+
+
+async def start_session(cloud: FakeCloud, http: aiohttp.ClientSession) -> None:
+    t0 = time.monotonic()
+    async with http.post("/webhook", json=webhook_body(cloud.url)) as r:
+        assert r.status == 200 and await r.json() == {"status": "success"}
+    assert time.monotonic() - t0 < 1.0, "webhook must be answered quickly"
+    await until(lambda: cloud.of_type("tpa_connection_init"), 4.0, "init within 4 s of the webhook")
+    await until(lambda: cloud.of_type("rtmp_stream_request"), 5.0, "stream request")
+
+
+# ------------------------------------------------------------------------------------ tests
+
+def test_full_session_feedback_and_voice_stop():
+    async def body(cloud, app, http, service):
+        await start_session(cloud, http)
+        init = cloud.of_type("tpa_connection_init")[0]
+        assert init["apiKey"] == KEY and init["sessionId"] == SID and "sdkVersion" not in init
+        assert cloud.types(0)[:2] == ["tpa_connection_init", "subscription_update"]
+        subs = cloud.of_type("subscription_update")[0]["subscriptions"]
+        assert {"transcription:en-US", "button_press", "rtmp_stream_status"} <= set(subs)
+        [stream] = service.streams
+        req = cloud.of_type("rtmp_stream_request")[0]
+        assert req["rtmpUrl"] == stream.publish_url and req["packageName"] == PKG
+
+        # duplicate webhook delivery: idempotent, no second connection
+        async with http.post("/webhook", json=webhook_body(cloud.url)) as r:
+            assert r.status == 200
+        async with http.get("/health") as r:
+            assert (await r.json())["activeSessions"] == 1
+        await asyncio.sleep(0.2)
+        assert len(cloud.conns) == 1 and len(service.streams) == 1
+
+        # detections from the inference thread → speech (Mentra Live: no display) + text wall
+        await asyncio.sleep(0.3)  # past the (test-shortened) gap after the "detection on" notice
+        await asyncio.to_thread(stream.emit_from_thread, cat_results())
+        audio = await until(lambda: cloud.of_type("audio_play_request"), 3.0, "audio announcement")
+        said = [parse_qs(urlsplit(a["audioUrl"]).query)["text"][0] for a in audio]
+        assert said == ["Animal detection on", "I see a cat on the right"]
+        assert all(urlsplit(a["audioUrl"]).path == "/api/tts" for a in audio)
+        assert any(m["layout"].get("text") == "1 cat: right" for m in cloud.of_type("display_event"))
+
+        # voice: interim ignored, final "stop stream" → stop by streamId
+        await cloud.send({"type": "data_stream", "streamType": "transcription:en-US",
+                          "data": {"type": "transcription", "text": "stop", "isFinal": False}})
+        await cloud.send({"type": "data_stream", "streamType": "transcription:en-US",
+                          "data": {"type": "transcription", "text": "Stop stream.", "isFinal": True}})
+        stops = await until(lambda: cloud.of_type("rtmp_stream_stop"), 3.0, "stream stop")
+        assert stops[0]["streamId"] == "s1"
+        await asyncio.sleep(0.3)
+        assert len(cloud.of_type("rtmp_stream_request")) == 1  # requested stop is not a failure
+
+    asyncio.run(scenario(body, feedback_config=FeedbackConfig(speech_gap_s=0.2)))
+
+
+def test_disallowed_host_refused_without_connecting():
+    async def body(cloud, app, http, service):
+        # "localhost" resolves to the fake cloud, but only 127.0.0.1 is allowlisted
+        async with http.post("/webhook", json=webhook_body(f"ws://localhost:{cloud.port}/app-ws")) as r:
+            assert r.status == 403
+            assert (await r.json())["status"] == "error"
+        async with http.post("/webhook", json=webhook_body("wss://attacker.example.com/app-ws")) as r:
+            assert r.status == 403
+        await asyncio.sleep(0.5)
+        assert cloud.conns == [] and cloud.messages == [] and service.streams == []
+
+    asyncio.run(scenario(body))
+
+
+def test_bad_webhook_json_is_400():
+    async def body(cloud, app, http, service):
+        async with http.post("/webhook", data=b"{oops", headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 400 and (await r.json())["status"] == "error"
+        async with http.post("/webhook", json={"type": "session_request"}) as r:
+            assert r.status == 400
+        assert cloud.conns == []
+
+    asyncio.run(scenario(body))
+
+
+def test_1008_after_error_does_not_reconnect():
+    async def body(cloud, app, http, service):
+        await start_session(cloud, http)
+        await cloud.send({"type": "tpa_connection_error", "code": "PERMISSION_DENIED",
+                          "message": "Camera permission required to start video streams"})
+        await cloud.conns[0].close(1008, "Camera permission required to start video streams")
+        await until(lambda: service.streams[0].closed.is_set(), 3.0, "pipeline closed")
+        await asyncio.sleep(0.6)  # longer than all FAST reconnect delays
+        assert len(cloud.conns) == 1
+        assert app.active_sessions() == 0
+
+    asyncio.run(scenario(body))
+
+
+def test_abnormal_close_reconnects_resubscribes_and_checks_stream():
+    async def body(cloud, app, http, service):
+        await start_session(cloud, http)
+        await until(lambda: cloud.active, 2.0, "active stream")
+        await cloud.conns[0].close(1011, "Internal server error")
+        await until(lambda: len(cloud.conns) == 2, 3.0, "reconnect")
+        await until(lambda: "stream_status_check" in cloud.types(1), 3.0, "stream_status_check")
+        assert cloud.types(1)[:3] == ["tpa_connection_init", "subscription_update", "stream_status_check"]
+        init0, init1 = cloud.of_type("tpa_connection_init")
+        assert {k: v for k, v in init0.items() if k != "timestamp"} == \
+            {k: v for k, v in init1.items() if k != "timestamp"}
+        await asyncio.sleep(0.3)
+        # the stream survived (check response names it): not requested again, same ingest
+        assert len(cloud.of_type("rtmp_stream_request")) == 1 and len(service.streams) == 1
+        # and it can still be stopped by its id on the new connection
+        await cloud.send({"type": "data_stream", "streamType": "transcription:en-US",
+                          "data": {"type": "transcription", "text": "stop stream", "isFinal": True}})
+        stops = await until(lambda: cloud.of_type("rtmp_stream_stop"), 3.0, "stop after reconnect")
+        assert stops[0]["streamId"] == "s1"
+
+    asyncio.run(scenario(body))
+
+
+def test_stop_request_stops_stream_then_session_ends():
+    async def body(cloud, app, http, service):
+        await start_session(cloud, http)
+        await until(lambda: cloud.active, 2.0, "active stream")
+        async with http.post("/webhook", json={"type": "stop_request", "sessionId": SID,
+                                               "reason": "user_disabled"}) as r:
+            assert r.status == 200
+        stops = await until(lambda: cloud.of_type("rtmp_stream_stop"), 3.0, "stream stop")
+        assert stops[0]["streamId"] == "s1"
+        await cloud.send({"type": "app_stopped"})
+        await cloud.conns[0].close(1000, "App stopped")
+        await until(lambda: service.streams[0].closed.is_set(), 3.0, "pipeline closed")
+        await until(lambda: app.active_sessions() == 0, 2.0, "session gone")
+        await asyncio.sleep(0.5)
+        assert len(cloud.conns) == 1
+        # resurrection: a new session_request for the same session starts again
+        async with http.post("/webhook", json=webhook_body(cloud.url)) as r:
+            assert r.status == 200
+        await until(lambda: len(cloud.of_type("rtmp_stream_request")) == 2, 5.0, "new stream")
+        assert len(service.streams) == 2 and service.streams[1].key != service.streams[0].key
+
+    asyncio.run(scenario(body))
+
+
+def test_shutdown_stops_every_stream_before_closing():
+    async def body(cloud, app, http, service):
+        await start_session(cloud, http)
+        async with http.post("/webhook", json=webhook_body(cloud.url, "bob@example.com-" + PKG)) as r:
+            assert r.status == 200
+        await until(lambda: len(cloud.of_type("rtmp_stream_request")) == 2, 5.0, "two streams")
+        assert len(service.streams) == 2 and service.streams[0].key != service.streams[1].key
+        await app.stop(timeout=3)
+        for conn in (0, 1):
+            kinds = cloud.types(conn)
+            assert "rtmp_stream_stop" in kinds
+            assert kinds.index("rtmp_stream_stop") < kinds.index("ownership_release")
+        assert sorted(m["streamId"] for m in cloud.of_type("rtmp_stream_stop")) == ["s1", "s2"]
+        await until(lambda: len(cloud.closes) == 2, 2.0, "both sockets closed")
+        assert all(s.closed.is_set() for s in service.streams)
+        assert service.closed is False  # injected service belongs to the caller
+
+    asyncio.run(scenario(body))
+
+
+def test_api_key_never_logged(capfd):
+    from loguru import logger
+    records: list[str] = []
+    sink = logger.add(records.append, level="DEBUG", format="{message}")
+    try:
+        async def body(cloud, app, http, service):
+            await start_session(cloud, http)
+            await cloud.conns[0].close(1011, "")
+            await until(lambda: len(cloud.conns) == 2, 3.0, "reconnect")
+        asyncio.run(scenario(body))
+    finally:
+        logger.remove(sink)
+    assert records and not any(KEY in r for r in records)
+    out, err = capfd.readouterr()
+    assert KEY not in out and KEY not in err
+
+
+# ------------------------------------------------------------------------------------ real SIGTERM
+
+CHILD = textwrap.dedent("""
+    import sys, threading
+    from detector_app.mentra.app import run_serve
+    from detector_app.mentra.config import MentraSettings
+
+    class Stream:
+        key = "k1"
+        publish_url = "rtmp://192.168.1.20:19350/live/k1"
+        def add_listener(self, cb): pass
+        def health(self): return {}
+        def close(self): print("STREAM-CLOSED", flush=True)
+
+    class Service:
+        def open_stream(self, protocol): return Stream()
+        def close(self): print("SERVICE-CLOSED", flush=True)
+
+    port = int(sys.argv[1])
+    s = MentraSettings(_env_file=None, package_name="com.example.detector", api_key="test-api-key-do-not-leak-42",
+                       port=port, host="127.0.0.1", ws_allowlist=["127.0.0.1"])
+    sys.exit(run_serve(s, service_factory=Service))
+""")
+
+
+def test_sigterm_stops_stream_before_exit():
+    async def main() -> None:
+        port = free_port()
+        async with FakeCloud() as cloud:
+            env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", CHILD, str(port), env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            try:
+                async with aiohttp.ClientSession() as http:
+                    async def ready() -> bool:
+                        try:
+                            async with http.get(f"http://127.0.0.1:{port}/health") as r:
+                                return r.status == 200
+                        except aiohttp.ClientError:
+                            return False
+                    deadline = time.monotonic() + 15
+                    while not await ready():
+                        assert time.monotonic() < deadline, "child server did not start"
+                        await asyncio.sleep(0.1)
+                    async with http.post(f"http://127.0.0.1:{port}/webhook", json=webhook_body(cloud.url)) as r:
+                        assert r.status == 200
+                await until(lambda: cloud.active, 5.0, "active stream")
+                proc.send_signal(signal.SIGTERM)
+                out, _ = await asyncio.wait_for(proc.communicate(), 10)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+            text = out.decode()
+            assert proc.returncode == 0, text
+            assert [m["streamId"] for m in cloud.of_type("rtmp_stream_stop")] == ["s1"]
+            assert "STREAM-CLOSED" in text and "SERVICE-CLOSED" in text
+            assert "test-api-key-do-not-leak-42" not in text
+            assert "webhook: http://" in text
+
+    asyncio.run(main())
