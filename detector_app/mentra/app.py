@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import signal
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
+from detector_app.ingest.addresses import detect_lan_address
 from detector_app.mentra.allowlist import check_ws_url
 from detector_app.mentra.client import SessionRunner
 from detector_app.mentra.config import MentraSettings
@@ -35,14 +35,8 @@ class PortInUseError(RuntimeError):
     pass
 
 
-def lan_address() -> str:
-    """Best-guess LAN IP (no packet is sent: UDP connect only selects a route)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("10.255.255.255", 1))
-            return s.getsockname()[0]
-    except OSError:
-        return "127.0.0.1"
+def _lan() -> str:
+    return detect_lan_address() or "127.0.0.1"
 
 
 class MiniApp:
@@ -122,7 +116,7 @@ class MiniApp:
     @property
     def webhook_urls(self) -> list[str]:
         port = self.port or self.settings.port
-        urls = [f"http://{lan_address()}:{port}/webhook"]
+        urls = [f"http://{_lan()}:{port}/webhook"]
         if self.settings.public_url:
             urls.insert(0, self.settings.public_url.rstrip("/") + "/webhook")
         return urls
@@ -222,7 +216,7 @@ async def serve(app: MiniApp, stop_event: asyncio.Event) -> int:
         return 2
     for url in app.webhook_urls:
         logger.info(f"webhook: {url}")
-    logger.info(f"health:  http://{lan_address()}:{app.port}/health  (package {app.package_name})")
+    logger.info(f"health:  http://{_lan()}:{app.port}/health  (package {app.package_name})")
     try:
         await stop_event.wait()
     finally:
@@ -274,9 +268,13 @@ def _on_signal(sig: signal.Signals, stop_event: asyncio.Event) -> None:
 
 def _default_service_factory(settings: MentraSettings) -> Callable[[], DetectionServiceLike]:
     def build() -> DetectionServiceLike:
-        from detector_app.runtime import DetectionService  # heavy import: model, torch
+        from detector_app.detection.detector import Detector, DetectorConfig  # heavy import: torch
+        from detector_app.runtime import DetectionService, IngestConfig
 
-        return DetectionService(settings)  # type: ignore[arg-type,return-value]
+        detector = Detector(DetectorConfig(fallback_to_fixture=True))
+        detector.warmup()
+        ingest = IngestConfig(advertise_host=settings.ingest_host, port=settings.ingest_port or 0)
+        return DetectionService(detector, ingest)
 
     return build
 

@@ -19,19 +19,12 @@ from typing import Awaitable, Callable, Literal
 
 from loguru import logger
 
+from detector_app.glasses.publish import GlassesError, _die_with_parent, build_publish_command, output_format_for  # noqa: F401
+
 StatusCallback = Callable[[str, "str | None"], Awaitable[None]]
 DropMode = Literal["reconnect", "error"]
 
 _codec_cache: dict[Path, str | None] = {}
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM the publisher if we die, so a crashed simulator leaves no orphans."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 async def probe_video_codec(video: Path, ffprobe: str = "ffprobe", timeout: float = 10.0) -> str | None:
@@ -54,47 +47,6 @@ async def probe_video_codec(video: Path, ffprobe: str = "ffprobe", timeout: floa
             await proc.wait()
     _codec_cache[video] = codec
     return codec
-
-
-def output_format_for(url: str) -> str:
-    """FLV for RTMP(S), MPEG-TS for SRT (glasses are the SRT caller); WHIP is not simulated."""
-    lower = url.lower()
-    if lower.startswith(("rtmp://", "rtmps://")):
-        return "flv"
-    if lower.startswith("srt://"):
-        return "mpegts"
-    if lower.startswith(("http://", "https://")):
-        raise GlassesError("WHIP publishing is not simulated by the virtual glasses")
-    raise GlassesError("Unknown stream URL protocol")
-
-
-class GlassesError(Exception):
-    """A glasses-side rejection; the real glasses report it as raw status `error`."""
-
-
-def build_publish_command(
-    url: str, video: Path | None, *, loop: bool = True, video_codec: str | None = "h264", ffmpeg: str = "ffmpeg"
-) -> list[str]:
-    """Stream copy for H.264 sources (like the glasses' hardware encoder), else libx264 zerolatency
-    with a keyframe every 2 s; audio always AAC mono, as Mentra Live sends."""
-    fmt = output_format_for(url)
-    cmd = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "warning", "-progress", "pipe:1", "-stats_period", "0.5"]
-    if video is None:
-        cmd += ["-re", "-f", "lavfi", "-i", "testsrc2=size=854x480:rate=15", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]
-        reencode = True
-        cmd += ["-map", "0:v:0", "-map", "1:a:0"]
-    else:
-        if loop:
-            cmd += ["-stream_loop", "-1"]
-        cmd += ["-re", "-i", str(video), "-map", "0:v:0", "-map", "0:a:0?"]
-        reencode = video_codec != "h264"
-    if reencode:
-        cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
-                "-force_key_frames", "expr:gte(t,n_forced*2)", "-b:v", "1M"]
-    else:
-        cmd += ["-c:v", "copy"]
-    cmd += ["-c:a", "aac", "-ac", "1", "-b:a", "64k", "-ar", "44100", "-f", fmt, url]
-    return cmd
 
 
 class FfmpegPublisher:

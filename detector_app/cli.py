@@ -1,0 +1,401 @@
+"""``detector-app``: the command line. Each command is a thin layer over a module that does the work.
+
+Errors a user can cause (missing file or model, port in use, missing tool) end with one clear line
+and exit code 2; a run that worked exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from loguru import logger
+
+from detector_app import __version__
+from detector_app.logs import setup_logging
+
+app = typer.Typer(
+    name="detector-app",
+    help=(
+        "See animals through Mentra Live smart glasses in real time.\n\n"
+        "Quick start (offline, no glasses):  detector-app demo --headless\n\n"
+        "Replay a recorded video through the real ingest:  detector-app replay VIDEO --model models/fixture-animals-yolo11n.pt\n\n"
+        "Real glasses:  MENTRAOS_API_KEY=… PACKAGE_NAME=… detector-app serve  (or scripts/start_demo.sh)"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+models_app = typer.Typer(help="Prepare models: export to fast CPU runtimes ahead of time.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+class Protocol(str, Enum):
+    rtmp = "rtmp"
+    srt = "srt"
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    pytorch = "pytorch"
+    onnx = "onnx"
+    openvino = "openvino"
+    tensorrt = "tensorrt"
+
+
+# -- shared options -----------------------------------------------------------------------------
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model", "-m", envvar="DETECTOR_MODEL",
+        help="Ultralytics model: a name (yolo11n.pt, downloaded where internet exists), a path, or an export "
+        "(.onnx, *_openvino_model/). Default: yolo11n.pt, or the bundled test model when offline.",
+    ),
+]
+ConfOpt = Annotated[float, typer.Option("--conf", min=0.01, max=1.0, help="Confidence threshold.")]
+ImgszOpt = Annotated[Optional[int], typer.Option("--imgsz", min=32, help="Network input long side (default: the model's).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:0, …")]
+ClassesOpt = Annotated[
+    Optional[str],
+    typer.Option("--classes", help="Comma-separated class names to report (default: animals; 'all' = everything)."),
+]
+BackendOpt = Annotated[Backend, typer.Option("--backend", help="Inference runtime; auto = fastest for the device.")]
+FpsOpt = Annotated[float, typer.Option("--fps", min=0.1, max=60, help="Inferences per second (sampling rate).")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Write one JSON line per inference to this file.")]
+HeadlessOpt = Annotated[bool, typer.Option("--headless", help="No OpenCV window.")]
+FeedPortOpt = Annotated[int, typer.Option("--feed-port", help="WebSocket detection feed port (0 = off).", envvar="FEED_PORT")]
+LogOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING…", envvar="LOG_LEVEL")]
+
+
+def _fail(message: str, code: int = 2) -> "typer.Exit":
+    logger.error(message)
+    return typer.Exit(code)
+
+
+def _detector(model, conf, imgsz, device, classes, backend, frame_size=None):
+    from detector_app.detection.detector import DEFAULT_MODEL, Detector, DetectorConfig, ModelError
+
+    cfg = DetectorConfig(
+        model=model or DEFAULT_MODEL, conf=conf, imgsz=imgsz, device=device, classes=classes,
+        backend=backend.value, fallback_to_fixture=model is None,
+    )
+    try:
+        det = Detector(cfg, frame_size=frame_size)
+        det.warmup(frame_size or (1280, 720))
+        return det
+    except ModelError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _sinks(out: Path | None, feed_port: int, info: dict):
+    """JSONL and WebSocket feed sinks; returns (sinks, closers)."""
+    sinks, closers = [], []
+    if out is not None:
+        from detector_app.outputs.jsonl import JsonlError, JsonlWriter
+
+        try:
+            writer = JsonlWriter(out, append=False)
+        except (JsonlError, OSError) as exc:
+            raise _fail(f"cannot write {out}: {exc}") from None
+        sinks.append(writer.write)
+        closers.append(writer.close)
+    if feed_port:
+        from detector_app.outputs.feed import DetectionFeed, FeedError
+
+        feed = DetectionFeed(port=feed_port, info=info)
+        try:
+            feed.start()
+        except FeedError as exc:
+            raise _fail(str(exc)) from None
+        logger.info("detection feed: ws://{}:{}", "127.0.0.1", feed.port)
+        sinks.append(feed)
+        closers.append(feed.stop)
+    return sinks, closers
+
+
+def _video_size(path: Path) -> tuple[int, int] | None:
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            s = c.streams.video[0]
+            return (s.codec_context.width, s.codec_context.height)
+    except Exception:  # noqa: BLE001 - probing is best effort; the pipeline reports real errors
+        return None
+
+
+def _print_summary(summary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary.to_json(), indent=2))
+    else:
+        print(summary.to_text())
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        print(__version__)
+        raise typer.Exit(0)
+
+
+# -- replay -------------------------------------------------------------------------------------
+@app.command()
+def replay(
+    video: Annotated[Path, typer.Argument(help="Recorded video (any format ffmpeg reads; H.264 is sent as is).")],
+    protocol: Annotated[Protocol, typer.Option("--protocol", "-p", help="How the virtual glasses push it.")] = Protocol.rtmp,
+    model: ModelOpt = None,
+    fps: FpsOpt = 10.0,
+    out: OutOpt = None,
+    headless: HeadlessOpt = False,
+    conf: ConfOpt = 0.35,
+    imgsz: ImgszOpt = None,
+    device: DeviceOpt = "cpu",
+    classes: ClassesOpt = None,
+    backend: BackendOpt = Backend.auto,
+    ingest_port: Annotated[int, typer.Option("--ingest-port", help="Listener port (0 = any free port).")] = 0,
+    feed_port: FeedPortOpt = 0,
+    summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Push VIDEO into the real ingest exactly as Mentra Live would (a separate ffmpeg process, real
+    time, RTMP/FLV or SRT/MPEG-TS), detect animals, and print a summary when the video ends."""
+    setup_logging(log_level)
+    if not video.exists():
+        raise _fail(f"video not found: {video}")
+    from detector_app.glasses.publish import GlassesError
+    from detector_app.ingest.base import IngestError
+    from detector_app.replay import replay as run_replay
+
+    det = _detector(model, conf, imgsz, device, classes, backend, _video_size(video))
+    sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": str(video)})
+    try:
+        summary = run_replay(video, det, protocol=protocol.value, fps=fps, sinks=sinks, headless=headless, port=ingest_port)
+    except (IngestError, GlassesError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        for close in closers:
+            close()
+    _print_summary(summary, False)
+    if summary_json:
+        summary_json.write_text(json.dumps(summary.to_json(), indent=2))
+    raise typer.Exit(1 if summary.errors else 0)
+
+
+# -- detect -------------------------------------------------------------------------------------
+@app.command()
+def detect(
+    source: Annotated[str, typer.Argument(help="A video file, or a stream URL (rtmp://, srt://, rtsp://, http://…).")],
+    model: ModelOpt = None,
+    fps: FpsOpt = 10.0,
+    out: OutOpt = None,
+    headless: HeadlessOpt = False,
+    conf: ConfOpt = 0.35,
+    imgsz: ImgszOpt = None,
+    device: DeviceOpt = "cpu",
+    classes: ClassesOpt = None,
+    backend: BackendOpt = Backend.auto,
+    realtime: Annotated[
+        Optional[bool],
+        typer.Option("--realtime/--no-realtime", help="Sample on the wall clock, dropping frames (default for URLs), "
+                     "or on the video's own timestamps, every time the same (default for files)."),
+    ] = None,
+    feed_port: FeedPortOpt = 0,
+    summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Run the same pipeline on a file or stream URL, without an ingest listener."""
+    setup_logging(log_level)
+    from detector_app.ingest.base import IngestError
+    from detector_app.ingest.url import UrlSource
+    from detector_app.replay import detect_source
+
+    try:
+        src = UrlSource(source, live=realtime)
+    except IngestError as exc:
+        raise _fail(str(exc)) from None
+    size = None if src.is_url else _video_size(Path(source))
+    det = _detector(model, conf, imgsz, device, classes, backend, size)
+    sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": source})
+    try:
+        summary = detect_source(src, det, fps=fps, sinks=sinks, headless=headless, live=realtime)
+    finally:
+        for close in closers:
+            close()
+    _print_summary(summary, False)
+    if summary_json:
+        summary_json.write_text(json.dumps(summary.to_json(), indent=2))
+    raise typer.Exit(1 if summary.errors else 0)
+
+
+# -- serve (the MentraOS miniapp) ----------------------------------------------------------------
+@app.command()
+def serve(
+    port: Annotated[Optional[int], typer.Option("--port", help="Webhook server port (env PORT, default 3000).")] = None,
+    protocol: Annotated[Optional[Protocol], typer.Option("--protocol", "-p", help="Ingest protocol (env INGEST_PROTOCOL, default rtmp).")] = None,
+    ingest_host: Annotated[Optional[str], typer.Option("--ingest-host", help="Address the glasses push to (env INGEST_HOST; default: auto-detected LAN address).")] = None,
+    ingest_port: Annotated[Optional[int], typer.Option("--ingest-port", help="First ingest port (env INGEST_PORT; default: a free port per session).")] = None,
+    model: ModelOpt = None,
+    fps: FpsOpt = 10.0,
+    conf: ConfOpt = 0.35,
+    imgsz: ImgszOpt = None,
+    device: DeviceOpt = "cpu",
+    classes: ClassesOpt = None,
+    backend: BackendOpt = Backend.auto,
+    out: OutOpt = None,
+    feed_port: FeedPortOpt = 8765,
+    headless: HeadlessOpt = False,
+    log_level: LogOpt = "INFO",
+) -> None:
+    """The MentraOS miniapp: answers the cloud's webhook, asks the glasses for an unmanaged stream to
+    this machine, detects animals, and tells the wearer (text walls, or speech on Mentra Live).
+
+    Needs MENTRAOS_API_KEY and PACKAGE_NAME (developer console). The API key is never printed."""
+    setup_logging(log_level)
+    from detector_app.mentra.app import run_serve
+    from detector_app.mentra.config import MentraSettings
+
+    overrides = {k: v for k, v in {
+        "port": port, "ingest_protocol": protocol.value if protocol else None,
+        "ingest_host": ingest_host, "ingest_port": ingest_port,
+    }.items() if v is not None}
+    try:
+        settings = MentraSettings(**overrides)
+    except Exception as exc:  # noqa: BLE001 - pydantic validation of env/flags
+        raise _fail(f"invalid configuration: {exc}") from None
+    factory = _service_factory(settings, model, fps, conf, imgsz, device, classes, backend, out, feed_port)
+    code = run_serve(settings, service_factory=factory)
+    raise typer.Exit(code)
+
+
+def _service_factory(settings, model, fps, conf, imgsz, device, classes, backend, out, feed_port):
+    def build():
+        from detector_app.runtime import DetectionService, IngestConfig
+
+        det = _detector(model, conf, imgsz, device, classes, backend)
+        ingest = IngestConfig(advertise_host=settings.ingest_host, port=settings.ingest_port or 0, fps=fps)
+        service = DetectionService(det, ingest)
+        sinks, _ = _sinks(out, feed_port, {"model": det.description, "source": "glasses"})
+        service.sinks.extend(sinks)
+        return service
+
+    return build
+
+
+# -- simulate / demo ----------------------------------------------------------------------------
+@app.command()
+def simulate(
+    app_url: Annotated[str, typer.Option("--app-url", help="The miniapp's base URL (webhook = APP_URL/webhook).")] = "http://127.0.0.1:3000",
+    video: Annotated[Optional[Path], typer.Option("--video", help="What the virtual glasses' camera sees.")] = None,
+    generation: Annotated[str, typer.Option("--generation", help="Cloud generation: B (SDK 2.1.x cloud) or D (newest).")] = "D",
+    port: Annotated[int, typer.Option("--port", help="Simulator HTTP/WebSocket port.")] = 8002,
+    package_name: Annotated[str, typer.Option("--package-name", envvar="PACKAGE_NAME")] = "com.example.detector",
+    api_key: Annotated[str, typer.Option("--api-key", envvar="MENTRAOS_API_KEY", show_default=False)] = "sim-api-key",
+    device: Annotated[str, typer.Option("--device", help="mentra_live (no display) or even_g1 (display).")] = "mentra_live",
+    drop_ws_after: Annotated[Optional[float], typer.Option("--drop-ws-after", help="Fault: drop the app WebSocket after N s.")] = None,
+    deny_camera: Annotated[bool, typer.Option("--deny-camera", help="Fault: reject streams with PERMISSION_DENIED.")] = False,
+    no_wifi: Annotated[bool, typer.Option("--no-wifi", help="Fault: reject streams with WIFI_NOT_CONNECTED.")] = False,
+    stream_drop_after: Annotated[Optional[float], typer.Option("--stream-drop-after", help="Fault: glasses stream drops after N s…")] = None,
+    stream_restore_after: Annotated[Optional[float], typer.Option("--stream-restore-after", help="…and comes back after M s.")] = None,
+    log_level: LogOpt = "INFO",
+) -> None:
+    """A local MentraOS cloud + virtual Mentra Live glasses. Prints what the glasses show and say.
+    Type `say stop stream`, `say what do you see`, `button`, `drop`, `stop`, `quit` on stdin."""
+    setup_logging(log_level)
+    from detector_app.mentra.simulator.runner import run_simulate
+
+    if generation not in ("B", "D"):
+        raise _fail("--generation must be B or D")
+    code = run_simulate(
+        app_url, package_name, api_key, video, generation,  # type: ignore[arg-type]
+        port=port, device=device, drop_ws_after_s=drop_ws_after, deny_camera=deny_camera,  # type: ignore[arg-type]
+        no_wifi=no_wifi, stream_drop_after_s=stream_drop_after, stream_restore_after_s=stream_restore_after,
+        interactive=sys.stdin.isatty(),
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    headless: HeadlessOpt = False,
+    protocol: Annotated[Protocol, typer.Option("--protocol", "-p")] = Protocol.rtmp,
+    video: Annotated[Optional[Path], typer.Option("--video", help="Video for the virtual glasses (default: a fixture).")] = None,
+    model: ModelOpt = None,
+    duration: Annotated[float, typer.Option("--duration", help="Stop after N seconds (0 = until Ctrl-C).")] = 0.0,
+    device_profile: Annotated[str, typer.Option("--glasses", help="mentra_live (speech) or even_g1 (display).")] = "mentra_live",
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Offline demo, no hardware, no internet: simulator + miniapp + ingest + detection. The window shows
+    the video with boxes; the terminal shows the glasses' text walls and speech."""
+    setup_logging(log_level)
+    from detector_app.demo import run_demo
+
+    raise typer.Exit(run_demo(headless=headless, protocol=protocol.value, video=video, model=model,
+                              duration=duration, glasses=device_profile))
+
+
+# -- fixtures / models ---------------------------------------------------------------------------
+@app.command()
+def fixtures(
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where to write the videos and ground truth.")] = Path("data/fixtures"),
+    names: Annotated[Optional[list[str]], typer.Argument(help="Fixture names (default: the standard set).")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the available fixtures.")] = False,
+) -> None:
+    """Compose the offline test videos (scikit-image photographs) with per-frame ground truth."""
+    setup_logging("INFO")
+    from detector_app.fixtures.video import CATALOGUE, DEFAULT_SET, ensure_fixtures
+
+    if list_:
+        for n, spec in CATALOGUE.items():
+            print(f"{n:20s} {spec.width}x{spec.height}@{spec.fps} {spec.duration:.0f}s  bg={spec.background}")
+        raise typer.Exit(0)
+    wanted = tuple(names) if names else DEFAULT_SET
+    unknown = [n for n in wanted if n not in CATALOGUE]
+    if unknown:
+        raise _fail(f"unknown fixture(s): {', '.join(unknown)} (see --list)")
+    try:
+        paths = ensure_fixtures(out_dir, wanted)
+    except RuntimeError as exc:
+        raise _fail(str(exc)) from None
+    for n, p in paths.items():
+        print(f"{n}: {p}")
+
+
+@models_app.command("export")
+def models_export(
+    model: Annotated[str, typer.Argument(help="A .pt model (name or path).")],
+    backend: Annotated[Backend, typer.Option("--backend", help="openvino or onnx (auto = best available).")] = Backend.auto,
+    imgsz: ImgszOpt = None,
+    frame_size: Annotated[str, typer.Option("--frame-size", help="Stream size WxH, sets the export's aspect.")] = "1280x720",
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Export a model once, ahead of time, into the cache the detector uses (models/cache)."""
+    setup_logging("INFO")
+    from detector_app.detection import backends
+    from detector_app.detection.detector import PROJECT_ROOT, ModelError, locate_model
+
+    try:
+        w, h = (int(v) for v in frame_size.lower().split("x"))
+        resolved = backends.resolve_model(
+            locate_model(model), backend=backend.value, device=device, imgsz=imgsz, frame_size=(w, h),
+            cache_dir=PROJECT_ROOT / "models" / "cache", progress=True,
+        )
+    except ValueError:
+        raise _fail("--frame-size must look like 1280x720") from None
+    except (ModelError, backends.BackendError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    print(f"{resolved.backend}: {resolved.path}  (imgsz {resolved.imgsz}; {resolved.note})")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

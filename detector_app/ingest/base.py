@@ -1,0 +1,55 @@
+"""What every video source looks like to the decoder, and the ingest endpoint description.
+
+A source hands the decode thread one opened PyAV container per *publisher session*: a file is one
+session; a listener accepts one publisher, and after that publisher drops it is opened again for
+the next one, without restarting anything.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import av.container
+
+Protocol_ = Literal["rtmp", "srt"]
+
+
+class IngestError(RuntimeError):
+    """A user-fixable problem with the ingest (port in use, missing tool, bad URL)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestEndpoint:
+    """Where the glasses must push, for one stream session.
+
+    ``publish_url`` carries the LAN address (for real glasses); ``local_publish_url`` is the same
+    endpoint on loopback, for a virtual-glasses publisher on this machine.
+    """
+
+    protocol: Protocol_
+    key: str
+    port: int
+    bind_host: str
+    advertise_host: str
+    publish_url: str
+    local_publish_url: str
+
+    def redacted(self) -> str:
+        """The publish URL with the key masked, for logs."""
+        return self.publish_url.replace(self.key, self.key[:4] + "…")
+
+
+class VideoSource(Protocol):
+    name: str
+    live: bool  # real time: sample on the wall clock, latest frame wins
+    reconnects: bool  # open again after the session ends (listeners, live URLs)
+
+    def open(self, stop: threading.Event) -> av.container.InputContainer | None:
+        """Block until a publisher session starts; None when stopped or when there is nothing to wait for."""
+        ...
+
+    def close(self) -> None:
+        """Release sockets/relays; unblocks a pending ``open`` soon."""
+        ...

@@ -1,0 +1,35 @@
+"""Create a listener for one stream session: fresh key, its own port, the URL for the glasses."""
+
+from __future__ import annotations
+
+from detector_app.ingest.addresses import advertise_host, free_port, new_stream_key
+from detector_app.ingest.base import IngestEndpoint, IngestError, VideoSource
+from detector_app.ingest.rtmp import RtmpListener, rtmp_endpoint
+from detector_app.ingest.srt import SrtRelayListener, srt_endpoint
+
+DEFAULT_PORTS = {"rtmp": 1935, "srt": 4201}
+
+
+def open_listener(
+    protocol: str,
+    port: int | None = None,
+    bind_host: str = "0.0.0.0",
+    advertise: str | None = None,
+    key: str | None = None,
+) -> tuple[IngestEndpoint, VideoSource]:
+    """Start listening (nothing is published yet). ``port=0`` picks a free port (one per session)."""
+    protocol = protocol.lower()
+    if protocol not in DEFAULT_PORTS:
+        raise IngestError(f"unknown ingest protocol {protocol!r}: use rtmp or srt")
+    udp = protocol == "srt"
+    if port is None:
+        port = DEFAULT_PORTS[protocol]
+    if port == 0:
+        port = free_port(bind_host, udp=udp)
+    host = advertise_host(advertise)
+    key = key or new_stream_key()
+    if protocol == "rtmp":
+        endpoint = rtmp_endpoint(key, port, bind_host, host)
+        return endpoint, RtmpListener(endpoint)
+    endpoint = srt_endpoint(key, port, bind_host, host)
+    return endpoint, SrtRelayListener(endpoint)

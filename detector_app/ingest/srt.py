@@ -1,0 +1,154 @@
+"""SRT ingest: the glasses are the SRT *caller*, we listen.
+
+PyAV wheels from 16.0 on do not bundle libsrt (and 15.x segfaults as an RTMP listener), so SRT is
+received by Debian's ``srt-live-transmit`` (package ``srt-tools``) and relayed as MPEG-TS over
+loopback UDP into PyAV. The relay survives publisher reconnects (field notes), and the per-session
+key is enforced by SRT itself: it is the stream's AES passphrase, so a caller with a wrong or
+missing key fails the handshake and never sends a byte of video.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+import time
+
+import av
+import av.container
+from loguru import logger
+
+from detector_app.ingest import libav_log
+from detector_app.ingest.addresses import free_port, port_is_free
+from detector_app.ingest.base import IngestEndpoint, IngestError
+
+SRT_LATENCY_MS = 20  # receiver latency; 120 ms default doubles frame age (field notes)
+PROBE_OPTIONS = {"probesize": "32768", "analyzeduration": "0"}
+
+
+def srt_endpoint(key: str, port: int, bind_host: str, advertise: str) -> IngestEndpoint:
+    # ffmpeg/StreamPack take latency in microseconds in the URL; srt-live-transmit in ms.
+    query = f"streamid={key}&passphrase={key}&pbkeylen=16&latency={SRT_LATENCY_MS * 1000}"
+    return IngestEndpoint(
+        protocol="srt",
+        key=key,
+        port=port,
+        bind_host=bind_host,
+        advertise_host=advertise,
+        publish_url=f"srt://{advertise}:{port}?{query}",
+        local_publish_url=f"srt://127.0.0.1:{port}?{query}",
+    )
+
+
+def require_relay() -> str:
+    exe = shutil.which("srt-live-transmit")
+    if exe is None:
+        raise IngestError(
+            "SRT ingest needs 'srt-live-transmit' (the installed PyAV has no SRT support). Install it with: "
+            "sudo apt-get install srt-tools   — or use --protocol rtmp."
+        )
+    return exe
+
+
+class SrtRelayListener:
+    """A ``VideoSource`` that listens for SRT callers through an ``srt-live-transmit`` relay."""
+
+    live = True
+    reconnects = True
+
+    def __init__(self, endpoint: IngestEndpoint, read_timeout_s: float = 3.0, open_poll_s: float = 2.0) -> None:
+        exe = require_relay()
+        if len(endpoint.key) < 10:
+            raise IngestError("SRT passphrase (stream key) must be at least 10 characters")
+        if not port_is_free(endpoint.port, endpoint.bind_host, udp=True):
+            raise IngestError(
+                f"SRT ingest UDP port {endpoint.port} is already in use. Pass --ingest-port with a free port."
+            )
+        self.endpoint = endpoint
+        self.name = f"srt-listener:{endpoint.port}"
+        self._udp_port = free_port("127.0.0.1", udp=True)
+        self._read_timeout_s = read_timeout_s
+        self._open_poll_s = open_poll_s
+        self._closed = threading.Event()
+        self.connections = 0
+        self.rejected_publishers = 0
+        src = (
+            f"srt://{endpoint.bind_host}:{endpoint.port}?mode=listener&passphrase={endpoint.key}"
+            f"&pbkeylen=16&latency={SRT_LATENCY_MS}"
+        )
+        dst = f"udp://127.0.0.1:{self._udp_port}"
+        libav_log.install()
+        self._proc = subprocess.Popen(
+            [exe, "-a:yes", "-v", src, dst],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
+        self._log_thread = threading.Thread(target=self._pump_log, name=f"srt-relay-log:{endpoint.port}", daemon=True)
+        self._log_thread.start()
+        self._wait_bound()
+
+    def _wait_bound(self, timeout: float = 3.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise IngestError(f"srt-live-transmit exited at start (code {self._proc.returncode}); port {self.endpoint.port} busy?")
+            if not port_is_free(self.endpoint.port, self.endpoint.bind_host, udp=True):
+                return
+            time.sleep(0.02)
+        logger.warning("SRT relay did not bind port {} within {} s", self.endpoint.port, timeout)
+
+    def _pump_log(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            line = line.strip()
+            if not line:
+                continue
+            low = line.lower()
+            if "accepted srt source connection" in low:
+                self.connections += 1
+                logger.info("SRT publisher connected on port {}", self.endpoint.port)
+            elif re.search(r"(reject|decrypt|passphrase|bad secret|km_state)", low):
+                self.rejected_publishers += 1
+                logger.warning("SRT caller rejected on port {}: {}", self.endpoint.port, line)
+            elif "disconnect" in low or "connection lost" in low or "broken" in low:
+                logger.info("SRT publisher on port {} disconnected ({})", self.endpoint.port, line)
+            else:
+                logger.debug("[srt-live-transmit:{}] {}", self.endpoint.port, line)
+
+    def open(self, stop: threading.Event) -> av.container.InputContainer | None:
+        url = f"udp://127.0.0.1:{self._udp_port}?overrun_nonfatal=1&fifo_size=100000&buffer_size=4194304"
+        while not (stop.is_set() or self._closed.is_set()):
+            if self._proc.poll() is not None:
+                raise IngestError(f"SRT relay (srt-live-transmit) exited with code {self._proc.returncode}")
+            try:
+                container = av.open(
+                    url, format="mpegts", options=dict(PROBE_OPTIONS), timeout=(self._open_poll_s, self._read_timeout_s)
+                )
+            except (av.error.FFmpegError, OSError) as exc:
+                if isinstance(exc, (av.error.ExitError, av.error.TimeoutError)) or "timed out" in str(exc).lower():
+                    continue  # no publisher yet
+                logger.warning("SRT relay stream could not be opened: {}", exc)
+                time.sleep(0.1)
+                continue
+            if not container.streams.video:
+                container.close()
+                continue
+            return container
+        return None
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=3)

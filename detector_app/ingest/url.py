@@ -1,0 +1,62 @@
+"""A file or a stream URL opened directly (``detector-app detect``), no ingest listener."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import av
+import av.container
+from loguru import logger
+
+from detector_app.ingest import libav_log
+from detector_app.ingest.base import IngestError
+
+LIVE_SCHEMES = ("rtmp://", "rtmps://", "srt://", "rtsp://", "rtsps://", "udp://", "tcp://", "http://", "https://")
+
+
+class UrlSource:
+    """Opens ``target`` once (files) or again after drops with backoff (live URLs)."""
+
+    def __init__(self, target: str, live: bool | None = None, read_timeout_s: float = 5.0, open_timeout_s: float = 10.0):
+        self.target = target
+        self.is_url = target.lower().startswith(LIVE_SCHEMES)
+        if not self.is_url and not Path(target).exists():
+            raise IngestError(f"video source not found: {target}")
+        if not self.is_url and not os.access(target, os.R_OK):
+            raise IngestError(f"video source is not readable: {target}")
+        self.live = self.is_url if live is None else live
+        self.reconnects = self.is_url
+        self.name = target if not self.is_url else target.split("?")[0]
+        self._timeouts = (open_timeout_s, read_timeout_s)
+        self._closed = threading.Event()
+        self._opened_once = False
+        libav_log.install()
+
+    def open(self, stop: threading.Event) -> av.container.InputContainer | None:
+        delay = 0.5
+        while not (stop.is_set() or self._closed.is_set()):
+            if self._opened_once and not self.is_url:
+                return None
+            try:
+                options = {"probesize": "32768", "analyzeduration": "0"} if self.is_url else {}
+                container = av.open(self.target, options=options, timeout=self._timeouts)
+            except (av.error.FFmpegError, OSError) as exc:
+                if not self.is_url:
+                    raise IngestError(f"cannot open video {self.target}: {exc}") from exc
+                logger.warning("cannot open {}: {} (retrying in {:.1f} s)", self.name, exc, delay)
+                if stop.wait(delay):
+                    return None
+                delay = min(delay * 2, 8.0)
+                continue
+            self._opened_once = True
+            if not container.streams.video:
+                container.close()
+                raise IngestError(f"{self.target} has no video stream")
+            return container
+        return None
+
+    def close(self) -> None:
+        self._closed.set()
+

@@ -1,0 +1,204 @@
+"""The detection pipeline: two threads and one slot.
+
+    source ──▶ [decode thread] ──▶ LatestSlot ──▶ [inference thread: sampler → YOLO → filter] ──▶ sinks
+                                       └──▶ display (main thread peeks the newest frame)
+
+Live sources are sampled on the wall clock and the slot never queues, so inference being slow can
+only lower the detection rate, never grow the frame age. Files (``live=False``) are sampled on
+their pts and the slot blocks, so the same file always gives the same results.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from detector_app.detection.detector import Detector
+from detector_app.detection.types import FrameResult
+from detector_app.ingest.base import VideoSource
+from detector_app.video.decoder import DecodedFrame, DecodeThread
+from detector_app.video.health import HealthMeter, StreamHealth
+from detector_app.video.sampler import PtsSampler, Sampler
+from detector_app.video.slot import LatestSlot
+
+Sink = Callable[[FrameResult], None]
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Aggregates for the end-of-run summary (updated by the inference thread)."""
+
+    started_at: float = field(default_factory=time.time)
+    first_result_at: float | None = None
+    last_result_at: float | None = None
+    inferences: int = 0
+    frames_with_animals: int = 0
+    per_label: Counter = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list)
+    inference_ms: list[float] = field(default_factory=list)
+
+    def add(self, r: FrameResult) -> None:
+        if self.first_result_at is None:
+            self.first_result_at = r.done_at
+        self.last_result_at = r.done_at
+        self.inferences += 1
+        if r.detections:
+            self.frames_with_animals += 1
+        for d in r.detections:
+            self.per_label[d.label] += 1
+        self.latencies_ms.append(r.latency_ms)
+        self.inference_ms.append(r.inference_ms)
+
+    @property
+    def rate(self) -> float:
+        if self.first_result_at is None or self.last_result_at is None or self.inferences < 2:
+            return 0.0
+        span = self.last_result_at - self.first_result_at
+        return (self.inferences - 1) / span if span > 0 else 0.0
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100.0
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        source: VideoSource,
+        detector: Detector,
+        fps: float = 10.0,
+        sinks: list[Sink] | None = None,
+        live: bool | None = None,
+        source_label: str = "",
+    ) -> None:
+        self.source = source
+        self.detector = detector
+        self.fps = fps
+        self.live = source.live if live is None else live
+        self.sinks: list[Sink] = list(sinks or [])
+        self.source_label = source_label or source.name
+        self.stop_event = threading.Event()
+        self.slot: LatestSlot[DecodedFrame] = LatestSlot(blocking=not self.live)
+        self.health_meter = HealthMeter()
+        self.health_meter.skipped_source = self._skipped
+        self.stats = RunStats()
+        self.latest_result: FrameResult | None = None
+        self.error: BaseException | None = None
+        self._sampled = 0
+        self._seq = 0
+        self._decoder = DecodeThread(
+            source, self.slot, self.health_meter, self.stop_event, None if self.live else PtsSampler(fps)
+        )
+        self._worker = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
+        self._sinks_lock = threading.Lock()
+        self.done = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> "Pipeline":
+        self._decoder.start()
+        self._worker.start()
+        return self
+
+    def add_sink(self, sink: Sink) -> None:
+        with self._sinks_lock:
+            self.sinks.append(sink)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop both threads and release the source; bounded, safe to call twice."""
+        self.stop_event.set()
+        self.slot.close()
+        self.source.close()
+        deadline = time.monotonic() + timeout
+        for t in (self._worker, self._decoder):
+            if t.is_alive() and t is not threading.current_thread():
+                t.join(max(0.1, deadline - time.monotonic()))
+                if t.is_alive():
+                    logger.warning("thread {} did not stop within {:.0f} s", t.name, timeout)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the source is exhausted (files) and the last frame is processed."""
+        return self.done.wait(timeout)
+
+    @property
+    def decoder_finished(self) -> bool:
+        return self._decoder.finished.is_set()
+
+    @property
+    def fatal_error(self) -> BaseException | None:
+        return self._decoder.fatal or self.error
+
+    @property
+    def first_frame_wall(self) -> float | None:
+        return self.health_meter.first_frame_wall
+
+    def health(self) -> StreamHealth:
+        return self.health_meter.snapshot()
+
+    def _skipped(self) -> int:
+        return max(0, self.health_meter.decoded - self._sampled)
+
+    # -- inference thread --------------------------------------------------------------------
+    def _infer_loop(self) -> None:
+        sampler = Sampler(self.fps)
+        last_version = 0
+        try:
+            while not self.stop_event.is_set():
+                if self.live:
+                    wait = sampler.wait_time(time.monotonic())
+                    if wait > 0:
+                        self.stop_event.wait(wait)
+                        continue
+                got = self.slot.take_newer(last_version, timeout=0.25)
+                if got is None:
+                    if self.slot.closed and self.slot.version <= last_version:
+                        break
+                    continue
+                last_version = got.version
+                if self.live:
+                    sampler.take(time.monotonic())
+                self._process(got.item)
+        except BaseException as exc:  # report, never die silently
+            self.error = exc
+            logger.exception("inference thread failed: {}", exc)
+        finally:
+            self.done.set()
+
+    def _process(self, item: DecodedFrame) -> None:
+        self._sampled += 1
+        bgr = item.frame.to_ndarray(format="bgr24")
+        detections, n_all, inf_ms = self.detector.detect(bgr)
+        self._seq += 1
+        result = FrameResult(
+            seq=self._seq,
+            frame_index=item.index,
+            pts=item.pts,
+            width=item.frame.width,
+            height=item.frame.height,
+            received_at=item.received_at,
+            done_at=time.time(),
+            inference_ms=inf_ms,
+            detections=tuple(detections),
+            all_detections=n_all,
+            model=self.detector.description,
+            source=self.source_label,
+            extra={"session": item.session},
+        )
+        self.latest_result = result
+        self.stats.add(result)
+        with self._sinks_lock:
+            sinks = list(self.sinks)
+        for sink in sinks:
+            try:
+                sink(result)
+            except Exception as exc:  # noqa: BLE001 - one broken output must not stop detection
+                logger.warning("output {} failed: {}", getattr(sink, "__name__", sink), exc)

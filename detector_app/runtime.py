@@ -1,0 +1,98 @@
+"""One detection stream per glasses session, sharing one loaded model (used by the miniapp).
+
+    service = DetectionService(detector, IngestConfig(...))   # one warmed-up model for all streams
+    stream = service.open_stream("rtmp")      # own port, own random key, own threads
+    stream.publish_url / stream.key / stream.add_listener(cb) / stream.health() / stream.close()
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from loguru import logger
+
+from detector_app.detection.detector import Detector
+from detector_app.detection.types import FrameResult
+from detector_app.ingest.base import IngestEndpoint
+from detector_app.ingest.factory import open_listener
+from detector_app.pipeline import Pipeline, Sink
+from detector_app.video.health import StreamHealth
+
+
+@dataclass(slots=True)
+class IngestConfig:
+    """Where the per-session listeners bind and what address the glasses are told."""
+
+    bind_host: str = "0.0.0.0"
+    advertise_host: str | None = None  # None = auto-detect the LAN address
+    port: int = 0  # 0 = a free port per session (one publisher per listener)
+    fps: float = 10.0
+
+
+class StreamSession:
+    def __init__(self, endpoint: IngestEndpoint, pipeline: Pipeline) -> None:
+        self.endpoint = endpoint
+        self.pipeline = pipeline
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def publish_url(self) -> str:
+        return self.endpoint.publish_url
+
+    @property
+    def local_publish_url(self) -> str:
+        return self.endpoint.local_publish_url
+
+    @property
+    def key(self) -> str:
+        return self.endpoint.key
+
+    def add_listener(self, callback: Sink) -> None:
+        self.pipeline.add_sink(callback)
+
+    def health(self) -> StreamHealth:
+        return self.pipeline.health()
+
+    @property
+    def latest_result(self) -> FrameResult | None:
+        return self.pipeline.latest_result
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.pipeline.stop()
+        logger.info("stream session on port {} closed", self.endpoint.port)
+
+
+class DetectionService:
+    def __init__(self, detector: Detector, ingest: IngestConfig | None = None) -> None:
+        """``detector`` is loaded and warmed up by the caller (before any stream starts)."""
+        self.ingest = ingest or IngestConfig()
+        self.detector = detector
+        self._streams: list[StreamSession] = []
+        self._lock = threading.Lock()
+        self.sinks: list[Sink] = []  # added to every stream (e.g. the websockets feed)
+
+    def open_stream(self, protocol: str = "rtmp") -> StreamSession:
+        endpoint, source = open_listener(
+            protocol, port=self.ingest.port, bind_host=self.ingest.bind_host, advertise=self.ingest.advertise_host
+        )
+        pipeline = Pipeline(source, self.detector, fps=self.ingest.fps, sinks=list(self.sinks), source_label=endpoint.redacted())
+        pipeline.start()
+        stream = StreamSession(endpoint, pipeline)
+        with self._lock:
+            self._streams.append(stream)
+        logger.info("ingest ready: glasses publish to {}", endpoint.redacted())
+        return stream
+
+    def streams(self) -> list[StreamSession]:
+        with self._lock:
+            return list(self._streams)
+
+    def close(self) -> None:
+        for s in self.streams():
+            s.close()
