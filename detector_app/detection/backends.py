@@ -28,10 +28,11 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from loguru import logger
 
@@ -124,12 +125,12 @@ def stream_imgsz(frame_size: tuple[int, int] | None, long_side: int) -> tuple[in
 # ------------------------------------------------------------------------------------------ runtimes
 
 
-@lru_cache(maxsize=None)
+@cache
 def _importable(module: str) -> bool:
     try:
         importlib.import_module(module)
         return True
-    except Exception:  # ImportError, or a broken install raising anything at import time
+    except Exception:  # noqa: BLE001 - ImportError, or a broken install raising anything at import time
         return False
 
 
@@ -238,7 +239,7 @@ def _local_model(model: str) -> Path:
             got = Path(attempt_download_asset(model))
         if got.exists():
             return got
-    except Exception as e:  # ConnectionError offline, anything else from the downloader
+    except Exception as e:  # noqa: BLE001 - ConnectionError offline, anything else from the downloader
         logger.debug("download of {!r} failed: {}", model, e)
     raise ModelNotFoundError(
         f"model {model!r} is not a local file and could not be downloaded (no internet?). {hint}"
@@ -272,7 +273,7 @@ def _train_imgsz(pt: Path, sha: str, cache_dir: Path) -> int | None:
         if isinstance(raw, (list, tuple)):
             raw = max(int(x) for x in raw)
         size = int(raw) if raw else None
-    except Exception as e:  # unreadable checkpoint: fall back to the default; the export will say what's wrong
+    except Exception as e:  # noqa: BLE001 - unreadable checkpoint: fall back to the default; the export will say what's wrong
         logger.warning("could not read the training image size from {}: {}", pt, e)
         return None
     with contextlib.suppress(OSError):
