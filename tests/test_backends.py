@@ -387,3 +387,17 @@ def test_export_matches_pytorch_detections(real_model, real_exports, backend):
                 best = max((_iou(box, db) for dl, _, db in dst if dl == lbl), default=0.0)
                 assert best >= 0.9, f"frame {i}: {lbl} {score:.2f} {box} has no match in {dst} (best IoU {best:.2f})"
     assert cats >= 2, "the fixture model should find the cat in most of these frames"
+
+
+def test_inference_precision_reads_the_runtime():
+    from types import SimpleNamespace as NS
+
+    class Hint:
+        def to_string(self) -> str:
+            return "bf16"
+
+    compiled = NS(get_property=lambda name: Hint())
+    ov = NS(predictor=NS(model=NS(backend=NS(ov_compiled_model=compiled), fp16=False)))
+    assert bk.inference_precision(ov) == "bf16"
+    assert bk.inference_precision(NS(predictor=NS(model=NS(backend=NS(), fp16=False)))) == "f32"
+    assert bk.inference_precision(NS(predictor=None)) is None

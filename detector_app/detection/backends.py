@@ -203,8 +203,9 @@ def inference_precision(yolo: Any) -> str | None:
         with contextlib.suppress(Exception):
             hint = compiled.get_property("INFERENCE_PRECISION_HINT")
             return hint.to_string() if hasattr(hint, "to_string") else str(hint)  # ov.Type -> "bf16" / "f32"
-    if getattr(am, "pt", False) or getattr(am, "format", None) == "pt":
-        return "f16" if getattr(am, "fp16", False) else "f32"
+    fp16 = getattr(am, "fp16", None)
+    if isinstance(fp16, bool):  # PyTorch, ONNX Runtime, TorchScript, TensorRT run the weights' own precision
+        return "f16" if fp16 else "f32"
     return None
 
 
