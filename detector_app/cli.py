@@ -70,6 +70,17 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Write one JSON li
 HeadlessOpt = Annotated[bool, typer.Option("--headless", help="No OpenCV window.")]
 FeedPortOpt = Annotated[int, typer.Option("--feed-port", help="WebSocket detection feed port (0 = off).", envvar="FEED_PORT")]
 LogOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING…", envvar="LOG_LEVEL")]
+CounterOpt = Annotated[
+    bool, typer.Option("--frame-counter", help="Read the fixture videos' frame counter into each result (extra.frame_id).")
+]
+
+
+def _probe(enabled: bool):
+    if not enabled:
+        return None
+    from detector_app.fixtures.scene import frame_counter_probe
+
+    return frame_counter_probe
 
 
 def _fail(message: str, code: int = 2) -> "typer.Exit":
@@ -162,6 +173,7 @@ def replay(
     ingest_port: Annotated[int, typer.Option("--ingest-port", help="Listener port (0 = any free port).")] = 0,
     feed_port: FeedPortOpt = 0,
     summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
+    frame_counter: CounterOpt = False,
     log_level: LogOpt = "INFO",
 ) -> None:
     """Push VIDEO into the real ingest exactly as Mentra Live would (a separate ffmpeg process, real
@@ -176,7 +188,8 @@ def replay(
     det = _detector(model, conf, imgsz, device, classes, backend, _video_size(video))
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": str(video)})
     try:
-        summary = run_replay(video, det, protocol=protocol.value, fps=fps, sinks=sinks, headless=headless, port=ingest_port)
+        summary = run_replay(video, det, protocol=protocol.value, fps=fps, sinks=sinks, headless=headless, port=ingest_port,
+                             frame_probe=_probe(frame_counter))
     except (IngestError, GlassesError) as exc:
         raise _fail(str(exc)) from None
     finally:
@@ -208,6 +221,7 @@ def detect(
     ] = None,
     feed_port: FeedPortOpt = 0,
     summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
+    frame_counter: CounterOpt = False,
     log_level: LogOpt = "INFO",
 ) -> None:
     """Run the same pipeline on a file or stream URL, without an ingest listener."""
@@ -224,7 +238,8 @@ def detect(
     det = _detector(model, conf, imgsz, device, classes, backend, size)
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": source})
     try:
-        summary = detect_source(src, det, fps=fps, sinks=sinks, headless=headless, live=realtime)
+        summary = detect_source(src, det, fps=fps, sinks=sinks, headless=headless, live=realtime,
+                                frame_probe=_probe(frame_counter))
     finally:
         for close in closers:
             close()

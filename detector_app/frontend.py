@@ -37,7 +37,7 @@ def run_main_loop(
 ) -> str:
     """Block until ``until()`` is true, the window is closed, or Ctrl-C. Returns the reason."""
     if not headless:
-        from detector_app.outputs.window import display_available, run_display_loop
+        from detector_app.outputs.window import PreviewWindow, display_available, run_display_loop
 
         if not display_available():
             logger.warning("No display available (no $DISPLAY / GUI backend): running headless")
@@ -56,7 +56,7 @@ def run_main_loop(
                     hud=lambda: hud_lines(pipeline),
                     should_stop=until,
                     fps_hint=lambda: pipeline.health().fps or 30.0,
-                    title=title,
+                    window=PreviewWindow(title),
                 )
             except KeyboardInterrupt:
                 return "interrupted"

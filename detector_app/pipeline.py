@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from loguru import logger
 
 from detector_app.detection.detector import Detector
@@ -41,6 +42,8 @@ class RunStats:
     per_label: Counter = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
     inference_ms: list[float] = field(default_factory=list)
+    done_times: list[float] = field(default_factory=list)
+    STALL_S = 1.0
 
     def add(self, r: FrameResult) -> None:
         if self.first_result_at is None:
@@ -53,13 +56,17 @@ class RunStats:
             self.per_label[d.label] += 1
         self.latencies_ms.append(r.latency_ms)
         self.inference_ms.append(r.inference_ms)
+        self.done_times.append(r.done_at)
 
     @property
     def rate(self) -> float:
-        if self.first_result_at is None or self.last_result_at is None or self.inferences < 2:
+        """Inferences per second while frames flow: gaps > 1 s (publisher away, stalls) are not counted."""
+        if len(self.done_times) < 2:
             return 0.0
-        span = self.last_result_at - self.first_result_at
-        return (self.inferences - 1) / span if span > 0 else 0.0
+        gaps = [b - a for a, b in zip(self.done_times, self.done_times[1:])]
+        flowing = [g for g in gaps if g <= self.STALL_S]
+        span = sum(flowing)
+        return len(flowing) / span if span > 0 else 0.0
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -80,8 +87,10 @@ class Pipeline:
         sinks: list[Sink] | None = None,
         live: bool | None = None,
         source_label: str = "",
+        frame_probe: Callable[[np.ndarray], dict] | None = None,
     ) -> None:
         self.source = source
+        self.frame_probe = frame_probe  # e.g. read the fixture's frame counter into result.extra
         self.detector = detector
         self.fps = fps
         self.live = source.live if live is None else live
@@ -191,7 +200,7 @@ class Pipeline:
             all_detections=n_all,
             model=self.detector.description,
             source=self.source_label,
-            extra={"session": item.session},
+            extra={"session": item.session, **(self.frame_probe(bgr) if self.frame_probe else {})},
         )
         self.latest_result = result
         self.stats.add(result)

@@ -128,10 +128,13 @@ def replay(
     port: int = 0,
     bind_host: str = "127.0.0.1",
     on_ready: Callable[[Pipeline, str], None] | None = None,
+    frame_probe: Callable | None = None,
 ) -> RunSummary:
     """Listen, publish ``video`` from a separate process in real time, detect, summarise."""
     endpoint, source = open_listener(protocol, port=port, bind_host=bind_host, advertise="127.0.0.1")
-    pipeline = Pipeline(source, detector, fps=fps, sinks=sinks, source_label=f"{protocol} replay of {video.name}")
+    pipeline = Pipeline(
+        source, detector, fps=fps, sinks=sinks, source_label=f"{protocol} replay of {video.name}", frame_probe=frame_probe
+    )
     pipeline.start()
     t0 = time.time()
     publisher: Publisher | None = None
@@ -181,10 +184,10 @@ def replay(
 
 def detect_source(
     source: VideoSource, detector: Detector, fps: float = 10.0, sinks: list[Sink] | None = None,
-    headless: bool = True, live: bool | None = None,
+    headless: bool = True, live: bool | None = None, frame_probe: Callable | None = None,
 ) -> RunSummary:
     """Run the pipeline on a file or stream URL until it ends (or Ctrl-C / window closed)."""
-    pipeline = Pipeline(source, detector, fps=fps, sinks=sinks, live=live)
+    pipeline = Pipeline(source, detector, fps=fps, sinks=sinks, live=live, frame_probe=frame_probe)
     pipeline.start()
     t0 = time.time()
     try:

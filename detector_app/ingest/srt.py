@@ -9,7 +9,6 @@ missing key fails the handshake and never sends a byte of video.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import threading
@@ -80,7 +79,7 @@ class SrtRelayListener:
         dst = f"udp://127.0.0.1:{self._udp_port}"
         libav_log.install()
         self._proc = subprocess.Popen(
-            [exe, "-a:yes", "-v", src, dst],
+            [exe, "-a:yes", src, dst],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -103,20 +102,23 @@ class SrtRelayListener:
         logger.warning("SRT relay did not bind port {} within {} s", self.endpoint.port, timeout)
 
     def _pump_log(self) -> None:
+        """Relay log → our log. The relay echoes its URL (with the passphrase): always redact."""
         assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            line = line.strip()
+        key = self.endpoint.key
+        for raw in self._proc.stdout:
+            line = raw.strip().replace(key, key[:4] + "…")
             if not line:
                 continue
             low = line.lower()
             if "accepted srt source connection" in low:
                 self.connections += 1
                 logger.info("SRT publisher connected on port {}", self.endpoint.port)
-            elif re.search(r"(reject|decrypt|passphrase|bad secret|km_state)", low):
+            elif "rsp(reject)" in low:
                 self.rejected_publishers += 1
-                logger.warning("SRT caller rejected on port {}: {}", self.endpoint.port, line)
-            elif "disconnect" in low or "connection lost" in low or "broken" in low:
-                logger.info("SRT publisher on port {} disconnected ({})", self.endpoint.port, line)
+                reason = line.split("rsp(REJECT):", 1)[-1].strip()
+                logger.warning("Rejected SRT caller on port {}: {} (wrong or missing stream key)", self.endpoint.port, reason)
+            elif "srt source disconnected" in low:
+                logger.info("SRT publisher on port {} disconnected", self.endpoint.port)
             else:
                 logger.debug("[srt-live-transmit:{}] {}", self.endpoint.port, line)
 
