@@ -59,6 +59,10 @@ class StreamSession:
     def latest_result(self) -> FrameResult | None:
         return self.pipeline.latest_result
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -90,7 +94,10 @@ class DetectionService:
         return stream
 
     def streams(self) -> list[StreamSession]:
+        """Open streams, oldest first (closed ones are dropped so a long-running server does not keep
+        every finished session's pipeline alive)."""
         with self._lock:
+            self._streams = [s for s in self._streams if not s.closed]
             return list(self._streams)
 
     def close(self) -> None:
