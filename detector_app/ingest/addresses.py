@@ -86,6 +86,20 @@ def free_port(host: str = "0.0.0.0", udp: bool = False) -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_below_ephemeral(host: str = "127.0.0.1", udp: bool = True, low: int = 20000, high: int = 32000) -> int:
+    """A free port outside Linux's ephemeral range (32768+), so no client socket grabs it before we bind.
+
+    Used for the loopback relay port, which is chosen now but bound later by PyAV.
+    """
+    import random
+
+    for _ in range(200):
+        port = random.randint(low, high)
+        if port_is_free(port, host, udp=udp):
+            return port
+    return free_port(host, udp=udp)
+
+
 def listening(port: int, udp: bool = False) -> bool | None:
     """Is something bound/listening on ``port``? Reads /proc/net (Linux); None when unknown."""
     files = ("/proc/net/udp", "/proc/net/udp6") if udp else ("/proc/net/tcp", "/proc/net/tcp6")

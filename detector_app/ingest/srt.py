@@ -19,7 +19,7 @@ import av.container
 from loguru import logger
 
 from detector_app.ingest import libav_log
-from detector_app.ingest.addresses import free_port, port_is_free
+from detector_app.ingest.addresses import free_port_below_ephemeral, port_is_free
 from detector_app.ingest.base import IngestEndpoint, IngestError
 
 SRT_LATENCY_MS = 20  # receiver latency; 120 ms default doubles frame age (field notes)
@@ -66,7 +66,7 @@ class SrtRelayListener:
             )
         self.endpoint = endpoint
         self.name = f"srt-listener:{endpoint.port}"
-        self._udp_port = free_port("127.0.0.1", udp=True)
+        self._udp_port = free_port_below_ephemeral("127.0.0.1", udp=True)
         self._read_timeout_s = read_timeout_s
         self._open_poll_s = open_poll_s
         self._closed = threading.Event()

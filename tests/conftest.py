@@ -1,0 +1,58 @@
+"""Shared test fixtures: the recorded fixture videos and one loaded fixture detector per session.
+
+Videos are composed once into ``data/fixtures`` (cached between runs, ~4 s each to make). The
+detector is the project's own test model (``models/fixture-animals-yolo11n.pt``), loaded and
+warmed up once, because loading costs seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_DIR = Path(os.environ.get("DETECTOR_FIXTURE_DIR", ROOT / "data" / "fixtures"))
+MODEL = Path(os.environ.get("DETECTOR_TEST_MODEL", ROOT / "models" / "fixture-animals-yolo11n.pt"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from detector_app.logs import setup_logging
+
+    setup_logging(os.environ.get("TEST_LOG_LEVEL", "WARNING"))
+
+
+def need(tool: str, hint: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.fail(f"{tool} is required for this test: {hint}")
+
+
+@pytest.fixture(scope="session")
+def fixture_videos() -> dict[str, Path]:
+    need("ffmpeg", "apt-get install ffmpeg")
+    from detector_app.fixtures.video import ensure_fixtures
+
+    return ensure_fixtures(FIXTURE_DIR, progress=False)
+
+
+@pytest.fixture(scope="session")
+def truth_for():
+    from detector_app.fixtures.evaluate import load_truth
+
+    def get(video: Path) -> dict:
+        return load_truth(video.with_suffix(".json"))
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def detector():
+    from detector_app.detection.detector import Detector, DetectorConfig
+
+    if not MODEL.exists():
+        pytest.fail(f"test model missing: {MODEL} (scripts/train_fixture_model.py makes it)")
+    det = Detector(DetectorConfig(model=str(MODEL), backend="auto"), frame_size=(854, 480), progress=False)
+    det.warmup((854, 480))
+    return det
