@@ -33,6 +33,16 @@ WILDLIFE: tuple[str, ...] = (
 
 DEFAULT_ANIMALS: frozenset[str] = frozenset(COCO_ANIMALS + WILDLIFE)
 
+# Objects named after animals: never matched through their last word ("teddy bear" is not a bear).
+NOT_ANIMALS: frozenset[str] = frozenset({
+    "teddy bear", "hot dog", "corn dog", "baseball bat", "cricket bat", "computer mouse", "stuffed animal",
+    "toy animal", "tower crane", "construction crane",
+})
+
+# COCO's class "mouse" is the computer mouse (it sits between "laptop" and "remote"). In a model that
+# also knows these, the *default* animal vocabulary must not claim it; an explicit --classes mouse does.
+_COCO_MOUSE_CONTEXT = frozenset({"laptop", "keyboard", "remote"})
+
 
 def normalize(name: str) -> str:
     """'Polar_Bear' / 'polar-bear' / ' polar  bear ' → 'polar bear'."""
@@ -85,12 +95,21 @@ def build_filter(model_names: Mapping[int, str] | list[str], wanted: frozenset[s
     names = dict(enumerate(model_names)) if isinstance(model_names, list) else dict(model_names)
     if wanted is None:
         return ClassFilter(None, tuple(names.values()), None)
-    wanted_forms = {w for n in wanted for w in (n, _singular(n))}
-    ids = set()
-    for cid, raw in names.items():
-        n = normalize(str(raw))
-        if n in wanted_forms or _singular(n) in wanted_forms:
+    form_of = {w: n for n in wanted for w in (_singular(n), n)}  # form -> requested name
+    normalized = {cid: normalize(str(raw)) for cid, raw in names.items()}
+    skip_mouse = DEFAULT_ANIMALS <= wanted and not _COCO_MOUSE_CONTEXT.isdisjoint(normalized.values())
+    ids: set[int] = set()
+    matched: set[str] = set()
+    for cid, n in normalized.items():
+        forms = [n, _singular(n)]
+        if " " in n and n not in NOT_ANIMALS and _singular(n) not in NOT_ANIMALS:
+            forms += [f.rsplit(" ", 1)[1] for f in forms]  # "red fox" / "roe deer": by the last word
+        hits = {form_of[f] for f in forms if f in form_of}
+        if skip_mouse and n in ("mouse", "mice"):
+            hits.clear()
+        if hits:
             ids.add(int(cid))
-    known = {normalize(str(v)) for v in names.values()} | {_singular(normalize(str(v))) for v in names.values()}
-    unmatched = tuple(sorted(n for n in wanted if n not in known and _singular(n) not in known))
+            matched |= hits
+    known = {f for n in normalized.values() for f in (n, _singular(n))}
+    unmatched = tuple(sorted(n for n in wanted if n not in matched and n not in known and _singular(n) not in known))
     return ClassFilter(frozenset(ids), tuple(names[i] for i in sorted(ids)), wanted, unmatched)
