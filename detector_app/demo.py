@@ -181,9 +181,13 @@ def run_demo(headless: bool, protocol: str, video: Path | None, model: str | Non
              glasses: str) -> int:
     """Run the offline demo until Ctrl-C / SIGTERM / ``duration`` s after start-up; returns the exit code
     (0 clean, 1 the demo broke, 2 something to fix first)."""
-    if glasses not in ("mentra_live", "even_g1"):
+    if glasses not in ("mentra_live", "even_g1", "even_g1_camera"):
         logger.error("--glasses must be mentra_live or even_g1")
         return 2
+    if glasses == "even_g1":
+        # Real G1s have no camera: pair the G1 display with a simulated camera so there is a stream.
+        logger.info("demo: real Even G1 glasses have no camera; simulating a G1 display with a camera")
+        glasses = "even_g1_camera"
     if protocol not in ("rtmp", "srt"):
         logger.error("--protocol must be rtmp or srt")
         return 2
@@ -310,4 +314,4 @@ def _restore_signal_handlers(previous: dict[int, Any]) -> None:
         signal.signal(sig, h)
 
 
-__all__ = ["run_demo", "DEMO_API_KEY", "DEMO_PACKAGE"]
+__all__ = ["DEMO_API_KEY", "DEMO_PACKAGE", "run_demo"]

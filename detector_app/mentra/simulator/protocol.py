@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 Generation = Literal["B", "D"]
-DeviceName = Literal["mentra_live", "even_g1"]
+DeviceName = Literal["mentra_live", "even_g1", "even_g1_camera"]
 
 
 def now_iso() -> str:
@@ -223,7 +223,21 @@ EVEN_G1 = DeviceProfile(
     },
 )
 
-DEVICES: dict[str, DeviceProfile] = {"mentra_live": MENTRA_LIVE, "even_g1": EVEN_G1}
+# Not a real product: a G1 display with Mentra Live's camera and WiFi. Real G1s have no camera (the cloud
+# refuses their stream requests), so this is how the offline demo and tests show text walls driven by a
+# real video stream.
+EVEN_G1_CAMERA = DeviceProfile(
+    model_name="Even Realities G1 (+ simulated camera)",
+    capabilities={
+        **EVEN_G1.capabilities,
+        "modelName": "Even Realities G1 (+ simulated camera)",
+        "hasCamera": True,
+        "camera": MENTRA_LIVE.capabilities["camera"],
+        "hasWifi": True,
+    },
+)
+
+DEVICES: dict[str, DeviceProfile] = {"mentra_live": MENTRA_LIVE, "even_g1": EVEN_G1, "even_g1_camera": EVEN_G1_CAMERA}
 
 
 def device_profile(name: str) -> DeviceProfile:
