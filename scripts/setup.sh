@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One-time set-up: system tools (Debian/Ubuntu), a virtual environment with detector-app, and the
+# offline fixture videos. Safe to run again (it skips what is already there).
+#
+#   scripts/setup.sh            # everything
+#   VENV=/path/to/venv scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${VENV:-.venv}"
+PY="${PYTHON:-python3}"
+APT_PACKAGES=(ffmpeg srt-tools nginx libnginx-mod-rtmp)
+
+say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
+die() { printf '\033[1;31m[setup] %s\033[0m\n' "$*" >&2; exit 1; }
+
+missing=()
+command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+command -v srt-live-transmit >/dev/null 2>&1 || missing+=(srt-tools)
+[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing+=(nginx libnginx-mod-rtmp)
+if ((${#missing[@]})); then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    say "installing system packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+  else
+    die "please install: ${missing[*]} (ffmpeg with libx264, srt-tools; nginx-rtmp only for the benchmark baseline)"
+  fi
+fi
+
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || die "Python 3.10+ is required ($PY is $("$PY" --version))"
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating virtual environment $VENV"
+  "$PY" -m venv "$VENV"
+fi
+say "installing detector-app and its dependencies into $VENV (first time: several minutes, torch is large)"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,fast]"
+
+say "composing the offline fixture videos (data/fixtures)"
+"$VENV/bin/detector-app" fixtures --out-dir data/fixtures >/dev/null
+
+say "ready. Try:  $VENV/bin/detector-app replay data/fixtures/cat_720p30.mp4 --model models/fixture-animals-yolo11n.pt"
