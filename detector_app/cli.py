@@ -121,11 +121,12 @@ def _sinks(out: Path | None, feed_port: int, info: dict):
         feed = DetectionFeed(port=feed_port, info=info)
         try:
             feed.start()
-        except FeedError as exc:
-            raise _fail(str(exc)) from None
-        logger.info("detection feed: ws://{}:{}", "127.0.0.1", feed.port)
-        sinks.append(feed)
-        closers.append(feed.stop)
+        except FeedError as exc:  # detection is still useful without the feed: keep going
+            logger.warning("detection feed disabled: {}", exc)
+        else:
+            logger.info("detection feed: ws://127.0.0.1:{} (one JSON message per inference)", feed.port)
+            sinks.append(feed)
+            closers.append(feed.stop)
     return sinks, closers
 
 
@@ -171,7 +172,7 @@ def replay(
     classes: ClassesOpt = None,
     backend: BackendOpt = Backend.auto,
     ingest_port: Annotated[int, typer.Option("--ingest-port", help="Listener port (0 = any free port).")] = 0,
-    feed_port: FeedPortOpt = 0,
+    feed_port: FeedPortOpt = 8765,
     summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
     frame_counter: CounterOpt = False,
     log_level: LogOpt = "INFO",
@@ -219,7 +220,7 @@ def detect(
         typer.Option("--realtime/--no-realtime", help="Sample on the wall clock, dropping frames (default for URLs), "
                      "or on the video's own timestamps, every time the same (default for files)."),
     ] = None,
-    feed_port: FeedPortOpt = 0,
+    feed_port: FeedPortOpt = 8765,
     summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
     frame_counter: CounterOpt = False,
     log_level: LogOpt = "INFO",

@@ -110,7 +110,7 @@ class DetectionFeed:
             self._shutdown_loop(timeout=1.0)
             port = self._requested_port
             if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:
-                raise FeedError(f"port {port} is in use; pass --feed-port or --no-feed") from e
+                raise FeedError(f"port {port} is in use; pass another --feed-port, or --feed-port 0 to turn the feed off") from e
             raise FeedError(f"cannot start detection feed on {self.host}:{port}: {e}") from e
         logger.info("detection feed on ws://{}:{}/", self.host, self.port)
         return self
