@@ -204,7 +204,7 @@ def test_feed_port_in_use_is_a_clear_error() -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        with pytest.raises(FeedError, match=f"port {port} is in use; pass --feed-port or --no-feed"):
+        with pytest.raises(FeedError, match=f"port {port} is in use; pass another --feed-port"):
             DetectionFeed("127.0.0.1", port).start()
 
 
