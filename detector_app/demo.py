@@ -240,6 +240,12 @@ def run_demo(headless: bool, protocol: str, video: Path | None, model: str | Non
             return stop.is_set() or side.finished.is_set() or (deadline is not None and time.monotonic() >= deadline)
 
         reason = _main_loop(service, headless, should_stop)
+        if stop.is_set():
+            reason = "signal"
+        elif side.finished.is_set():
+            reason = "background loop ended"
+        elif deadline is not None and time.monotonic() >= deadline:
+            reason = f"--duration {duration:g} s reached"
     except KeyboardInterrupt:
         reason = "interrupted"
     finally:
