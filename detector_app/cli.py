@@ -356,6 +356,36 @@ def demo(
                               duration=duration, glasses=device_profile))
 
 
+# -- bench --------------------------------------------------------------------------------------
+@app.command()
+def bench(
+    duration: Annotated[float, typer.Option("--duration", min=2.0, help="Seconds of video to publish per side (≤ the video's length).")] = 60.0,
+    protocol: Annotated[Protocol, typer.Option("--protocol", "-p", help="Our ingest (the baseline always pulls RTMP from nginx).")] = Protocol.rtmp,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A .pt model (both sides). Default: the bundled fixture model.")] = None,
+    video: Annotated[Optional[Path], typer.Option("--video", help="Recorded video with the frame-counter barcode (default: the bench_720p30 fixture).")] = None,
+    backend: BackendOpt = Backend.auto,
+    conf: ConfOpt = 0.35,
+    imgsz: ImgszOpt = None,
+    fps: FpsOpt = 10.0,
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Where bench.json and latency.png go (default bench-results/<timestamp>/).")] = None,
+    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also run Ultralytics' own streaming predict.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON summary instead of the table.")] = False,
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Benchmark: replay a recorded 720p30 video in real time through the real ingest, then through
+    Ultralytics' own stream predict (nginx-rtmp), and print one table with PASS/MISS per target.
+    Exit code 0 = all targets met, 1 = a target missed, 2 = the benchmark could not run."""
+    setup_logging(log_level)
+    from detector_app.bench import bench_main
+
+    if video is not None and not video.exists():
+        raise _fail(f"video not found: {video}")
+    raise typer.Exit(bench_main(
+        duration=duration, protocol=protocol.value, model=model, video=video, backend=backend.value, conf=conf,
+        imgsz=imgsz, fps=fps, out_dir=out_dir, baseline=baseline, log_level=log_level, as_json=as_json,
+    ))
+
+
 # -- fixtures / models ---------------------------------------------------------------------------
 @app.command()
 def fixtures(

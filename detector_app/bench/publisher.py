@@ -1,0 +1,164 @@
+"""The benchmark's timed publisher: remux a recorded video to RTMP or SRT in real time and log send times.
+
+Run it as its own process (``python -m detector_app.bench.publisher``): publishing and listening with
+PyAV in one interpreter deadlocks on the GIL (field notes), and the pipeline's CPU must not include it.
+
+It stream-copies video and audio (what Mentra Live's hardware encoder sends: H.264 + AAC), paces every
+packet by its dts on the wall clock (sleep until ``t0 + dts``), and writes one JSON line per *video*
+packet with the wall-clock time ``mux()`` returned (the bytes are in the socket). The frame index is the
+order of the video packets, which equals the frame counter drawn into the fixture frames because the
+fixtures are encoded without B-frames (``-tune zerolatency``).
+
+Audio is paced ``AUDIO_LEAD_S`` (100 ms) ahead of its dts. Reason: FFmpeg's muxer interleaves by dts and
+holds a video packet until every other stream has a packet queued; with audio paced exactly, each video
+frame would wait up to one AAC frame (23 ms) inside ``mux()``'s queue after we logged it as sent. With
+the audio queued a little early, a video packet is written (and its time logged) in the same ``mux()``
+call, so the logged time is when its bytes really left.
+
+RTMP: PyAV writes FLV straight to ``rtmp://…`` (the first ``mux()`` connects and does the handshake).
+SRT: PyAV wheels from 16.0 on have no libsrt, so PyAV writes MPEG-TS to a loopback UDP port and a child
+``srt-live-transmit`` (the SRT caller, like the glasses) forwards the datagrams unchanged to the SRT
+URL. That hop adds one loopback UDP datagram and a read/write in the relay (well under 1 ms), which is
+included in the measured latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import av
+
+AUDIO_LEAD_S = 0.1  # audio goes out this much ahead of its dts, see publish()
+SRT_RELAY_LATENCY_MS = 20  # sender-side SRT latency (ms, srt-live-transmit's unit); ingest uses 20 ms too
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def srt_caller_uri(url: str) -> str:
+    """``srt://host:port?streamid=K&passphrase=K&…`` (ffmpeg style, latency in µs) → srt-live-transmit caller URI."""
+    parts = urlsplit(url)
+    q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    params = {"mode": "caller", "latency": str(SRT_RELAY_LATENCY_MS)}
+    for k in ("passphrase", "pbkeylen", "streamid"):
+        if k in q:
+            params[k] = q[k]
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"srt://{parts.hostname}:{parts.port}?{query}"
+
+
+class _SrtRelay:
+    """``srt-live-transmit udp://:U srt://…`` as our child; PyAV sends MPEG-TS datagrams to U."""
+
+    def __init__(self, url: str) -> None:
+        exe = shutil.which("srt-live-transmit")
+        if exe is None:
+            raise SystemExit("publishing SRT needs srt-live-transmit (Debian: apt-get install srt-tools)")
+        self.udp_port = _free_udp_port()
+        self.proc = subprocess.Popen(
+            [exe, "-a:no", "-q", f"udp://127.0.0.1:{self.udp_port}", srt_caller_uri(url)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.3)  # let it bind the UDP port (datagrams sent before would be lost)
+        if self.proc.poll() is not None:
+            raise SystemExit(f"srt-live-transmit exited at start (code {self.proc.returncode})")
+
+    @property
+    def udp_url(self) -> str:
+        return f"udp://127.0.0.1:{self.udp_port}?pkt_size=1316"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            time.sleep(0.3)  # let the last datagrams through
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(3)
+
+
+def publish(video: Path, url: str, duration: float, log_path: Path) -> int:
+    """Publish ``duration`` seconds of ``video`` to ``url`` in real time; returns the number of video frames sent."""
+    srt = url.lower().startswith("srt://")
+    relay = _SrtRelay(url) if srt else None
+    inp = av.open(str(video))
+    out = None
+    sent = 0
+    try:
+        vin = inp.streams.video[0]
+        streams = [vin] + ([inp.streams.audio[0]] if inp.streams.audio else [])
+        target, fmt = (relay.udp_url, "mpegts") if relay else (url, "flv")
+        out = av.open(target, "w", format=fmt, options={"flush_packets": "1"})
+        omap = {s.index: out.add_stream_from_template(s) for s in streams}
+        with open(log_path, "w") as log:
+            t_connect = time.time()
+            log.write(json.dumps({"event": "connect_start", "t": t_connect}) + "\n")
+            t0: float | None = None
+            first_dts: float | None = None
+            for pkt in inp.demux(streams):
+                if pkt.dts is None or pkt.size == 0:
+                    continue
+                dts = float(pkt.dts * pkt.time_base)
+                if first_dts is None:
+                    first_dts = dts
+                rel = dts - first_dts
+                if rel >= duration:
+                    if pkt.stream.index == vin.index:
+                        break
+                    continue
+                is_video = pkt.stream.index == vin.index
+                if t0 is not None:
+                    delay = t0 + rel - (0.0 if is_video else AUDIO_LEAD_S) - time.time()
+                    if delay > 0:
+                        time.sleep(delay)
+                pkt.stream = omap[pkt.stream.index]
+                out.mux(pkt)
+                now = time.time()
+                if t0 is None:  # the first mux connected (RTMP handshake): pace from here
+                    t0 = now - rel
+                    log.write(json.dumps({"event": "connected", "t": now}) + "\n")
+                if is_video:
+                    log.write(json.dumps({"frame": sent, "t": now}) + "\n")
+                    sent += 1
+            log.write(json.dumps({"event": "end", "t": time.time(), "frames": sent}) + "\n")
+    finally:
+        if out is not None:
+            with contextlib.suppress(Exception):  # the receiver may already be gone
+                out.close()
+        inp.close()
+        if relay is not None:
+            relay.close()
+    return sent
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--video", type=Path, required=True)
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--duration", type=float, required=True)
+    ap.add_argument("--log", type=Path, required=True, help="JSONL of send times, one line per video frame")
+    args = ap.parse_args(argv)
+    try:
+        n = publish(args.video, args.url, args.duration, args.log)
+    except (av.error.FFmpegError, OSError) as exc:
+        print(f"publisher failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"published {n} video frames", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""Orchestrate one benchmark: ours, then the Ultralytics baseline, on the same recorded video.
+
+Per side, three processes, so each number belongs to exactly one of them:
+
+    publisher (python -m detector_app.bench.publisher)  ──RTMP/SRT──▶  worker (python -m detector_app.bench.worker)
+       logs the send time of every video frame                        ours: our listener + Pipeline
+                                                                       baseline: nginx-rtmp ◀─pull─ Ultralytics predict
+
+The parent reads the worker's CPU time (``/proc/<pid>/stat`` utime+stime) right before the publisher
+starts and right after it finishes, and its peak RSS (``VmHWM``), then asks it to stop and write its
+per-result records. The sides run one after the other (never together: 2 cores), ours first because the
+baseline uses the same network input long side as ours.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loguru import logger
+
+from detector_app.bench import report
+from detector_app.bench.nginx import NginxRtmp
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 600.0  # first run may export the model to OpenVINO (seconds) on a busy box
+STOP_TIMEOUT_S = 20.0
+GRACE_AFTER_PUBLISH_S = 1.0  # let the last frames' results arrive before stopping
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run (a worker or publisher failed); the message says which and why."""
+
+
+@dataclass
+class BenchConfig:
+    video: Path
+    model: str
+    duration: float = 60.0
+    protocol: str = "rtmp"
+    backend: str = "auto"
+    conf: float = 0.35
+    imgsz: int | None = None
+    fps: float = 10.0
+    out_dir: Path = field(default_factory=lambda: Path("bench-results") / time.strftime("%Y%m%d-%H%M%S"))
+    baseline: bool = True
+    log_level: str = "INFO"
+
+
+# --------------------------------------------------------------------------------------------- /proc
+def proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of ``pid`` (all its threads), in seconds."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; fields[0] is field 3 (state)
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # fields 14 and 15 of proc(5)
+
+
+def proc_vm_hwm_kb(pid: int) -> int | None:
+    from detector_app.bench.worker import vm_hwm_kb
+
+    return vm_hwm_kb(pid)
+
+
+# ------------------------------------------------------------------------------------------- processes
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.setdefault("YOLO_VERBOSE", "False")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Worker:
+    """A measured side: a child process speaking the BENCH_READY / stop / BENCH_DONE line protocol."""
+
+    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - open for the worker's lifetime, closed in kill()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "detector_app.bench.worker", *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
+            cwd=PROJECT_ROOT, env=_child_env(), start_new_session=True,
+        )
+        self._lines: queue.Queue[tuple[str, dict]] = queue.Queue()
+        threading.Thread(target=self._read, name=f"bench-{name}-stdout", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("BENCH_"):
+                tag, _, payload = line.partition(" ")
+                try:
+                    self._lines.put((tag, json.loads(payload or "{}")))
+                except json.JSONDecodeError:
+                    pass
+            else:
+                self._log.write(line)
+
+    def wait_for(self, tag: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"{self.name} worker: no {tag} within {timeout:.0f} s (log: {self.log_path})")
+            try:
+                got, payload = self._lines.get(timeout=min(0.5, left))
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    raise BenchError(
+                        f"{self.name} worker exited with code {self.proc.returncode} before {tag}: {self.tail()}"
+                    ) from None
+                continue
+            if got == tag:
+                return payload
+
+    def tail(self, n: int = 3) -> str:
+        self._log.flush()
+        try:
+            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        return " | ".join(lines[-n:]) + f" (log: {self.log_path})"
+
+    def stop(self) -> dict:
+        """Ask it to stop and write its records; bounded."""
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("stop\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+        done = self.wait_for("BENCH_DONE", STOP_TIMEOUT_S)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        return done
+
+    def kill(self) -> None:
+        """Make sure it (and anything it started, e.g. the SRT relay) is gone."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    self.proc.kill()
+                self.proc.wait(3)
+        else:  # its group may still hold a relay it started
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self._log.close()
+
+
+def _publish(video: Path, url: str, duration: float, sends_log: Path, log_path: Path) -> subprocess.Popen:
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "detector_app.bench.publisher", "--video", str(video), "--url", url,
+             "--duration", f"{duration:.3f}", "--log", str(sends_log)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, env=_child_env(),
+            start_new_session=True,
+        )
+
+
+def _kill_group(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(3)
+    except (ProcessLookupError, PermissionError):
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(3)
+
+
+def _wait_player_connected(pid: int, port: int, timeout: float = 10.0) -> bool:
+    """Wait until ``pid`` holds an ESTABLISHED TCP connection to ``port`` (the baseline's reader joined nginx)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conns = psutil.Process(pid).net_connections(kind="tcp")
+        except (psutil.Error, OSError):
+            return False
+        if any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED for c in conns):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# ------------------------------------------------------------------------------------------------ a side
+def run_side(name: str, worker_args: list[str], cfg: BenchConfig, publish_url_of, before_publish=None) -> dict:
+    """Start the worker, wait READY, publish for ``cfg.duration``, measure, stop; returns raw records."""
+    out_dir = cfg.out_dir
+    raw_path = out_dir / f"{name}.json"
+    sends_path = out_dir / f"sends-{name}.jsonl"
+    worker = Worker(name, [*worker_args, "--out", str(raw_path)], out_dir / f"worker-{name}.log")
+    publisher: subprocess.Popen | None = None
+    try:
+        ready = worker.wait_for("BENCH_READY", READY_TIMEOUT_S)
+        logger.info("{}: worker ready (pid {}, {} imgsz {})", name, worker.proc.pid, ready.get("model"), ready.get("imgsz"))
+        if before_publish is not None:
+            before_publish(worker, ready)
+        url = publish_url_of(ready)
+        cpu0, t0 = proc_cpu_seconds(worker.proc.pid), time.time()
+        publisher = _publish(cfg.video, url, cfg.duration, sends_path, out_dir / f"publisher-{name}.log")
+        try:
+            rc = publisher.wait(cfg.duration + 30.0)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{name}: publisher did not finish within {cfg.duration + 30:.0f} s") from None
+        cpu1, t1 = proc_cpu_seconds(worker.proc.pid), time.time()
+        if rc != 0:
+            tail = (out_dir / f"publisher-{name}.log").read_text(errors="replace").strip().splitlines()[-1:]
+            raise BenchError(f"{name}: publisher failed (exit {rc}): {' '.join(tail)}")
+        time.sleep(GRACE_AFTER_PUBLISH_S)
+        rss_kb = proc_vm_hwm_kb(worker.proc.pid)
+        worker.stop()
+        raw = json.loads(raw_path.read_text())
+        raw["ready"] = ready
+        raw["cpu_window"] = {"cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
+                             "wall_s": t1 - t0, "vm_hwm_kb": rss_kb}
+        raw["sends"] = [json.loads(ln) for ln in sends_path.read_text().splitlines() if ln.strip()]
+        return raw
+    finally:
+        _kill_group(publisher)
+        worker.kill()
+
+
+# ----------------------------------------------------------------------------------------------- bench
+def video_info(video: Path) -> tuple[float, tuple[int, int], float]:
+    """(duration s, (width, height), fps) of a recorded video (PyAV probe; nothing listens in this process)."""
+    import av
+
+    with av.open(str(video)) as c:
+        s = c.streams.video[0]
+        dur = float(c.duration / 1e6) if c.duration else float(s.duration * s.time_base) if s.duration else 0.0
+        fps = float(s.average_rate) if s.average_rate else 30.0
+        return dur, (s.codec_context.width, s.codec_context.height), fps
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Run ours (and the baseline), write ``bench.json``, ``latency.png`` and ``table.md`` to ``cfg.out_dir``."""
+    if not cfg.video.exists():
+        raise BenchError(f"video not found: {cfg.video}")
+    length, (w, h), vfps = video_info(cfg.video)
+    if cfg.duration > length - 0.5:
+        logger.warning("--duration {:.0f} s is longer than the video ({:.1f} s): clamped to {:.1f} s", cfg.duration, length, length - 0.5)
+        cfg.duration = max(1.0, length - 0.5)
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    common = ["--model", cfg.model, "--conf", str(cfg.conf), "--frame-size", f"{w}x{h}", "--log-level", cfg.log_level]
+    ours_args = ["ours", *common, "--protocol", cfg.protocol, "--backend", cfg.backend, "--fps", str(cfg.fps)]
+    if cfg.imgsz:
+        ours_args += ["--imgsz", str(cfg.imgsz)]
+
+    logger.info("bench: {} {:.0f} s of {} ({}x{} @ {:.0f} fps), model {}", cfg.protocol.upper(), cfg.duration,
+                cfg.video.name, w, h, vfps, cfg.model)
+    ours_raw = run_side("ours", ours_args, cfg, lambda ready: ready["url"])
+
+    base_raw = None
+    if cfg.baseline:
+        long_side = cfg.imgsz or int(ours_raw["ready"]["long_side"])
+        srv = NginxRtmp().start()
+        try:
+            url = srv.url("bench")
+            base_args = ["baseline", *common, "--imgsz", str(long_side), "--url", url]
+
+            def join_first(worker: Worker, ready: dict) -> None:
+                # Ultralytics opens the stream inside predict(): wait until it is connected to nginx, so it
+                # sees the stream from its first keyframe like our listener does (no GOP wait).
+                if not _wait_player_connected(worker.proc.pid, srv.port):
+                    logger.warning("baseline: the Ultralytics reader did not connect to nginx within 10 s")
+                time.sleep(0.2)
+
+            base_raw = run_side("baseline", base_args, cfg, lambda ready: url, before_publish=join_first)
+        finally:
+            srv.stop()
+    return finish(cfg, ours_raw, base_raw, (w, h), vfps)
+
+
+def _metrics(raw: dict) -> tuple[dict, report.Sends, list]:
+    sends = report.Sends.parse(raw["sends"])
+    cw = raw["cpu_window"]
+    m = report.side_metrics(raw, sends, cw["cpu_s"], cw["wall_s"], cw["vm_hwm_kb"])
+    pts, _ = report.latency_points(raw.get("results", []), sends)
+    return m, sends, pts
+
+
+def finish(cfg: BenchConfig, ours_raw: dict, base_raw: dict | None, size: tuple[int, int], vfps: float) -> dict:
+    ours, ours_sends, ours_pts = _metrics(ours_raw)
+    base = base_pts = base_sends = None
+    if base_raw is not None:
+        base, base_sends, base_pts = _metrics(base_raw)
+    verdicts = report.evaluate_targets(ours, base)
+    rows = report.table_rows(ours, base, verdicts)
+    ratios = {k: report.ratio(ours.get(k), base.get(k)) for k, _, _ in report.ROWS} if base else {}
+    summary = {
+        "config": {
+            "video": str(cfg.video), "video_size": list(size), "video_fps": vfps, "duration_s": cfg.duration,
+            "protocol": cfg.protocol, "baseline_protocol": "rtmp (nginx-rtmp, Ultralytics pulls)" if base else None,
+            "model": cfg.model, "backend": cfg.backend, "conf": cfg.conf, "fps": cfg.fps,
+            "cpu_count": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        "ours": ours,
+        "baseline": base,
+        "ratios": {k: (round(v, 3) if v is not None else None) for k, v in ratios.items()},
+        "targets": {k: {"target": report.TARGETS[k].text, "pass": v} for k, v in verdicts.items()},
+        "all_pass": all(v is True for v in verdicts.values()),
+        "table": report.render_text(rows),
+        "table_markdown": report.render_markdown(rows),
+    }
+    (cfg.out_dir / "bench.json").write_text(json.dumps(summary, indent=2))
+    (cfg.out_dir / "table.md").write_text(summary["table_markdown"] + "\n")
+    t_ref = ours_sends.connected or ours_sends.connect_start
+    t_end = ours_sends.last_send or float("inf")
+    ages = [(t, (t - rec) * 1000) for t, rec, _ in ours_raw.get("display", []) if t_ref <= t <= t_end]
+    sides = {"ours": (ours_pts, t_ref, ages)}
+    if base_raw is not None:
+        sides["baseline"] = (base_pts, base_sends.connected or base_sends.connect_start, [])
+    title = f"{Path(cfg.model).name}: {cfg.protocol.upper()} {size[0]}x{size[1]}@{vfps:.0f}, {cfg.duration:.0f} s"
+    try:
+        report.plot(cfg.out_dir / "latency.png", sides, title)
+    except Exception as exc:  # noqa: BLE001 - a missing matplotlib must not lose the numbers
+        logger.warning("could not draw latency.png: {}", exc)
+    summary["out_dir"] = str(cfg.out_dir)
+    return summary
