@@ -440,6 +440,9 @@ def models_export(
 
 
 def main() -> None:
+    from detector_app.detection.backends import prefer_passive_omp_wait
+
+    prefer_passive_omp_wait()  # before torch loads: spinning OpenMP threads starve the decode thread on 2 cores
     app()
 
 

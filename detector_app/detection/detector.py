@@ -140,7 +140,7 @@ class Detector:
                 # Ultralytics pins torch to one thread here; undo it after the first predict (field notes).
                 from detector_app.detection import backends
 
-                backends.configure_torch_threads()
+                backends.configure_torch_threads(backend=self.backend)
                 self._threads_fixed = True
         boxes = results[0].boxes
         if boxes is None or len(boxes) == 0:

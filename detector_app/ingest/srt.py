@@ -123,7 +123,8 @@ class SrtRelayListener:
                 logger.debug("[srt-live-transmit:{}] {}", self.endpoint.port, line)
 
     def open(self, stop: threading.Event) -> av.container.InputContainer | None:
-        url = f"udp://127.0.0.1:{self._udp_port}?overrun_nonfatal=1&fifo_size=100000&buffer_size=4194304"
+        # reuse=1: the previous session's socket may linger for a moment after close.
+        url = f"udp://127.0.0.1:{self._udp_port}?reuse=1&overrun_nonfatal=1&fifo_size=100000&buffer_size=4194304"
         while not (stop.is_set() or self._closed.is_set()):
             if self._proc.poll() is not None:
                 raise IngestError(f"SRT relay (srt-live-transmit) exited with code {self._proc.returncode}")
