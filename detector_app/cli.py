@@ -10,7 +10,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from loguru import logger
@@ -50,7 +50,7 @@ class Backend(str, Enum):
 
 # -- shared options -----------------------------------------------------------------------------
 ModelOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--model", "-m", envvar="DETECTOR_MODEL",
         help="Ultralytics model: a name (yolo11n.pt, downloaded where internet exists), a path, or an export "
@@ -58,15 +58,15 @@ ModelOpt = Annotated[
     ),
 ]
 ConfOpt = Annotated[float, typer.Option("--conf", min=0.01, max=1.0, help="Confidence threshold.")]
-ImgszOpt = Annotated[Optional[int], typer.Option("--imgsz", min=32, help="Network input long side (default: the model's).")]
+ImgszOpt = Annotated[int | None, typer.Option("--imgsz", min=32, help="Network input long side (default: the model's).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:0, …")]
 ClassesOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--classes", help="Comma-separated class names to report (default: animals; 'all' = everything)."),
 ]
 BackendOpt = Annotated[Backend, typer.Option("--backend", help="Inference runtime; auto = fastest for the device.")]
 FpsOpt = Annotated[float, typer.Option("--fps", min=0.1, max=60, help="Inferences per second (sampling rate).")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Write one JSON line per inference to this file.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Write one JSON line per inference to this file.")]
 HeadlessOpt = Annotated[bool, typer.Option("--headless", help="No OpenCV window.")]
 FeedPortOpt = Annotated[int, typer.Option("--feed-port", help="WebSocket detection feed port (0 = off).", envvar="FEED_PORT")]
 LogOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING…", envvar="LOG_LEVEL")]
@@ -83,7 +83,7 @@ def _probe(enabled: bool):
     return frame_counter_probe
 
 
-def _fail(message: str, code: int = 2) -> "typer.Exit":
+def _fail(message: str, code: int = 2) -> typer.Exit:
     logger.error(message)
     return typer.Exit(code)
 
@@ -141,11 +141,19 @@ def _video_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def _print_summary(summary, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(summary.to_json(), indent=2))
-    else:
-        print(summary.to_text())
+def _run_and_report(run, closers, summary_json: Path | None, user_errors: tuple = ()) -> None:
+    """Run a pipeline, always close the outputs, print the summary; exit 0 only if the run had no errors."""
+    try:
+        summary = run()
+    except user_errors as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        for close in closers:
+            close()
+    print(summary.to_text())
+    if summary_json:
+        summary_json.write_text(json.dumps(summary.to_json(), indent=2))
+    raise typer.Exit(1 if summary.errors else 0)
 
 
 @app.callback(invoke_without_command=True)
@@ -173,7 +181,7 @@ def replay(
     backend: BackendOpt = Backend.auto,
     ingest_port: Annotated[int, typer.Option("--ingest-port", help="Listener port (0 = any free port).")] = 0,
     feed_port: FeedPortOpt = 8765,
-    summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
+    summary_json: Annotated[Path | None, typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
     frame_counter: CounterOpt = False,
     log_level: LogOpt = "INFO",
 ) -> None:
@@ -188,18 +196,11 @@ def replay(
 
     det = _detector(model, conf, imgsz, device, classes, backend, _video_size(video))
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": str(video)})
-    try:
-        summary = run_replay(video, det, protocol=protocol.value, fps=fps, sinks=sinks, headless=headless, port=ingest_port,
-                             frame_probe=_probe(frame_counter))
-    except (IngestError, GlassesError) as exc:
-        raise _fail(str(exc)) from None
-    finally:
-        for close in closers:
-            close()
-    _print_summary(summary, False)
-    if summary_json:
-        summary_json.write_text(json.dumps(summary.to_json(), indent=2))
-    raise typer.Exit(1 if summary.errors else 0)
+    _run_and_report(
+        lambda: run_replay(video, det, protocol=protocol.value, fps=fps, sinks=sinks, headless=headless,
+                           port=ingest_port, frame_probe=_probe(frame_counter)),
+        closers, summary_json, user_errors=(IngestError, GlassesError),
+    )
 
 
 # -- detect -------------------------------------------------------------------------------------
@@ -216,12 +217,12 @@ def detect(
     classes: ClassesOpt = None,
     backend: BackendOpt = Backend.auto,
     realtime: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--realtime/--no-realtime", help="Sample on the wall clock, dropping frames (default for URLs), "
                      "or on the video's own timestamps, every time the same (default for files)."),
     ] = None,
     feed_port: FeedPortOpt = 8765,
-    summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
+    summary_json: Annotated[Path | None, typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
     frame_counter: CounterOpt = False,
     log_level: LogOpt = "INFO",
 ) -> None:
@@ -238,25 +239,20 @@ def detect(
     size = None if src.is_url else _video_size(Path(source))
     det = _detector(model, conf, imgsz, device, classes, backend, size)
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": source})
-    try:
-        summary = detect_source(src, det, fps=fps, sinks=sinks, headless=headless, live=realtime,
-                                frame_probe=_probe(frame_counter))
-    finally:
-        for close in closers:
-            close()
-    _print_summary(summary, False)
-    if summary_json:
-        summary_json.write_text(json.dumps(summary.to_json(), indent=2))
-    raise typer.Exit(1 if summary.errors else 0)
+    _run_and_report(
+        lambda: detect_source(src, det, fps=fps, sinks=sinks, headless=headless, live=realtime,
+                              frame_probe=_probe(frame_counter)),
+        closers, summary_json,
+    )
 
 
 # -- serve (the MentraOS miniapp) ----------------------------------------------------------------
 @app.command()
 def serve(
-    port: Annotated[Optional[int], typer.Option("--port", help="Webhook server port (env PORT, default 3000).")] = None,
-    protocol: Annotated[Optional[Protocol], typer.Option("--protocol", "-p", help="Ingest protocol (env INGEST_PROTOCOL, default rtmp).")] = None,
-    ingest_host: Annotated[Optional[str], typer.Option("--ingest-host", help="Address the glasses push to (env INGEST_HOST; default: auto-detected LAN address).")] = None,
-    ingest_port: Annotated[Optional[int], typer.Option("--ingest-port", help="First ingest port (env INGEST_PORT; default: a free port per session).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Webhook server port (env PORT, default 3000).")] = None,
+    protocol: Annotated[Protocol | None, typer.Option("--protocol", "-p", help="Ingest protocol (env INGEST_PROTOCOL, default rtmp).")] = None,
+    ingest_host: Annotated[str | None, typer.Option("--ingest-host", help="Address the glasses push to (env INGEST_HOST; default: auto-detected LAN address).")] = None,
+    ingest_port: Annotated[int | None, typer.Option("--ingest-port", help="First ingest port (env INGEST_PORT; default: a free port per session).")] = None,
     model: ModelOpt = None,
     fps: FpsOpt = 10.0,
     conf: ConfOpt = 0.35,
@@ -308,17 +304,17 @@ def _service_factory(settings, model, fps, conf, imgsz, device, classes, backend
 @app.command()
 def simulate(
     app_url: Annotated[str, typer.Option("--app-url", help="The miniapp's base URL (webhook = APP_URL/webhook).")] = "http://127.0.0.1:3000",
-    video: Annotated[Optional[Path], typer.Option("--video", help="What the virtual glasses' camera sees.")] = None,
+    video: Annotated[Path | None, typer.Option("--video", help="What the virtual glasses' camera sees.")] = None,
     generation: Annotated[str, typer.Option("--generation", help="Cloud generation: B (SDK 2.1.x cloud) or D (newest).")] = "D",
     port: Annotated[int, typer.Option("--port", help="Simulator HTTP/WebSocket port.")] = 8002,
     package_name: Annotated[str, typer.Option("--package-name", envvar="PACKAGE_NAME")] = "com.example.detector",
     api_key: Annotated[str, typer.Option("--api-key", envvar="MENTRAOS_API_KEY", show_default=False)] = "sim-api-key",
     device: Annotated[str, typer.Option("--device", help="mentra_live (no display) or even_g1 (display).")] = "mentra_live",
-    drop_ws_after: Annotated[Optional[float], typer.Option("--drop-ws-after", help="Fault: drop the app WebSocket after N s.")] = None,
+    drop_ws_after: Annotated[float | None, typer.Option("--drop-ws-after", help="Fault: drop the app WebSocket after N s.")] = None,
     deny_camera: Annotated[bool, typer.Option("--deny-camera", help="Fault: reject streams with PERMISSION_DENIED.")] = False,
     no_wifi: Annotated[bool, typer.Option("--no-wifi", help="Fault: reject streams with WIFI_NOT_CONNECTED.")] = False,
-    stream_drop_after: Annotated[Optional[float], typer.Option("--stream-drop-after", help="Fault: glasses stream drops after N s…")] = None,
-    stream_restore_after: Annotated[Optional[float], typer.Option("--stream-restore-after", help="…and comes back after M s.")] = None,
+    stream_drop_after: Annotated[float | None, typer.Option("--stream-drop-after", help="Fault: glasses stream drops after N s…")] = None,
+    stream_restore_after: Annotated[float | None, typer.Option("--stream-restore-after", help="…and comes back after M s.")] = None,
     log_level: LogOpt = "INFO",
 ) -> None:
     """A local MentraOS cloud + virtual Mentra Live glasses. Prints what the glasses show and say.
@@ -341,7 +337,7 @@ def simulate(
 def demo(
     headless: HeadlessOpt = False,
     protocol: Annotated[Protocol, typer.Option("--protocol", "-p")] = Protocol.rtmp,
-    video: Annotated[Optional[Path], typer.Option("--video", help="Video for the virtual glasses (default: a fixture).")] = None,
+    video: Annotated[Path | None, typer.Option("--video", help="Video for the virtual glasses (default: a fixture).")] = None,
     model: ModelOpt = None,
     duration: Annotated[float, typer.Option("--duration", help="Stop after N seconds (0 = until Ctrl-C).")] = 0.0,
     device_profile: Annotated[str, typer.Option("--glasses", help="mentra_live (speech) or even_g1 (display).")] = "mentra_live",
@@ -361,13 +357,13 @@ def demo(
 def bench(
     duration: Annotated[float, typer.Option("--duration", min=2.0, help="Seconds of video to publish per side (≤ the video's length).")] = 60.0,
     protocol: Annotated[Protocol, typer.Option("--protocol", "-p", help="Our ingest (the baseline always pulls RTMP from nginx).")] = Protocol.rtmp,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A .pt model (both sides). Default: the bundled fixture model.")] = None,
-    video: Annotated[Optional[Path], typer.Option("--video", help="Recorded video with the frame-counter barcode (default: the bench_720p30 fixture).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="A .pt model (both sides). Default: the bundled fixture model.")] = None,
+    video: Annotated[Path | None, typer.Option("--video", help="Recorded video with the frame-counter barcode (default: the bench_720p30 fixture).")] = None,
     backend: BackendOpt = Backend.auto,
     conf: ConfOpt = 0.35,
     imgsz: ImgszOpt = None,
     fps: FpsOpt = 10.0,
-    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Where bench.json and latency.png go (default bench-results/<timestamp>/).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Where bench.json and latency.png go (default bench-results/<timestamp>/).")] = None,
     baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also run Ultralytics' own streaming predict.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON summary instead of the table.")] = False,
     log_level: LogOpt = "INFO",
@@ -390,7 +386,7 @@ def bench(
 @app.command()
 def fixtures(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where to write the videos and ground truth.")] = Path("data/fixtures"),
-    names: Annotated[Optional[list[str]], typer.Argument(help="Fixture names (default: the standard set).")] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="Fixture names (default: the standard set).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the available fixtures.")] = False,
 ) -> None:
     """Compose the offline test videos (scikit-image photographs) with per-frame ground truth."""

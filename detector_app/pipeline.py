@@ -63,7 +63,7 @@ class RunStats:
         """Inferences per second while frames flow: gaps > 1 s (publisher away, stalls) are not counted."""
         if len(self.done_times) < 2:
             return 0.0
-        gaps = [b - a for a, b in zip(self.done_times, self.done_times[1:])]
+        gaps = [b - a for a, b in zip(self.done_times, self.done_times[1:], strict=False)]
         flowing = [g for g in gaps if g <= self.STALL_S]
         span = sum(flowing)
         return len(flowing) / span if span > 0 else 0.0
@@ -113,7 +113,7 @@ class Pipeline:
         self.done = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> "Pipeline":
+    def start(self) -> Pipeline:
         self._decoder.start()
         self._worker.start()
         return self

@@ -150,7 +150,7 @@ class Detector:
         clss = boxes.cls.cpu().numpy().astype(int)
         dets = [
             Detection(self.names.get(int(c), str(c)), float(p), Box(*map(float, b)), int(c))
-            for b, p, c in zip(xyxy, confs, clss)
+            for b, p, c in zip(xyxy, confs, clss, strict=True)
             if self.filter.accepts(int(c))
         ]
         dets.sort(key=lambda d: -d.confidence)
