@@ -71,9 +71,21 @@ class _SrtRelay:
             [exe, "-a:no", "-q", f"udp://127.0.0.1:{self.udp_port}", srt_caller_uri(url)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        time.sleep(0.3)  # let it bind the UDP port (datagrams sent before would be lost)
-        if self.proc.poll() is not None:
-            raise SystemExit(f"srt-live-transmit exited at start (code {self.proc.returncode})")
+        self._wait_bound()
+
+    def _wait_bound(self, timeout: float = 3.0) -> None:
+        """Datagrams sent before the relay binds its UDP port would be lost: wait until it has (~10 ms)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"srt-live-transmit exited at start (code {self.proc.returncode})")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                try:
+                    s.bind(("127.0.0.1", self.udp_port))
+                except OSError:
+                    return  # taken: the relay is bound
+            time.sleep(0.005)
+        raise SystemExit("srt-live-transmit did not bind its UDP port within 3 s")
 
     @property
     def udp_url(self) -> str:
@@ -90,22 +102,27 @@ class _SrtRelay:
                 self.proc.wait(3)
 
 
-def publish(video: Path, url: str, duration: float, log_path: Path) -> int:
+def publish(video: Path, url: str, duration: float, log_path: Path, wait_go: bool = False) -> int:
     """Publish ``duration`` seconds of ``video`` to ``url`` in real time; returns the number of video frames sent."""
     srt = url.lower().startswith("srt://")
-    relay = _SrtRelay(url) if srt else None
+    relay: _SrtRelay | None = None
     inp = av.open(str(video))
     out = None
     sent = 0
     try:
         vin = inp.streams.video[0]
         streams = [vin] + ([inp.streams.audio[0]] if inp.streams.audio else [])
-        target, fmt = (relay.udp_url, "mpegts") if relay else (url, "flv")
-        out = av.open(target, "w", format=fmt, options={"flush_packets": "1"})
-        omap = {s.index: out.add_stream_from_template(s) for s in streams}
+        if wait_go:  # everything is loaded: let the parent start its measurement window now
+            print("PUBLISHER_READY", flush=True)
+            sys.stdin.readline()
         with open(log_path, "w") as log:
-            t_connect = time.time()
+            t_connect = time.time()  # "the glasses start streaming": time to first detection counts from here
             log.write(json.dumps({"event": "connect_start", "t": t_connect}) + "\n")
+            if srt:
+                relay = _SrtRelay(url)
+            target, fmt = (relay.udp_url, "mpegts") if relay else (url, "flv")
+            out = av.open(target, "w", format=fmt, options={"flush_packets": "1"})
+            omap = {s.index: out.add_stream_from_template(s) for s in streams}
             t0: float | None = None
             first_dts: float | None = None
             for pkt in inp.demux(streams):
@@ -150,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--url", required=True)
     ap.add_argument("--duration", type=float, required=True)
     ap.add_argument("--log", type=Path, required=True, help="JSONL of send times, one line per video frame")
+    ap.add_argument("--wait-go", action="store_true", help="print PUBLISHER_READY, then wait for a line on stdin")
     args = ap.parse_args(argv)
     try:
-        n = publish(args.video, args.url, args.duration, args.log)
+        n = publish(args.video, args.url, args.duration, args.log, wait_go=args.wait_go)
     except (av.error.FFmpegError, OSError) as exc:
         print(f"publisher failed: {exc}", file=sys.stderr)
         return 1

@@ -298,6 +298,7 @@ def plot(path, sides: dict[str, tuple[list[tuple[float, float, dict]], float, li
                      label=f"{name} display frame age p50 per s")
             ax2.plot([x + 0.5 for x in xs], [percentile(bins[x], 95) for x in xs], ":", color=c, lw=1.0,
                      label=f"{name} p95 per s")
+    ax2.set_ylim(bottom=0)
     ax2.set_ylabel("frame age (ms)")
     ax2.set_xlabel("seconds since the publisher connected")
     ax2.grid(True, alpha=0.3)

@@ -173,13 +173,32 @@ class Worker:
 
 
 def _publish(video: Path, url: str, duration: float, sends_log: Path, log_path: Path) -> subprocess.Popen:
+    """Start the publisher and wait until it has loaded (imports, input opened) but not yet connected."""
     with open(log_path, "w") as log:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "detector_app.bench.publisher", "--video", str(video), "--url", url,
-             "--duration", f"{duration:.3f}", "--log", str(sends_log)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, env=_child_env(),
-            start_new_session=True,
+             "--duration", f"{duration:.3f}", "--log", str(sends_log), "--wait-go"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=PROJECT_ROOT,
+            env=_child_env(), start_new_session=True,
         )
+    assert proc.stdout is not None
+    got: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: got.put(proc.stdout.readline()), daemon=True).start()
+    try:
+        line = got.get(timeout=30.0)
+    except queue.Empty:
+        line = ""
+    if "PUBLISHER_READY" not in line:
+        _kill_group(proc)
+        raise BenchError(f"publisher did not start (see {log_path})")
+    return proc
+
+
+def _go(proc: subprocess.Popen) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    proc.stdin.close()
 
 
 def _kill_group(proc: subprocess.Popen | None) -> None:
@@ -225,8 +244,9 @@ def run_side(name: str, worker_args: list[str], cfg: BenchConfig, publish_url_of
         if before_publish is not None:
             before_publish(worker, ready)
         url = publish_url_of(ready)
-        cpu0, t0 = proc_cpu_seconds(worker.proc.pid), time.time()
         publisher = _publish(cfg.video, url, cfg.duration, sends_path, out_dir / f"publisher-{name}.log")
+        cpu0, t0 = proc_cpu_seconds(worker.proc.pid), time.time()
+        _go(publisher)
         try:
             rc = publisher.wait(cfg.duration + 30.0)
         except subprocess.TimeoutExpired:
