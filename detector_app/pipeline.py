@@ -22,6 +22,7 @@ from loguru import logger
 from detector_app.detection.detector import Detector
 from detector_app.detection.types import FrameResult
 from detector_app.ingest.base import VideoSource
+from detector_app.video.convert import to_bgr
 from detector_app.video.decoder import DecodedFrame, DecodeThread
 from detector_app.video.health import HealthMeter, StreamHealth
 from detector_app.video.sampler import PtsSampler, Sampler
@@ -184,7 +185,7 @@ class Pipeline:
 
     def _process(self, item: DecodedFrame) -> None:
         self._sampled += 1
-        bgr = item.frame.to_ndarray(format="bgr24")
+        bgr = to_bgr(item.frame)
         detections, n_all, inf_ms = self.detector.detect(bgr)
         self._seq += 1
         result = FrameResult(

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 from loguru import logger
 
+from detector_app.video.convert import to_bgr
+
 from detector_app.detection.types import FrameResult
 from detector_app.outputs.overlay import draw_detections, draw_hud
 
@@ -66,6 +68,9 @@ def display_available() -> bool:
         x11_ok = bool(display) and _x11_reachable(display)
         if not x11_ok and not (wayland and _wayland_capable()):
             return False
+    # opencv-python's Qt ships no fonts; point it at the system's to avoid a warning per window.
+    if not os.path.isdir(os.environ.get("QT_QPA_FONTDIR", "")) and os.path.isdir("/usr/share/fonts"):
+        os.environ["QT_QPA_FONTDIR"] = "/usr/share/fonts"
     probe = "detector-app-probe"
     try:
         cv2.namedWindow(probe, cv2.WINDOW_AUTOSIZE)
@@ -93,8 +98,8 @@ class PreviewWindow:
         if not self._created:
             cv2.namedWindow(self.title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
             h, w = bgr.shape[:2]
-            if w > self.max_width:
-                cv2.resizeWindow(self.title, self.max_width, int(h * self.max_width / w))
+            scale = min(1.0, self.max_width / w)  # WINDOW_NORMAL opens small under Qt: size it to the video
+            cv2.resizeWindow(self.title, int(w * scale), int(h * scale))
         cv2.imshow(self.title, bgr)
         key = cv2.waitKey(1) & 0xFF
         if key in _QUIT_KEYS:
@@ -117,7 +122,7 @@ class PreviewWindow:
 def _to_bgr(frame: Any) -> np.ndarray:
     if isinstance(frame, np.ndarray):
         return frame  # never drawn on: each tick draws on a copy
-    return frame.to_ndarray(format="bgr24")  # av.VideoFrame
+    return to_bgr(frame)  # av.VideoFrame
 
 
 def run_display_loop(get_frame: Callable[[], tuple[int, Any]],
