@@ -293,20 +293,22 @@ def test_display_loop_draws_new_frames_and_stops(monkeypatch: pytest.MonkeyPatch
         def close(self) -> None:
             pass
 
-    class FakeFrame:
-        conversions = 0
+    import av
 
-        def to_ndarray(self, format: str) -> np.ndarray:
-            assert format == "bgr24"
-            FakeFrame.conversions += 1
-            return np.zeros((480, 640, 3), np.uint8)
+    conversions: list[int] = []
+    real_to_bgr = window_mod.to_bgr
 
-    frame = FakeFrame()
+    def counting_to_bgr(f):
+        conversions.append(1)
+        return real_to_bgr(f)
+
+    monkeypatch.setattr(window_mod, "to_bgr", counting_to_bgr)
+    frame = av.VideoFrame.from_ndarray(np.zeros((480, 640, 3), np.uint8), format="bgr24").reformat(format="yuv420p")
     reason = window_mod.run_display_loop(
         get_frame=lambda: (1, frame), get_result=lambda: make_result(0),
         hud=lambda: ["frame age 35 ms"], should_stop=lambda: False, fps_hint=lambda: 200.0,
         window=FakeWindow())
-    assert reason == "user-quit" and len(shown) == 6 and FakeFrame.conversions == 1
+    assert reason == "user-quit" and len(shown) == 6 and len(conversions) == 1
     assert shown[-1][20:220, 10:110].any()  # the dog box was drawn
     reason = window_mod.run_display_loop(
         get_frame=lambda: (0, None), get_result=lambda: None, hud=list,
