@@ -131,7 +131,7 @@ def replay(
     frame_probe: Callable | None = None,
 ) -> RunSummary:
     """Listen, publish ``video`` from a separate process in real time, detect, summarise."""
-    endpoint, source = open_listener(protocol, port=port, bind_host=bind_host, advertise="127.0.0.1")
+    endpoint, source = open_listener(protocol, port=port, bind_host=bind_host, advertise="127.0.0.1", for_glasses=False)
     pipeline = Pipeline(
         source, detector, fps=fps, sinks=sinks, source_label=f"{protocol} replay of {video.name}", frame_probe=frame_probe
     )

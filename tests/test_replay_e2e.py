@@ -80,7 +80,7 @@ def test_distractor_only_video_yields_no_animals(fixture_videos, detector):
 
 
 def _listen(protocol: str, detector, sink, fps: float = 10.0):
-    endpoint, source = open_listener(protocol, port=0, bind_host="127.0.0.1", advertise="127.0.0.1")
+    endpoint, source = open_listener(protocol, port=0, bind_host="127.0.0.1", advertise="127.0.0.1", for_glasses=False)
     pipe = Pipeline(source, detector, fps=fps, sinks=[sink], source_label="test").start()
     wait_listening(endpoint.port, udp=protocol == "srt")
     return endpoint, source, pipe

@@ -114,8 +114,6 @@ class Detector:
         self.model_name = Path(model_ref).name
         names = self.model.names
         self.names: dict[int, str] = dict(names) if isinstance(names, dict) else dict(enumerate(names))
-        if resolved.note:
-            logger.info("Model: {}", resolved.note)
 
     def warmup(self, frame_size: tuple[int, int] = (1280, 720), runs: int = 2) -> float:
         """Run the model on a blank frame so the first real frame is not slow (exports: ~3 s once)."""

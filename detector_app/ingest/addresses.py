@@ -50,10 +50,10 @@ def detect_lan_address() -> str | None:
     return None
 
 
-def advertise_host(override: str | None = None) -> str:
+def advertise_host(override: str | None = None, for_glasses: bool = True) -> str:
     """Host to put in URLs meant for the glasses. Warns loudly if only loopback is available."""
     if override:
-        if is_loopback(override):
+        if for_glasses and is_loopback(override):
             logger.warning(
                 "Ingest host {} is a loopback address: real glasses cannot reach it "
                 "(fine for the simulator and replay on this machine).",

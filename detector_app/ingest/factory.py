@@ -16,8 +16,12 @@ def open_listener(
     bind_host: str = "0.0.0.0",
     advertise: str | None = None,
     key: str | None = None,
+    for_glasses: bool = True,
 ) -> tuple[IngestEndpoint, VideoSource]:
-    """Start listening (nothing is published yet). ``port=0`` picks a free port (one per session)."""
+    """Start listening (nothing is published yet). ``port=0`` picks a free port (one per session).
+
+    ``for_glasses=False`` (replay, tests) silences the warning about a loopback address in the URL.
+    """
     protocol = protocol.lower()
     if protocol not in DEFAULT_PORTS:
         raise IngestError(f"unknown ingest protocol {protocol!r}: use rtmp or srt")
@@ -26,7 +30,7 @@ def open_listener(
         port = DEFAULT_PORTS[protocol]
     if port == 0:
         port = free_port(bind_host, udp=udp)
-    host = advertise_host(advertise)
+    host = advertise_host(advertise, for_glasses)
     key = key or new_stream_key()
     if protocol == "rtmp":
         endpoint = rtmp_endpoint(key, port, bind_host, host)
