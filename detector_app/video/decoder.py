@@ -113,7 +113,8 @@ class DecodeThread(threading.Thread):
         except av.error.ExitError as exc:
             error = f"stream stalled (no data for the read timeout): {exc}"
         except (av.error.FFmpegError, OSError) as exc:
-            error = f"publisher disconnected or stream broken: {exc}"
+            # A publisher leaving is an I/O error, not EOF (field notes); anything else is a broken stream.
+            error = "publisher disconnected" if getattr(exc, "errno", None) == 5 else f"stream broken: {exc}"
         finally:
             try:
                 container.close()
