@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,23 +36,14 @@ from detector_app.mentra.simulator import (
     frame,
 )
 
+from .conftest import MODEL, ROOT
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURE_DIR = Path(os.environ.get("DETECTOR_FIXTURE_DIR", ROOT / "data" / "fixtures"))
 PKG = "com.example.detector"
 KEY = "e2e-api-key-do-not-leak-7"
 USER = "alice@example.com"
 FAST = {"reconnect_delays": (0.1, 0.2, 0.4), "stop_close_grace_s": 0.5}
-
-
-def _model_path() -> Path:
-    """The project's fixture model; while it is being trained, a copy of its checkpoint."""
-    env = os.environ.get("DETECTOR_TEST_MODEL")
-    for candidate in ([Path(env)] if env else []) + [ROOT / "models" / "fixture-animals-yolo11n.pt", Path("/tmp/cur.pt")]:
-        if candidate.exists():
-            return candidate
-    pytest.fail("no test model: models/fixture-animals-yolo11n.pt (scripts/train_fixture_model.py makes it)")
 
 
 def free_port() -> int:
@@ -84,22 +74,14 @@ def is_status(status: str) -> Callable[[SimEvent], bool]:
 # ------------------------------------------------------------------------------------ fixtures
 
 @pytest.fixture(scope="module")
-def cat_video() -> Path:
-    from detector_app.fixtures.video import ensure_fixtures
-
-    if shutil.which("ffmpeg") is None:
-        pytest.fail("ffmpeg is required (the virtual glasses publish with it)")
-    return ensure_fixtures(FIXTURE_DIR, ("cat_480p15",), progress=False)["cat_480p15"]
+def cat_video(fixture_videos: dict[str, Path]) -> Path:
+    return fixture_videos["cat_480p15"]
 
 
 @pytest.fixture(scope="module")
-def e2e_detector():
-    """Loaded once for the module: loading and warming up costs seconds."""
-    from detector_app.detection.detector import Detector, DetectorConfig
-
-    det = Detector(DetectorConfig(model=str(_model_path()), backend="auto"), frame_size=(854, 480), progress=False)
-    det.warmup((854, 480))
-    return det
+def e2e_detector(detector):
+    """The session's shared, warmed-up fixture detector (conftest)."""
+    return detector
 
 
 @dataclass
@@ -256,7 +238,7 @@ def test_sigterm_serve_stops_stream_before_exit(cat_video, tmp_path):
         log = tmp_path / "serve.log"
         with log.open("wb") as out:  # a file, not a pipe: a full pipe would block the child
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "detector_app.cli", "serve", "--model", str(_model_path()), "--headless",
+                sys.executable, "-m", "detector_app.cli", "serve", "--model", str(MODEL), "--headless",
                 "--feed-port", "0", env=env, cwd=str(tmp_path), stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL)
         try:
@@ -302,7 +284,7 @@ def test_demo_headless_announces_cat(cat_video, tmp_path):
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "detector_app.cli", "demo", "--headless", "--duration", "25",
-             "--model", str(_model_path())], env=env, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT,
+             "--model", str(MODEL)], env=env, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)
         try:
             rc = proc.wait(80)
