@@ -14,7 +14,7 @@ from loguru import logger
 
 from detector_app.detection.detector import Detector
 from detector_app.detection.types import FrameResult
-from detector_app.ingest.base import IngestEndpoint
+from detector_app.ingest.base import IngestEndpoint, IngestError
 from detector_app.ingest.factory import open_listener
 from detector_app.pipeline import Pipeline, Sink
 from detector_app.video.health import StreamHealth
@@ -26,7 +26,7 @@ class IngestConfig:
 
     bind_host: str = "0.0.0.0"
     advertise_host: str | None = None  # None = auto-detect the LAN address
-    port: int = 0  # 0 = a free port per session (one publisher per listener)
+    port: int = 0  # 0 = any free port per session; N = the first free of N, N+1, … (one publisher per listener)
     fps: float = 10.0
 
 
@@ -81,10 +81,20 @@ class DetectionService:
         self._lock = threading.Lock()
         self.sinks: list[Sink] = []  # added to every stream (e.g. the websockets feed)
 
+    PORT_SPAN = 32  # with a fixed first port, concurrent sessions take the next free ones
+
     def open_stream(self, protocol: str = "rtmp") -> StreamSession:
-        endpoint, source = open_listener(
-            protocol, port=self.ingest.port, bind_host=self.ingest.bind_host, advertise=self.ingest.advertise_host
-        )
+        """A listener with a fresh key on its own port (one publisher per listener)."""
+        ports = [0] if self.ingest.port == 0 else range(self.ingest.port, self.ingest.port + self.PORT_SPAN)
+        for i, port in enumerate(ports):
+            try:
+                endpoint, source = open_listener(
+                    protocol, port=port, bind_host=self.ingest.bind_host, advertise=self.ingest.advertise_host
+                )
+                break
+            except IngestError as exc:
+                if "in use" not in str(exc) or i == len(ports) - 1:
+                    raise
         pipeline = Pipeline(source, self.detector, fps=self.ingest.fps, sinks=list(self.sinks), source_label=endpoint.redacted())
         pipeline.start()
         stream = StreamSession(endpoint, pipeline)
