@@ -233,3 +233,18 @@ def test_srt_listener_udp_port_in_use(monkeypatch):
         port = s.getsockname()[1]
         with pytest.raises(IngestError, match="already in use"):
             SrtRelayListener(srt_endpoint(KEY, port, "127.0.0.1", "h"))
+
+
+def test_fixed_ingest_port_gives_concurrent_sessions_the_next_free_ports():
+    """Several glasses at once: each session gets its own listener, port and key."""
+    from detector_app.ingest.addresses import free_port_below_ephemeral
+    from detector_app.runtime import DetectionService, IngestConfig
+
+    first = free_port_below_ephemeral("127.0.0.1", udp=False)
+    svc = DetectionService(None, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1", port=first))  # type: ignore[arg-type]
+    try:
+        a, b = svc.open_stream("rtmp"), svc.open_stream("rtmp")
+        assert a.endpoint.port == first and b.endpoint.port > first
+        assert a.key != b.key and a.key in a.publish_url and b.key in b.publish_url
+    finally:
+        svc.close()
