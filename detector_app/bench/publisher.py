@@ -16,10 +16,10 @@ the audio queued a little early, a video packet is written (and its time logged)
 call, so the logged time is when its bytes really left.
 
 RTMP: PyAV writes FLV straight to ``rtmp://…`` (the first ``mux()`` connects and does the handshake).
-SRT: PyAV wheels from 16.0 on have no libsrt, so PyAV writes MPEG-TS to a loopback UDP port and a child
-``srt-live-transmit`` (the SRT caller, like the glasses) forwards the datagrams unchanged to the SRT
-URL. That hop adds one loopback UDP datagram and a read/write in the relay (well under 1 ms), which is
-included in the measured latency.
+SRT: PyAV wheels from 16.0 on have no libsrt, so PyAV writes MPEG-TS into the stdin pipe of a child
+``srt-live-transmit`` (the SRT caller, like the glasses), which forwards it unchanged to the SRT URL in
+1316-byte payloads. That hop adds one pipe write/read in the relay (well under 1 ms), which is included
+in the measured latency.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -39,12 +38,6 @@ import av
 
 AUDIO_LEAD_S = 0.1  # audio goes out this much ahead of its dts, see publish()
 SRT_RELAY_LATENCY_MS = 20  # sender-side SRT latency (ms, srt-live-transmit's unit); ingest uses 20 ms too
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def srt_caller_uri(url: str) -> str:
@@ -60,40 +53,35 @@ def srt_caller_uri(url: str) -> str:
 
 
 class _SrtRelay:
-    """``srt-live-transmit udp://:U srt://…`` as our child; PyAV sends MPEG-TS datagrams to U."""
+    """``srt-live-transmit file://con srt://…`` as our child: PyAV writes MPEG-TS into its stdin (a pipe).
+
+    A pipe, not loopback UDP: a 720p keyframe arrives as a burst of ~120 KB, and a UDP socket buffer
+    overflowing in the relay silently cut the bottom of keyframes (H.264 errors until the next IDR).
+    A pipe has flow control and loses nothing.
+    """
 
     def __init__(self, url: str) -> None:
         exe = shutil.which("srt-live-transmit")
         if exe is None:
             raise SystemExit("publishing SRT needs srt-live-transmit (Debian: apt-get install srt-tools)")
-        self.udp_port = _free_udp_port()
         self.proc = subprocess.Popen(
-            [exe, "-a:no", "-q", f"udp://127.0.0.1:{self.udp_port}", srt_caller_uri(url)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [exe, "-a:no", "-q", "-c:1316", "file://con", srt_caller_uri(url)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, bufsize=0,
         )
-        self._wait_bound()
-
-    def _wait_bound(self, timeout: float = 3.0) -> None:
-        """Datagrams sent before the relay binds its UDP port would be lost: wait until it has (~10 ms)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"srt-live-transmit exited at start (code {self.proc.returncode})")
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                try:
-                    s.bind(("127.0.0.1", self.udp_port))
-                except OSError:
-                    return  # taken: the relay is bound
-            time.sleep(0.005)
-        raise SystemExit("srt-live-transmit did not bind its UDP port within 3 s")
+        if self.proc.poll() is not None:
+            raise SystemExit(f"srt-live-transmit exited at start (code {self.proc.returncode})")
 
     @property
-    def udp_url(self) -> str:
-        return f"udp://127.0.0.1:{self.udp_port}?pkt_size=1316"
+    def sink(self):
+        return self.proc.stdin
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            time.sleep(0.3)  # let the last datagrams through
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()  # EOF: the relay sends what it has and exits
+        try:
+            self.proc.wait(3)
+        except subprocess.TimeoutExpired:
             self.proc.terminate()
             try:
                 self.proc.wait(3)
@@ -120,7 +108,7 @@ def publish(video: Path, url: str, duration: float, log_path: Path, wait_go: boo
             log.write(json.dumps({"event": "connect_start", "t": t_connect}) + "\n")
             if srt:
                 relay = _SrtRelay(url)
-            target, fmt = (relay.udp_url, "mpegts") if relay else (url, "flv")
+            target, fmt = (relay.sink, "mpegts") if relay else (url, "flv")
             out = av.open(target, "w", format=fmt, options={"flush_packets": "1"})
             omap = {s.index: out.add_stream_from_template(s) for s in streams}
             t0: float | None = None

@@ -163,11 +163,11 @@ def _ge(key: str, limit: float):
 
 
 def _age_no_backlog(o: dict, b: dict) -> bool | None:
-    f, l = o.get("display_age_ms_p50_first10s"), o.get("display_age_ms_p50_last10s")
-    if f is None or l is None:
+    first, last = o.get("display_age_ms_p50_first10s"), o.get("display_age_ms_p50_last10s")
+    if first is None or last is None:
         return None
     k, c = AGE_TOLERANCE
-    return l <= f * k + c
+    return last <= first * k + c
 
 
 def _half_baseline(o: dict, b: dict) -> bool | None:
@@ -251,7 +251,10 @@ HEADER = ["metric", "ours", "baseline", "ours/baseline", "target", ""]
 
 def render_text(rows: list[list[str]]) -> str:
     widths = [max(len(HEADER[i]), *(len(r[i]) for r in rows)) for i in range(len(HEADER))]
-    line = lambda cells: "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells))
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells))
+
     out = [line(HEADER), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in rows]
     return "\n".join(out)

@@ -286,9 +286,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     if not cfg.video.exists():
         raise BenchError(f"video not found: {cfg.video}")
     length, (w, h), vfps = video_info(cfg.video)
-    if cfg.duration > length - 0.5:
-        logger.warning("--duration {:.0f} s is longer than the video ({:.1f} s): clamped to {:.1f} s", cfg.duration, length, length - 0.5)
-        cfg.duration = max(1.0, length - 0.5)
+    if length and cfg.duration > length + 0.05:  # the publisher does not loop the video
+        logger.warning("--duration {:.1f} s is longer than the video ({:.1f} s): clamped", cfg.duration, length)
+        cfg.duration = length
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     common = ["--model", cfg.model, "--conf", str(cfg.conf), "--frame-size", f"{w}x{h}", "--log-level", cfg.log_level]
     ours_args = ["ours", *common, "--protocol", cfg.protocol, "--backend", cfg.backend, "--fps", str(cfg.fps)]
