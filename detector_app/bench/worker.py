@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import sys
 import threading
@@ -115,7 +116,14 @@ def run_ours(args: argparse.Namespace) -> None:
     stop_display = threading.Event()
 
     def display_loop() -> None:
-        """A 30 Hz display: what would it draw now, and how old is that frame?"""
+        """A 30 Hz display: what would it draw now, and how old is that frame?
+
+        Each tick is jittered by up to ±½ period around the 33 ms grid: an exact 30 Hz clock phase-locks to a
+        30 fps stream, and the median age then only says where the phase happened to fall (1 ms in one run,
+        32 ms in the next). With the jitter the samples cover all phases, as a display's vsync drifting
+        against the camera clock does over time.
+        """
+        rng = random.Random(0)
         period = 1.0 / 30.0
         nxt = time.monotonic()
         last_version = -1
@@ -128,7 +136,7 @@ def run_ours(args: argparse.Namespace) -> None:
                     last_version, last_fid = got.version, y_plane_counter(got.item.frame)
                 display.append([now, got.item.received_at, last_fid])
             nxt += period
-            delay = nxt - time.monotonic()
+            delay = nxt + rng.uniform(-period / 2, period / 2) - time.monotonic()
             if delay > 0:
                 stop_display.wait(delay)
             else:
