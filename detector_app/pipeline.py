@@ -70,15 +70,6 @@ class RunStats:
         return len(flowing) / span if span > 0 else 0.0
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100.0
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
 class Pipeline:
     def __init__(
         self,

@@ -20,7 +20,8 @@ from detector_app.glasses.publish import Publisher
 from detector_app.ingest.addresses import listening
 from detector_app.ingest.base import VideoSource
 from detector_app.ingest.factory import open_listener
-from detector_app.pipeline import Pipeline, Sink, percentile
+from detector_app.pipeline import Pipeline, Sink
+from detector_app.stats import percentile
 
 
 @dataclass(slots=True)

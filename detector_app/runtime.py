@@ -85,7 +85,11 @@ class DetectionService:
 
     def open_stream(self, protocol: str = "rtmp") -> StreamSession:
         """A listener with a fresh key on its own port (one publisher per listener)."""
-        ports = [0] if self.ingest.port == 0 else range(self.ingest.port, self.ingest.port + self.PORT_SPAN)
+        # Our own listeners bind lazily (in their decode thread), so skip the ports they hold explicitly.
+        taken = {s.endpoint.port for s in self.streams()}
+        ports = [0] if self.ingest.port == 0 else [
+            p for p in range(self.ingest.port, self.ingest.port + self.PORT_SPAN) if p not in taken
+        ]
         for i, port in enumerate(ports):
             try:
                 endpoint, source = open_listener(

@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from detector_app.procs import stop_process
+
 RTMP_MODULE_PATHS = (
     Path("/usr/lib/nginx/modules/ngx_rtmp_module.so"),
     Path("/usr/lib64/nginx/modules/ngx_rtmp_module.so"),
@@ -97,13 +99,8 @@ class NginxRtmp:
         raise NginxError(f"nginx did not listen on port {self.port} within {timeout:.0f} s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(3)
+        if self.proc is not None:
+            stop_process(self.proc)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> NginxRtmp:  # noqa: PYI034 - 3.10 has no typing.Self

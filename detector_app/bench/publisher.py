@@ -36,6 +36,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import av
 
+from detector_app.procs import stop_process
+
 AUDIO_LEAD_S = 0.1  # audio goes out this much ahead of its dts, see publish()
 SRT_RELAY_LATENCY_MS = 20  # sender-side SRT latency (ms, srt-live-transmit's unit); ingest uses 20 ms too
 
@@ -82,12 +84,7 @@ class _SrtRelay:
         try:
             self.proc.wait(3)
         except subprocess.TimeoutExpired:
-            self.proc.terminate()
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(3)
+            stop_process(self.proc)
 
 
 def publish(video: Path, url: str, duration: float, log_path: Path, wait_go: bool = False) -> int:

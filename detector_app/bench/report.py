@@ -12,18 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from detector_app.stats import percentile
+
 AGE_WINDOW_S = 10.0  # "first 10 s vs last 10 s" frame-age check
 AGE_TOLERANCE = (1.25, 5.0)  # last ≤ first × 1.25 + 5 ms counts as "no worse" (noise on a shared box)
 MAX_SANE_LATENCY_S = 30.0
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100.0
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def _r(v: float | None, nd: int = 1) -> float | None:

@@ -37,7 +37,7 @@ class Box:
     def center(self) -> tuple[float, float]:
         return ((self.x1 + self.x2) / 2.0, (self.y1 + self.y2) / 2.0)
 
-    def iou(self, other: "Box") -> float:
+    def iou(self, other: Box) -> float:
         ix1, iy1 = max(self.x1, other.x1), max(self.y1, other.y1)
         ix2, iy2 = min(self.x2, other.x2), min(self.y2, other.y2)
         inter = max(0.0, ix2 - ix1) * max(0.0, iy2 - iy1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import os
 import shutil
 import signal
 import subprocess
@@ -18,6 +17,8 @@ import time
 from pathlib import Path
 
 from loguru import logger
+
+from detector_app.procs import stop_process
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -110,7 +111,7 @@ class Publisher:
         self.returncode: int | None = None
         self.done = threading.Event()
 
-    def start(self) -> "Publisher":
+    def start(self) -> Publisher:
         self.started_at = time.time()
         self._thread.start()
         return self
@@ -164,16 +165,7 @@ class Publisher:
     def stop(self, grace: float = 2.0) -> None:
         """SIGTERM the process group, SIGKILL after ``grace``; always reaps."""
         self._stop.set()
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        self._thread.join(5.0) if self._thread.is_alive() else None
+        if self._proc is not None and self._proc.poll() is None:
+            stop_process(self._proc, grace, group=True)
+        if self._thread.is_alive():
+            self._thread.join(5.0)

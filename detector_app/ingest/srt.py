@@ -21,6 +21,7 @@ from loguru import logger
 from detector_app.ingest import libav_log
 from detector_app.ingest.addresses import free_port_below_ephemeral, port_is_free
 from detector_app.ingest.base import IngestEndpoint, IngestError
+from detector_app.procs import stop_process
 
 SRT_LATENCY_MS = 20  # receiver latency; 120 ms default doubles frame age (field notes)
 PROBE_OPTIONS = {"probesize": "32768", "analyzeduration": "0"}
@@ -148,10 +149,4 @@ class SrtRelayListener:
         if self._closed.is_set():
             return
         self._closed.set()
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=3)
+        stop_process(self._proc)

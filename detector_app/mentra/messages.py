@@ -9,10 +9,10 @@ parse to ``None`` and are ignored by callers, never raised as errors.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
-import re
 from urllib.parse import urlencode
 
 # ---------------------------------------------------------------------------------------------

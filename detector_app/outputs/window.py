@@ -15,10 +15,9 @@ import cv2
 import numpy as np
 from loguru import logger
 
-from detector_app.video.convert import to_bgr
-
 from detector_app.detection.types import FrameResult
 from detector_app.outputs.overlay import draw_detections, draw_hud
+from detector_app.video.convert import to_bgr
 
 _QUIT_KEYS = {ord("q"), ord("Q"), 27}
 

@@ -11,9 +11,10 @@ import asyncio
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlparse
 
 import aiohttp
@@ -156,7 +157,7 @@ class CloudSimulator:
     def miniapp_ws_url(self) -> str:
         return f"ws://{self.config.public_host or self.config.host}:{self.port}/ws/miniapp"
 
-    async def __aenter__(self) -> "CloudSimulator":
+    async def __aenter__(self) -> CloudSimulator:
         await self.start()
         return self
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
 import os
-import signal
 import shutil
+import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable, Literal
+from typing import Literal
 
 from loguru import logger
 

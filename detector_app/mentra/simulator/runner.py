@@ -11,8 +11,8 @@ import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from loguru import logger
 

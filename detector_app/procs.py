@@ -1,0 +1,28 @@
+"""Stopping child processes (publishers, relays, servers) so that nothing is left behind or hangs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 3.0, group: bool = False) -> int | None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; always reaps. ``group`` signals the whole
+    process group (children started with ``start_new_session=True``). Returns the exit code."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None and not group:
+            break
+        try:
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    return proc.poll()
