@@ -348,7 +348,7 @@ CAT_FRAMES = (75, 120, 165, 330)  # cat_720p30: first crossing 1.5–7.5 s, seco
 
 def _dets(yolo, frame, imgsz) -> list[tuple[str, float, list[float]]]:
     r = yolo.predict(frame, imgsz=imgsz, conf=0.25, verbose=False)[0]
-    return [(r.names[int(c)], float(s), b.tolist()) for c, s, b in zip(r.boxes.cls, r.boxes.conf, r.boxes.xyxy)]
+    return [(r.names[int(c)], float(s), b.tolist()) for c, s, b in zip(r.boxes.cls, r.boxes.conf, r.boxes.xyxy, strict=True)]
 
 
 def _iou(a: list[float], b: list[float]) -> float:

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import threading
@@ -20,7 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
-from websockets.asyncio.server import ServerConnection, serve as ws_serve
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
 from detector_app.detection.types import Box, Detection, FrameResult
@@ -115,7 +115,7 @@ class FakeCloud:
         self.port = 0
         self._server = None
 
-    async def __aenter__(self) -> "FakeCloud":
+    async def __aenter__(self) -> FakeCloud:
         self._server = await ws_serve(self._handler, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from detector_app.detection.types import Box, Detection, FrameResult
 from detector_app.mentra.feedback import (
-    ClearDisplay, FeedbackConfig, FeedbackEngine, ShowText, Sighting, Speak, describe, plural, summary_text,
+    ClearDisplay,
+    FeedbackConfig,
+    FeedbackEngine,
+    ShowText,
+    Sighting,
+    Speak,
+    describe,
+    plural,
+    summary_text,
 )
 
 W, H = 1280, 720

@@ -11,7 +11,13 @@ from pydantic import SecretStr
 from detector_app.detection.types import Box, Detection, FrameResult
 from detector_app.mentra import messages as m
 from detector_app.mentra.actions import (
-    Close, Log, ScheduleReconnect, Send, SessionEnded, StartPipeline, StopPipeline,
+    Close,
+    Log,
+    ScheduleReconnect,
+    Send,
+    SessionEnded,
+    StartPipeline,
+    StopPipeline,
 )
 from detector_app.mentra.allowlist import check_ws_url, host_matches
 from detector_app.mentra.commands import Command, match_button, match_transcript, normalize

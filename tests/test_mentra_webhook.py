@@ -12,7 +12,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from detector_app.mentra.app import MiniApp, PortInUseError, serve
 from detector_app.mentra.config import MentraSettings
 from detector_app.mentra.webhook import (
-    SessionRequest, StopRequest, WebhookError, create_web_app, parse_webhook,
+    SessionRequest,
+    StopRequest,
+    WebhookError,
+    create_web_app,
+    parse_webhook,
 )
 
 pytestmark = pytest.mark.timeout(30)

@@ -9,15 +9,16 @@ import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
 import websockets
 from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 
-from detector_app.mentra.simulator import CloudSimulator, Faults, frame
+from detector_app.mentra.simulator import CloudSimulator, Faults, SimulatorError, frame
 
 PKG = "com.example.detector"
 KEY = "test-key-123"
@@ -41,7 +42,7 @@ class FakeApp:
         self.port = 0
         self._runner: web.AppRunner | None = None
 
-    async def __aenter__(self) -> "FakeApp":
+    async def __aenter__(self) -> FakeApp:
         app = web.Application()
 
         async def webhook(request: web.Request) -> web.Response:
@@ -154,7 +155,7 @@ def test_message_before_init_is_session_not_found(generation: str, closes: bool)
 def test_init_for_app_not_started() -> None:
     async def body() -> None:
         async with FakeApp() as app, sim_for(app, "D", connect_deadline_s=0.3) as sim:
-            with pytest.raises(Exception):
+            with pytest.raises(SimulatorError):
                 await sim.start_session(USER, timeout=3)
             assert sim.log.find(frame("sim", "app_start_timeout")) is not None
             async with connect(sim.ws_url) as ws:
