@@ -282,8 +282,49 @@ def serve(
     except Exception as exc:  # noqa: BLE001 - pydantic validation of env/flags
         raise _fail(f"invalid configuration: {exc}") from None
     factory = _service_factory(settings, model, fps, conf, imgsz, device, classes, backend, out, feed_port)
-    code = run_serve(settings, service_factory=factory)
-    raise typer.Exit(code)
+    if headless or not _display_available():
+        raise typer.Exit(run_serve(settings, service_factory=factory))
+    raise typer.Exit(_serve_with_window(settings, factory))
+
+
+def _display_available() -> bool:
+    from detector_app.outputs.window import display_available
+
+    if display_available():
+        return True
+    logger.warning("No display available (no $DISPLAY / GUI backend): running headless")
+    return False
+
+
+def _serve_with_window(settings, factory) -> int:
+    """The miniapp's event loop in a thread; the main thread shows the newest glasses stream (OpenCV
+    windows must live on the main thread). Closing the window or Ctrl-C stops streams, then exits."""
+    import threading
+
+    from detector_app.frontend import follow_streams, install_signal_handlers, join_bounded, restore_signal_handlers
+    from detector_app.mentra.app import run_serve
+
+    stop = threading.Event()
+    holder: dict = {}
+
+    def build():
+        holder["service"] = factory()
+        return holder["service"]
+
+    def target() -> None:
+        holder["code"] = run_serve(settings, service_factory=build, external_stop=stop)
+
+    previous = install_signal_handlers(stop)
+    thread = threading.Thread(target=target, name="miniapp", daemon=True)
+    thread.start()
+    try:
+        follow_streams(lambda: holder.get("service"), False, lambda: stop.is_set() or not thread.is_alive(),
+                       title="detector-app: glasses")
+    finally:
+        stop.set()
+        join_bounded(thread, 30.0)
+        restore_signal_handlers(previous)
+    return holder.get("code", 1)
 
 
 def _service_factory(settings, model, fps, conf, imgsz, device, classes, backend, out, feed_port):

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from loguru import logger
 
 from detector_app.detection.detector import FIXTURE_MODEL, PROJECT_ROOT
+from detector_app.frontend import follow_streams, install_signal_handlers, join_bounded, restore_signal_handlers
 
 DEMO_PACKAGE = "com.example.detector.demo"
 DEMO_API_KEY = "demo-api-key-not-secret"  # the simulator checks it; it never leaves this machine
@@ -226,7 +225,7 @@ def run_demo(headless: bool, protocol: str, video: Path | None, model: str | Non
     side = _AsyncSide(settings, service, sim_config, interactive=sys.stdin is not None and sys.stdin.isatty())
 
     stop = threading.Event()
-    previous = _install_signal_handlers(stop)
+    previous = install_signal_handlers(stop)
     print(f"[demo] virtual {glasses} glasses stream {video_path.name} over {protocol.upper()} to the miniapp; "
           f"{'headless' if headless else 'window shows the detections'}; Ctrl-C stops"
           f"{f' (or after {duration:g} s)' if duration else ''}.", flush=True)
@@ -239,7 +238,7 @@ def run_demo(headless: bool, protocol: str, video: Path | None, model: str | Non
         def should_stop() -> bool:
             return stop.is_set() or side.finished.is_set() or (deadline is not None and time.monotonic() >= deadline)
 
-        reason = _main_loop(service, headless, should_stop)
+        reason = follow_streams(lambda: service, headless, should_stop, title="detector-app demo")
         if stop.is_set():
             reason = "signal"
         elif side.finished.is_set():
@@ -251,11 +250,11 @@ def run_demo(headless: bool, protocol: str, video: Path | None, model: str | Non
     finally:
         logger.info("demo: shutting down ({})", reason)
         side.request_stop()
-        _join(side.thread, SHUTDOWN_TIMEOUT_S)
+        join_bounded(side.thread, SHUTDOWN_TIMEOUT_S)
         try:
             service.close()
         finally:
-            _restore_signal_handlers(previous)
+            restore_signal_handlers(previous)
     if side.error:
         logger.error("demo failed: {}", side.error)
         return 1
@@ -264,60 +263,6 @@ def run_demo(headless: bool, protocol: str, video: Path | None, model: str | Non
         return 1
     print("[demo] stopped cleanly.", flush=True)
     return 0
-
-
-def _main_loop(service: Any, headless: bool, should_stop: Any) -> str:
-    """Show the active session's pipeline; follow it when the session's stream is replaced."""
-    from detector_app.frontend import run_main_loop
-
-    while not should_stop():
-        streams = service.streams()
-        if not streams:
-            time.sleep(0.05)
-            continue
-        stream = streams[-1]
-
-        def until(stream: Any = stream) -> bool:
-            return should_stop() or stream.closed or service.streams()[-1:] != [stream]
-
-        reason = run_main_loop(stream.pipeline, headless, until, title="detector-app demo")
-        if reason in ("interrupted", "user-quit", "window-closed"):
-            return reason
-    return "finished"
-
-
-def _join(thread: threading.Thread, timeout: float) -> None:
-    """Join, but let a second Ctrl-C through only as a warning: the shutdown is bounded anyway."""
-    deadline = time.monotonic() + timeout
-    while thread.is_alive() and time.monotonic() < deadline:
-        try:
-            thread.join(min(0.5, max(0.0, deadline - time.monotonic())))
-        except KeyboardInterrupt:
-            logger.warning("still stopping (bounded by timeouts)…")
-
-
-def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
-    """SIGINT/SIGTERM set ``stop`` (no exception in the middle of OpenCV or a join); only possible
-    on the main thread — elsewhere Ctrl-C stays a KeyboardInterrupt, which is handled too."""
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is not threading.main_thread():
-        return previous
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            logger.warning("{} again: still stopping (bounded by timeouts)", signal.Signals(signum).name)
-        else:
-            logger.info("{} received", signal.Signals(signum).name)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handler)
-    return previous
-
-
-def _restore_signal_handlers(previous: dict[int, Any]) -> None:
-    for sig, h in previous.items():
-        signal.signal(sig, h)
 
 
 __all__ = ["DEMO_API_KEY", "DEMO_PACKAGE", "run_demo"]

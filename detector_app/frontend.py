@@ -6,8 +6,12 @@ paths end on the same conditions (source finished, a caller's predicate, Ctrl-C)
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 from loguru import logger
 
@@ -66,3 +70,59 @@ def run_main_loop(
         return "finished"
     except KeyboardInterrupt:
         return "interrupted"
+
+
+def follow_streams(
+    get_service: Callable[[], Any], headless: bool, should_stop: Callable[[], bool], title: str = "detector-app"
+) -> str:
+    """Show the newest glasses stream of a ``DetectionService``; follow it when a session's stream is
+    replaced (reconnect, resurrection, another user). ``get_service`` may return None while the model loads."""
+    while not should_stop():
+        service = get_service()
+        streams = service.streams() if service is not None else []
+        if not streams:
+            time.sleep(0.05)
+            continue
+        stream = streams[-1]
+
+        def until(stream: Any = stream, service: Any = service) -> bool:
+            return should_stop() or stream.closed or service.streams()[-1:] != [stream]
+
+        reason = run_main_loop(stream.pipeline, headless, until, title=title)
+        if reason in ("interrupted", "user-quit", "window-closed"):
+            return reason
+    return "finished"
+
+
+def join_bounded(thread: threading.Thread, timeout: float) -> None:
+    """Join, but let a second Ctrl-C through only as a warning: the shutdown is bounded anyway."""
+    deadline = time.monotonic() + timeout
+    while thread.is_alive() and time.monotonic() < deadline:
+        try:
+            thread.join(min(0.5, max(0.0, deadline - time.monotonic())))
+        except KeyboardInterrupt:
+            logger.warning("still stopping (bounded by timeouts)…")
+
+
+def install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
+    """SIGINT/SIGTERM set ``stop`` (no exception in the middle of OpenCV or a join); only possible
+    on the main thread — elsewhere Ctrl-C stays a KeyboardInterrupt, which is handled too."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            logger.warning("{} again: still stopping (bounded by timeouts)", signal.Signals(signum).name)
+        else:
+            logger.info("{} received", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for sig, h in previous.items():
+        signal.signal(sig, h)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -230,10 +231,13 @@ def run_serve(
     *,
     service: DetectionServiceLike | None = None,
     service_factory: Callable[[], DetectionServiceLike] | None = None,
+    external_stop: threading.Event | None = None,
 ) -> int:
     """Entry point of ``detector-app serve``: blocks until SIGINT/SIGTERM, returns the exit code
     (0 clean, 2 configuration error or port in use). Pass the detection service, or a factory that
-    builds it (called once in a worker thread while the webhook server already listens)."""
+    builds it (called once in a worker thread while the webhook server already listens).
+    ``external_stop`` lets a caller that runs this in a thread (the window owns the main thread)
+    ask for the same clean shutdown as a signal."""
     settings = settings or MentraSettings()
     if not settings.api_key.get_secret_value():
         logger.error("MENTRAOS_API_KEY is not set (developer console → your app → API key)")
@@ -249,6 +253,8 @@ def run_serve(
                 loop.add_signal_handler(sig, _on_signal, sig, stop_event)
             except (NotImplementedError, RuntimeError):  # non-main thread / Windows
                 pass
+        if external_stop is not None:
+            asyncio.create_task(_relay_stop(external_stop, stop_event))
         app = MiniApp(settings, service, service_factory=service_factory)
         return await serve(app, stop_event)
 
@@ -256,6 +262,12 @@ def run_serve(
         return asyncio.run(main())
     except KeyboardInterrupt:
         return 130
+
+
+async def _relay_stop(external: threading.Event, stop_event: asyncio.Event) -> None:
+    while not external.is_set() and not stop_event.is_set():
+        await asyncio.sleep(0.1)
+    stop_event.set()
 
 
 def _on_signal(sig: signal.Signals, stop_event: asyncio.Event) -> None:
