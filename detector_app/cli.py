@@ -7,6 +7,7 @@ and exit code 2; a run that worked exits 0.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -17,6 +18,7 @@ from loguru import logger
 
 from detector_app import __version__
 from detector_app.logs import setup_logging
+from detector_app.video.probe import video_size
 
 app = typer.Typer(
     name="detector-app",
@@ -101,6 +103,8 @@ def _detector(model, conf, imgsz, device, classes, backend, frame_size=None):
         return det
     except ModelError as exc:
         raise _fail(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. --device cuda without a GPU: one line, not a traceback
+        raise _fail(f"cannot run model {cfg.model} on device {device}: {type(exc).__name__}: {exc}") from None
 
 
 def _sinks(out: Path | None, feed_port: int, info: dict):
@@ -118,27 +122,18 @@ def _sinks(out: Path | None, feed_port: int, info: dict):
     if feed_port:
         from detector_app.outputs.feed import DetectionFeed, FeedError
 
-        feed = DetectionFeed(port=feed_port, info=info)
+        # Loopback by default: the feed is unauthenticated. FEED_HOST=0.0.0.0 shares it on the LAN.
+        host = os.environ.get("FEED_HOST", "127.0.0.1")
+        feed = DetectionFeed(host=host, port=feed_port, info=info)
         try:
             feed.start()
         except FeedError as exc:  # detection is still useful without the feed: keep going
             logger.warning("detection feed disabled: {}", exc)
         else:
-            logger.info("detection feed: ws://127.0.0.1:{} (one JSON message per inference)", feed.port)
+            logger.info("detection feed: ws://{}:{} (one JSON message per inference)", host, feed.port)
             sinks.append(feed)
             closers.append(feed.stop)
     return sinks, closers
-
-
-def _video_size(path: Path) -> tuple[int, int] | None:
-    import av
-
-    try:
-        with av.open(str(path)) as c:
-            s = c.streams.video[0]
-            return (s.codec_context.width, s.codec_context.height)
-    except Exception:  # noqa: BLE001 - probing is best effort; the pipeline reports real errors
-        return None
 
 
 def _run_and_report(run, closers, summary_json: Path | None, user_errors: tuple = ()) -> None:
@@ -194,7 +189,7 @@ def replay(
     from detector_app.ingest.base import IngestError
     from detector_app.replay import replay as run_replay
 
-    det = _detector(model, conf, imgsz, device, classes, backend, _video_size(video))
+    det = _detector(model, conf, imgsz, device, classes, backend, video_size(video))
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": str(video)})
     _run_and_report(
         lambda: run_replay(video, det, protocol=protocol.value, fps=fps, sinks=sinks, headless=headless,
@@ -236,9 +231,9 @@ def detect(
         src = UrlSource(source, live=realtime)
     except IngestError as exc:
         raise _fail(str(exc)) from None
-    size = None if src.is_url else _video_size(Path(source))
+    size = None if src.is_url else video_size(Path(source))
     det = _detector(model, conf, imgsz, device, classes, backend, size)
-    sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": source})
+    sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": src.name})
     _run_and_report(
         lambda: detect_source(src, det, fps=fps, sinks=sinks, headless=headless, live=realtime,
                               frame_probe=_probe(frame_counter)),
@@ -281,22 +276,29 @@ def serve(
         settings = MentraSettings(**overrides)
     except Exception as exc:  # noqa: BLE001 - pydantic validation of env/flags
         raise _fail(f"invalid configuration: {exc}") from None
-    factory = _service_factory(settings, model, fps, conf, imgsz, device, classes, backend, out, feed_port)
-    if headless or not _display_available():
-        raise typer.Exit(run_serve(settings, service_factory=factory))
-    raise typer.Exit(_serve_with_window(settings, factory))
+    if not settings.api_key.get_secret_value():
+        raise _fail("MENTRAOS_API_KEY is not set (developer console → your app → API key)")
+    # Load the model and open the outputs first: a bad model or path ends here with a clear message,
+    # before the webhook server announces itself (the cloud only calls it when a user starts the app).
+    from detector_app.runtime import DetectionService, IngestConfig
+
+    det = _detector(model, conf, imgsz, device, classes, backend)
+    service = DetectionService(det, IngestConfig(advertise_host=settings.ingest_host, port=settings.ingest_port or 0, fps=fps))
+    sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": "glasses"})
+    service.sinks.extend(sinks)
+    try:
+        if headless:
+            code = run_serve(settings, service=service)
+        else:
+            code = _serve_with_window(settings, service)
+    finally:
+        service.close()
+        for close in closers:
+            close()
+    raise typer.Exit(code)
 
 
-def _display_available() -> bool:
-    from detector_app.outputs.window import display_available
-
-    if display_available():
-        return True
-    logger.warning("No display available (no $DISPLAY / GUI backend): running headless")
-    return False
-
-
-def _serve_with_window(settings, factory) -> int:
+def _serve_with_window(settings, service) -> int:
     """The miniapp's event loop in a thread; the main thread shows the newest glasses stream (OpenCV
     windows must live on the main thread). Closing the window or Ctrl-C stops streams, then exits."""
     import threading
@@ -307,38 +309,20 @@ def _serve_with_window(settings, factory) -> int:
     stop = threading.Event()
     holder: dict = {}
 
-    def build():
-        holder["service"] = factory()
-        return holder["service"]
-
     def target() -> None:
-        holder["code"] = run_serve(settings, service_factory=build, external_stop=stop)
+        holder["code"] = run_serve(settings, service=service, external_stop=stop)
 
     previous = install_signal_handlers(stop)
     thread = threading.Thread(target=target, name="miniapp", daemon=True)
     thread.start()
     try:
-        follow_streams(lambda: holder.get("service"), False, lambda: stop.is_set() or not thread.is_alive(),
+        follow_streams(lambda: service, False, lambda: stop.is_set() or not thread.is_alive(),
                        title="detector-app: glasses")
     finally:
         stop.set()
         join_bounded(thread, 30.0)
         restore_signal_handlers(previous)
     return holder.get("code", 1)
-
-
-def _service_factory(settings, model, fps, conf, imgsz, device, classes, backend, out, feed_port):
-    def build():
-        from detector_app.runtime import DetectionService, IngestConfig
-
-        det = _detector(model, conf, imgsz, device, classes, backend)
-        ingest = IngestConfig(advertise_host=settings.ingest_host, port=settings.ingest_port or 0, fps=fps)
-        service = DetectionService(det, ingest)
-        sinks, _ = _sinks(out, feed_port, {"model": det.description, "source": "glasses"})
-        service.sinks.extend(sinks)
-        return service
-
-    return build
 
 
 # -- simulate / demo ----------------------------------------------------------------------------

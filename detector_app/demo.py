@@ -26,6 +26,7 @@ from loguru import logger
 
 from detector_app.detection.detector import FIXTURE_MODEL, PROJECT_ROOT
 from detector_app.frontend import follow_streams, install_signal_handlers, join_bounded, restore_signal_handlers
+from detector_app.video.probe import video_size
 
 DEMO_PACKAGE = "com.example.detector.demo"
 DEMO_API_KEY = "demo-api-key-not-secret"  # the simulator checks it; it never leaves this machine
@@ -78,18 +79,6 @@ def _resolve_model(model: str | None) -> str:
         "For real animals pass --model yolo11n.pt.", FIXTURE_MODEL.name,
     )
     return str(FIXTURE_MODEL)
-
-
-def _video_size(path: Path) -> tuple[int, int] | None:
-    """Header probe only (decoding nothing), to shape model exports for the stream."""
-    import av
-
-    try:
-        with av.open(str(path)) as c:
-            s = c.streams.video[0]
-            return (s.codec_context.width, s.codec_context.height)
-    except Exception:  # noqa: BLE001 - best effort; the pipeline reports real errors
-        return None
 
 
 def _free_port() -> int:
@@ -203,7 +192,7 @@ def run_demo(headless: bool, protocol: str, video: Path | None, model: str | Non
     from detector_app.mentra.simulator import SimulatorConfig
     from detector_app.runtime import DetectionService, IngestConfig
 
-    size = _video_size(video_path)
+    size = video_size(video_path)
     logger.info("demo: loading model {} …", model_ref)
     try:
         detector = Detector(DetectorConfig(model=model_ref, backend="auto"), frame_size=size)

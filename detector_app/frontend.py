@@ -54,7 +54,7 @@ def run_main_loop(
                 return (0, None) if got is None else (got.version, got.item.frame)
 
             try:
-                return run_display_loop(
+                reason = run_display_loop(
                     get_frame=get_frame,
                     get_result=lambda: pipeline.latest_result,
                     hud=lambda: hud_lines(pipeline),
@@ -62,6 +62,7 @@ def run_main_loop(
                     fps_hint=lambda: pipeline.health().fps or 30.0,
                     window=PreviewWindow(title),
                 )
+                return "finished" if reason == "stopped" else reason  # "stopped": our own condition ended it
             except KeyboardInterrupt:
                 return "interrupted"
     try:

@@ -79,31 +79,43 @@ class DetectionService:
         self.detector = detector
         self._streams: list[StreamSession] = []
         self._lock = threading.Lock()
+        self._open_lock = threading.Lock()
         self.sinks: list[Sink] = []  # added to every stream (e.g. the websockets feed)
 
     PORT_SPAN = 32  # with a fixed first port, concurrent sessions take the next free ones
 
     def open_stream(self, protocol: str = "rtmp") -> StreamSession:
         """A listener with a fresh key on its own port (one publisher per listener)."""
-        # Our own listeners bind lazily (in their decode thread), so skip the ports they hold explicitly.
-        taken = {s.endpoint.port for s in self.streams()}
-        ports = [0] if self.ingest.port == 0 else [
-            p for p in range(self.ingest.port, self.ingest.port + self.PORT_SPAN) if p not in taken
-        ]
-        for i, port in enumerate(ports):
-            try:
-                endpoint, source = open_listener(
-                    protocol, port=port, bind_host=self.ingest.bind_host, advertise=self.ingest.advertise_host
+        # Sessions open concurrently (one worker thread each) and our listeners bind lazily (in their
+        # decode thread), so choosing a port and registering the stream happen under one lock.
+        with self._open_lock:
+            taken = {s.endpoint.port for s in self.streams()}
+            ports = [0] if self.ingest.port == 0 else [
+                p for p in range(self.ingest.port, self.ingest.port + self.PORT_SPAN) if p not in taken
+            ]
+            opened = None
+            for port in ports:
+                try:
+                    opened = open_listener(
+                        protocol, port=port, bind_host=self.ingest.bind_host, advertise=self.ingest.advertise_host
+                    )
+                    break
+                except IngestError as exc:
+                    if "in use" not in str(exc):
+                        raise
+            if opened is None:
+                raise IngestError(
+                    f"no free ingest port in {self.ingest.port}–{self.ingest.port + self.PORT_SPAN - 1}; "
+                    "set another INGEST_PORT (or 0 for any free port)"
                 )
-                break
-            except IngestError as exc:
-                if "in use" not in str(exc) or i == len(ports) - 1:
-                    raise
-        pipeline = Pipeline(source, self.detector, fps=self.ingest.fps, sinks=list(self.sinks), source_label=endpoint.redacted())
-        pipeline.start()
-        stream = StreamSession(endpoint, pipeline)
-        with self._lock:
-            self._streams.append(stream)
+            endpoint, source = opened
+            pipeline = Pipeline(
+                source, self.detector, fps=self.ingest.fps, sinks=list(self.sinks), source_label=endpoint.redacted()
+            )
+            pipeline.start()
+            stream = StreamSession(endpoint, pipeline)
+            with self._lock:
+                self._streams.append(stream)
         logger.info("ingest ready: glasses publish to {}", endpoint.redacted())
         return stream
 

@@ -682,3 +682,14 @@ class TestSessionFeedback:
         s = make_session(clock)
         s.connection_opened()
         assert sent(s.frame_result(self.cat_result(0))) == []
+
+
+def test_redact_masks_stream_keys_in_ingest_urls():
+    from detector_app.mentra.messages import redact
+
+    msg = {"type": "rtmp_stream_request", "rtmpUrl": "rtmp://192.0.2.2:1935/live/SECRETKEY123"}
+    srt = {"type": "stream_request", "streamUrl": "srt://192.0.2.2:4201?passphrase=SECRETKEY123&streamid=SECRETKEY123"}
+    for m in (msg, srt):
+        shown = str(redact(m))
+        assert "SECRETKEY123" not in shown and "192.0.2.2" in shown
+    assert "SECRETKEY123" in msg["rtmpUrl"]  # the message itself is untouched

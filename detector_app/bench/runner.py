@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from loguru import logger
 
 from detector_app.bench import report
 from detector_app.bench.nginx import NginxRtmp
+from detector_app.procs import stop_process
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 600.0  # first run may export the model to OpenVINO (seconds) on a busy box
@@ -151,24 +151,7 @@ class Worker:
 
     def kill(self) -> None:
         """Make sure it (and anything it started, e.g. the SRT relay) is gone."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                self.proc.terminate()
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    self.proc.kill()
-                self.proc.wait(3)
-        else:  # its group may still hold a relay it started
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        stop_process(self.proc, 3.0, group=True)
         self._log.close()
 
 
@@ -202,16 +185,8 @@ def _go(proc: subprocess.Popen) -> None:
 
 
 def _kill_group(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(3)
-    except (ProcessLookupError, PermissionError):
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(3)
+    if proc is not None:
+        stop_process(proc, 3.0, group=True)
 
 
 def _wait_player_connected(pid: int, port: int, timeout: float = 10.0) -> bool:

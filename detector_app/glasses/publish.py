@@ -20,14 +20,16 @@ from loguru import logger
 
 from detector_app.procs import stop_process
 
+try:  # loaded once in the parent: dlopen() in a forked child of a threaded process can deadlock
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not glibc Linux: no parent-death signal, the publishers are still stopped explicitly
+    _LIBC = None
+
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Ask Linux to SIGTERM the publisher if we die, so a crashed simulator leaves no orphans."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 
@@ -107,6 +109,7 @@ class Publisher:
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self._proc: subprocess.Popen[str] | None = None
         self._stop = threading.Event()
+        self._spawn_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="virtual-glasses", daemon=True)
         self.returncode: int | None = None
         self.done = threading.Event()
@@ -125,9 +128,10 @@ class Publisher:
     def _run(self) -> None:
         try:
             for attempt in range(self.retries + 1):
-                if self._stop.is_set():
-                    break
-                self._proc = proc = self._spawn()
+                with self._spawn_lock:  # stop() either sees this process or prevents it
+                    if self._stop.is_set():
+                        break
+                    self._proc = proc = self._spawn()
                 err_thread = threading.Thread(target=self._pump_stderr, args=(proc,), daemon=True)
                 err_thread.start()
                 assert proc.stdout is not None
@@ -164,8 +168,10 @@ class Publisher:
 
     def stop(self, grace: float = 2.0) -> None:
         """SIGTERM the process group, SIGKILL after ``grace``; always reaps."""
-        self._stop.set()
-        if self._proc is not None and self._proc.poll() is None:
-            stop_process(self._proc, grace, group=True)
+        with self._spawn_lock:
+            self._stop.set()
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            stop_process(proc, grace, group=True)
         if self._thread.is_alive():
             self._thread.join(5.0)

@@ -19,9 +19,7 @@ from loguru import logger
 
 from detector_app.ingest import libav_log
 from detector_app.ingest.addresses import port_is_free
-from detector_app.ingest.base import IngestEndpoint, IngestError
-
-PROBE_OPTIONS = {"probesize": "32768", "analyzeduration": "0"}
+from detector_app.ingest.base import PROBE_OPTIONS, IngestEndpoint, IngestError
 
 
 def rtmp_endpoint(key: str, port: int, bind_host: str, advertise: str, app: str = "live") -> IngestEndpoint:

@@ -20,11 +20,10 @@ from loguru import logger
 
 from detector_app.ingest import libav_log
 from detector_app.ingest.addresses import free_port_below_ephemeral, port_is_free
-from detector_app.ingest.base import IngestEndpoint, IngestError
+from detector_app.ingest.base import PROBE_OPTIONS, IngestEndpoint, IngestError
 from detector_app.procs import stop_process
 
 SRT_LATENCY_MS = 20  # receiver latency; 120 ms default doubles frame age (field notes)
-PROBE_OPTIONS = {"probesize": "32768", "analyzeduration": "0"}
 
 
 def srt_endpoint(key: str, port: int, bind_host: str, advertise: str) -> IngestEndpoint:

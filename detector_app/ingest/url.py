@@ -5,15 +5,24 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import av
 import av.container
 from loguru import logger
 
 from detector_app.ingest import libav_log
-from detector_app.ingest.base import IngestError
+from detector_app.ingest.base import PROBE_OPTIONS, IngestError
 
 LIVE_SCHEMES = ("rtmp://", "rtmps://", "srt://", "rtsp://", "rtsps://", "udp://", "tcp://", "http://", "https://")
+
+
+def redact_url(url: str) -> str:
+    """Stream URLs carry keys in the path (rtmp://host/app/KEY) or the query: keep scheme, host, app."""
+    parts = urlsplit(url)
+    segments = [s for s in parts.path.split("/") if s]
+    shown = "/".join(segments[:1] + (["…"] if len(segments) > 1 else []))
+    return f"{parts.scheme}://{parts.netloc}/{shown}" + ("?…" if parts.query else "")
 
 
 class UrlSource:
@@ -28,7 +37,7 @@ class UrlSource:
             raise IngestError(f"video source is not readable: {target}")
         self.live = self.is_url if live is None else live
         self.reconnects = self.is_url
-        self.name = target if not self.is_url else target.split("?")[0]
+        self.name = target if not self.is_url else redact_url(target)
         self._timeouts = (open_timeout_s, read_timeout_s)
         self._closed = threading.Event()
         self._opened_once = False
@@ -40,7 +49,7 @@ class UrlSource:
             if self._opened_once and not self.is_url:
                 return None
             try:
-                options = {"probesize": "32768", "analyzeduration": "0"} if self.is_url else {}
+                options = dict(PROBE_OPTIONS) if self.is_url else {}
                 container = av.open(self.target, options=options, timeout=self._timeouts)
             except (av.error.FFmpegError, OSError) as exc:
                 if not self.is_url:

@@ -7,20 +7,10 @@ match the allowlist before any connection is opened.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-_LOOPBACK_NAMES = {"localhost"}
-
-
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from detector_app.ingest.addresses import is_loopback
 
 
 def host_matches(host: str, pattern: str) -> bool:
@@ -48,6 +38,6 @@ def check_ws_url(url: str, allowlist: Iterable[str], *, allow_insecure: bool = F
         return "WebSocket URL has no host"
     if not any(host_matches(host, p) for p in allowlist):
         return f"WebSocket host {host!r} is not on the allowlist"
-    if parts.scheme == "ws" and not (allow_insecure or _is_loopback(host)):
+    if parts.scheme == "ws" and not (allow_insecure or is_loopback(host)):
         return f"refusing cleartext ws:// to {host!r} (the API key would travel unencrypted)"
     return None

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -47,11 +47,26 @@ def normalize_status(raw: Any) -> str:
     return _STATUS_MAP.get(str(raw).lower(), "stopped")
 
 
+_URL_FIELDS = ("rtmpUrl", "streamUrl")
+
+
+def url_for_log(url: str) -> str:
+    """Scheme and host only: an ingest URL's path/query carries the stream key."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/…"
+
+
 def redact(message: dict[str, Any]) -> dict[str, Any]:
-    """Copy of ``message`` safe to log: the API key is masked."""
-    if "apiKey" not in message:
+    """Copy of ``message`` safe to log: the API key and stream keys (in ingest URLs) are masked."""
+    if "apiKey" not in message and not any(isinstance(message.get(f), str) for f in _URL_FIELDS):
         return message
-    return {**message, "apiKey": "**********"}
+    out = dict(message)
+    if "apiKey" in out:
+        out["apiKey"] = "**********"
+    for f in _URL_FIELDS:
+        if isinstance(out.get(f), str):
+            out[f] = url_for_log(out[f])
+    return out
 
 
 def _str(value: Any) -> str | None:

@@ -14,7 +14,9 @@ That keeps every rule of the protocol reference testable without I/O:
   from direct messages and ``data_stream`` are de-duplicated; a ``stopped``/``timeout`` we did not
   ask for is a failure (the cloud maps glasses errors to ``stopped``) and is retried with bounded
   backoff; the stream is stopped **by streamId** on "stop stream", button, stop_request,
-  ``app_stopped`` and shutdown, so it is never left running on the glasses.
+  ``app_stopped`` and shutdown. One gap remains: a shutdown while the cloud socket is down (between
+  reconnect attempts) cannot send the stop; our ingest is closed then, so the glasses' publisher
+  fails and the glasses give the stream up after their own reconnect attempts (up to 10, §8).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -99,10 +100,6 @@ class _StreamState:
     check_deadline: float | None = None
 
 
-def _url_for_log(url: str) -> str:
-    """Scheme and host only: the path/query carries the stream key."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}/…"
 
 
 class AppSession:
@@ -280,7 +277,7 @@ class AppSession:
         if self.phase is Phase.ENDED:
             return []
         self._stream.publish_url = publish_url
-        return [Log("INFO", f"[{self.session_id}] ingest ready at {_url_for_log(publish_url)}"),
+        return [Log("INFO", f"[{self.session_id}] ingest ready at {m.url_for_log(publish_url)}"),
                 *self._maybe_start_stream()]
 
     def pipeline_failed(self, error: str) -> list[Action]:
@@ -397,7 +394,7 @@ class AppSession:
         st.status = "requested"
         st.requested_at = self._clock()
         msg = m.stream_request(self.config.package_name, self.session_id, st.publish_url, video=self.config.video)
-        return [Log("INFO", f"[{self.session_id}] {msg['type']} → {_url_for_log(st.publish_url)}"), Send(msg)]
+        return [Log("INFO", f"[{self.session_id}] {msg['type']} → {m.url_for_log(st.publish_url)}"), Send(msg)]
 
     def _stop_stream(self) -> list[Action]:
         st = self._stream

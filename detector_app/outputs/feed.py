@@ -53,7 +53,7 @@ class DetectionFeed:
     ``port=0`` lets the OS choose (tests); read the bound port from ``.port`` after ``start()``.
     """
 
-    def __init__(self, host: str = "0.0.0.0", port: int = 8765, info: dict[str, Any] | None = None,
+    def __init__(self, host: str = "127.0.0.1", port: int = 8765, info: dict[str, Any] | None = None,
                  *, queue_size: int = 16, close_timeout: float = 1.0) -> None:
         self.host = host
         self._requested_port = port
