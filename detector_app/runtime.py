@@ -56,6 +56,12 @@ class StreamSession:
         return self.pipeline.health()
 
     @property
+    def failure(self) -> str | None:
+        """Why this stream's ingest or pipeline died (relay exited, port lost), or None while it works."""
+        err = self.pipeline.fatal_error
+        return None if err is None else str(err)
+
+    @property
     def latest_result(self) -> FrameResult | None:
         return self.pipeline.latest_result
 

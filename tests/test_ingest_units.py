@@ -248,3 +248,27 @@ def test_fixed_ingest_port_gives_concurrent_sessions_the_next_free_ports():
         assert a.key != b.key and a.key in a.publish_url and b.key in b.publish_url
     finally:
         svc.close()
+
+
+def test_stream_session_reports_a_dead_ingest():
+    """The SRT relay dying ends the listener; the session says why (the miniapp stops retrying into it)."""
+    import shutil
+    import time
+
+    import pytest
+
+    if shutil.which("srt-live-transmit") is None:
+        pytest.fail("srt-live-transmit is required (apt-get install srt-tools)")
+    from detector_app.runtime import DetectionService, IngestConfig
+
+    svc = DetectionService(None, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1"))  # type: ignore[arg-type]
+    try:
+        stream = svc.open_stream("srt")
+        assert stream.failure is None
+        stream.pipeline.source._proc.kill()  # the relay crashes
+        deadline = time.monotonic() + 10
+        while stream.failure is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stream.failure is not None and "srt-live-transmit" in stream.failure
+    finally:
+        svc.close()

@@ -61,6 +61,7 @@ class FakeStream:
         self.publish_url = f"rtmp://192.168.1.20:{19350 + n}/live/{self.key}"
         self.listeners: list[Callable[[FrameResult], None]] = []
         self.closed = threading.Event()
+        self.failure: str | None = None
 
     def add_listener(self, callback: Callable[[FrameResult], None]) -> None:
         self.listeners.append(callback)
@@ -270,6 +271,22 @@ def test_full_session_feedback_and_voice_stop():
         assert len(cloud.of_type("rtmp_stream_request")) == 1  # requested stop is not a failure
 
     asyncio.run(scenario(body, feedback_config=FeedbackConfig(speech_gap_s=0.2)))
+
+
+def test_dead_ingest_is_reported_once_and_not_retried_into():
+    async def body(cloud, app, http, service):
+        await start_session(cloud, http)
+        [stream] = service.streams
+        await until(lambda: cloud.of_type("rtmp_stream_request"), 3.0, "stream request")
+        stream.failure = "SRT relay (srt-live-transmit) exited with code 1"
+        audio = await until(lambda: [a for a in cloud.of_type("audio_play_request")
+                                     if "failed" in parse_qs(urlsplit(a["audioUrl"]).query)["text"][0]],
+                            3.0, "failure notice to the wearer")
+        assert len(audio) == 1
+        await asyncio.sleep(0.3)
+        assert len(cloud.of_type("rtmp_stream_request")) == 1
+
+    asyncio.run(scenario(body, feedback_config=FeedbackConfig(speech_gap_s=0.0)))
 
 
 def test_disallowed_host_refused_without_connecting():

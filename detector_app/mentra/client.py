@@ -60,6 +60,7 @@ class SessionRunner:
         self._reconnect_delay: float | None = None
         self._pipeline_task: asyncio.Task[None] | None = None
         self._stream: StreamSessionLike | None = None
+        self._ingest_failed = False
         self._task: asyncio.Task[SessionEnded | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.end: SessionEnded | None = None
@@ -181,9 +182,19 @@ class SessionRunner:
         while True:
             await asyncio.sleep(self._tick_interval)
             self._dispatch(self.session.tick())
+            self._check_ingest_alive()
             n += 1
             if self._stream is not None and n % self._health_every == 0:
                 self._log_health()
+
+    def _check_ingest_alive(self) -> None:
+        """A listener that died (relay exited, port lost) must not be retried into for ever: report it once."""
+        if self._stream is None or self._ingest_failed:
+            return
+        failure = getattr(self._stream, "failure", None)
+        if failure:
+            self._ingest_failed = True
+            self._dispatch(self.session.pipeline_failed(f"ingest stopped: {failure}"))
 
     def _log_health(self) -> None:
         try:

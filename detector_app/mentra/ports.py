@@ -27,6 +27,8 @@ class StreamSessionLike(Protocol):
 
     def health(self) -> Any: ...
 
+    # Optional: ``failure`` (str | None) — why the ingest/pipeline died, read on every tick if present.
+
     def close(self) -> None:
         """Idempotent, never hangs."""
 

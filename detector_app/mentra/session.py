@@ -283,7 +283,7 @@ class AppSession:
     def pipeline_failed(self, error: str) -> list[Action]:
         self._stream.want = False
         return [Log("ERROR", f"[{self.session_id}] could not start the ingest/detection pipeline: {error}"),
-                *self._feedback(self.feedback.notice("Detector failed to start"))]
+                *self._feedback(self.feedback.notice("Animal detection failed"))]
 
     def frame_result(self, result: FrameResult) -> list[Action]:
         if self.phase is Phase.ENDED:
