@@ -689,7 +689,7 @@ def test_redact_masks_stream_keys_in_ingest_urls():
 
     msg = {"type": "rtmp_stream_request", "rtmpUrl": "rtmp://192.0.2.2:1935/live/SECRETKEY123"}
     srt = {"type": "stream_request", "streamUrl": "srt://192.0.2.2:4201?passphrase=SECRETKEY123&streamid=SECRETKEY123"}
-    for m in (msg, srt):
-        shown = str(redact(m))
+    for message in (msg, srt):
+        shown = str(redact(message))
         assert "SECRETKEY123" not in shown and "192.0.2.2" in shown
     assert "SECRETKEY123" in msg["rtmpUrl"]  # the message itself is untouched
