@@ -243,7 +243,7 @@ def run_serve(
         logger.error("MENTRAOS_API_KEY is not set (developer console → your app → API key)")
         return 2
     if service is None and service_factory is None:
-        service_factory = _default_service_factory(settings)
+        raise ValueError("run_serve needs a detection service or a factory (the CLI builds it from its flags)")
 
     async def main() -> int:
         stop_event = asyncio.Event()
@@ -276,19 +276,6 @@ def _on_signal(sig: signal.Signals, stop_event: asyncio.Event) -> None:
     else:
         logger.info(f"{sig.name} received")
     stop_event.set()
-
-
-def _default_service_factory(settings: MentraSettings) -> Callable[[], DetectionServiceLike]:
-    def build() -> DetectionServiceLike:
-        from detector_app.detection.detector import Detector, DetectorConfig  # heavy import: torch
-        from detector_app.runtime import DetectionService, IngestConfig
-
-        detector = Detector(DetectorConfig(fallback_to_fixture=True))
-        detector.warmup()
-        ingest = IngestConfig(advertise_host=settings.ingest_host, port=settings.ingest_port or 0)
-        return DetectionService(detector, ingest)
-
-    return build
 
 
 __all__ = ["MiniApp", "PortInUseError", "run_serve", "serve"]
