@@ -59,3 +59,37 @@ def detector():
     det = Detector(DetectorConfig(model=str(MODEL), backend="auto"), frame_size=(854, 480), progress=False)
     det.warmup((854, 480))
     return det
+
+
+async def until(pred, timeout: float = 5.0, what: str = "condition"):
+    """Poll ``pred`` on the event loop until it returns something truthy (returned) or time runs out."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+async def wait_healthy(http, port: int, timeout: float, alive=lambda: True, what: str = "server") -> None:
+    """Wait until the miniapp on ``port`` answers GET /health; ``alive()`` false fails at once."""
+    import asyncio
+    import time
+
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with http.get(f"http://127.0.0.1:{port}/health") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        assert alive(), f"{what} exited before it listened"
+        assert time.monotonic() < deadline, f"{what} did not listen within {timeout:g} s"
+        await asyncio.sleep(0.1)

@@ -12,10 +12,8 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
+from detector_app.ingest.addresses import free_port
 from detector_app.mentra.app import MiniApp
 from detector_app.mentra.config import MentraSettings
 from detector_app.mentra.simulator import (
@@ -36,7 +35,7 @@ from detector_app.mentra.simulator import (
     frame,
 )
 
-from .conftest import MODEL, ROOT
+from .conftest import MODEL, ROOT, until, wait_healthy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -46,20 +45,7 @@ USER = "alice@example.com"
 FAST = {"reconnect_delays": (0.1, 0.2, 0.4), "stop_close_grace_s": 0.5}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
-
-async def until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def spoken_text(ev: SimEvent) -> str:
@@ -243,17 +229,7 @@ def test_sigterm_serve_stops_stream_before_exit(cat_video, tmp_path):
                 stdin=subprocess.DEVNULL)
         try:
             async with aiohttp.ClientSession() as http:
-                async def ready() -> bool:
-                    try:
-                        async with http.get(f"http://127.0.0.1:{port}/health") as r:
-                            return r.status == 200
-                    except aiohttp.ClientError:
-                        return False
-                deadline = time.monotonic() + 30
-                while not await ready():
-                    assert proc.returncode is None, log.read_text()
-                    assert time.monotonic() < deadline, "serve did not listen within 30 s"
-                    await asyncio.sleep(0.1)
+                await wait_healthy(http, port, 30, alive=lambda: proc.returncode is None, what="serve")
             async with CloudSimulator(app_url=f"http://127.0.0.1:{port}", package_name=PKG, api_key=KEY,
                                       video=cat_video, generation="D", device="mentra_live", port=0,
                                       printer=lambda _: None) as sim:

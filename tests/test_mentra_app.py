@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import textwrap
 import threading
@@ -24,10 +23,13 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
 from detector_app.detection.types import Box, Detection, FrameResult
+from detector_app.ingest.addresses import free_port
 from detector_app.mentra.app import MiniApp
 from detector_app.mentra.config import MentraSettings
 from detector_app.mentra.feedback import FeedbackConfig
 from detector_app.mentra.ports import DetectionServiceLike, StreamSessionLike
+
+from .conftest import until, wait_healthy
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -37,20 +39,7 @@ SID = "alice@example.com-com.example.detector"
 FAST = {"reconnect_delays": (0.1, 0.2, 0.4), "stop_close_grace_s": 0.5}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-async def until(pred: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ------------------------------------------------------------------------------------ fakes
@@ -447,16 +436,7 @@ def test_sigterm_stops_stream_before_exit():
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
             try:
                 async with aiohttp.ClientSession() as http:
-                    async def ready() -> bool:
-                        try:
-                            async with http.get(f"http://127.0.0.1:{port}/health") as r:
-                                return r.status == 200
-                        except aiohttp.ClientError:
-                            return False
-                    deadline = time.monotonic() + 15
-                    while not await ready():
-                        assert time.monotonic() < deadline, "child server did not start"
-                        await asyncio.sleep(0.1)
+                    await wait_healthy(http, port, 15, what="child server")
                     async with http.post(f"http://127.0.0.1:{port}/webhook", json=webhook_body(cloud.url)) as r:
                         assert r.status == 200
                 await until(lambda: cloud.active, 5.0, "active stream")
