@@ -18,7 +18,6 @@ from loguru import logger
 
 from detector_app import __version__
 from detector_app.logs import setup_logging
-from detector_app.video.probe import video_size
 
 app = typer.Typer(
     name="detector-app",
@@ -188,6 +187,7 @@ def replay(
     from detector_app.glasses.publish import GlassesError
     from detector_app.ingest.base import IngestError
     from detector_app.replay import replay as run_replay
+    from detector_app.video.probe import video_size
 
     det = _detector(model, conf, imgsz, device, classes, backend, video_size(video))
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": str(video)})
@@ -231,6 +231,8 @@ def detect(
         src = UrlSource(source, live=realtime)
     except IngestError as exc:
         raise _fail(str(exc)) from None
+    from detector_app.video.probe import video_size
+
     size = None if src.is_url else video_size(Path(source))
     det = _detector(model, conf, imgsz, device, classes, backend, size)
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": src.name})
