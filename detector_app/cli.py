@@ -282,7 +282,7 @@ def serve(
         raise _fail("MENTRAOS_API_KEY is not set (developer console → your app → API key)")
     # Load the model and open the outputs first: a bad model or path ends here with a clear message,
     # before the webhook server announces itself (the cloud only calls it when a user starts the app).
-    from detector_app.runtime import DetectionService, IngestConfig
+    from detector_app.stream_service import DetectionService, IngestConfig
 
     det = _detector(model, conf, imgsz, device, classes, backend)
     service = DetectionService(det, IngestConfig(advertise_host=settings.ingest_host, port=settings.ingest_port or 0, fps=fps))
@@ -305,7 +305,7 @@ def _serve_with_window(settings, service) -> int:
     windows must live on the main thread). Closing the window or Ctrl-C stops streams, then exits."""
     import threading
 
-    from detector_app.frontend import follow_streams, install_signal_handlers, join_bounded, restore_signal_handlers
+    from detector_app.main_thread import follow_streams, install_signal_handlers, join_bounded, restore_signal_handlers
     from detector_app.mentra.app import run_serve
 
     stop = threading.Event()

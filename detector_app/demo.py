@@ -25,7 +25,7 @@ from typing import Any
 from loguru import logger
 
 from detector_app.detection.detector import FIXTURE_MODEL, PROJECT_ROOT
-from detector_app.frontend import follow_streams, install_signal_handlers, join_bounded, restore_signal_handlers
+from detector_app.main_thread import follow_streams, install_signal_handlers, join_bounded, restore_signal_handlers
 from detector_app.video.probe import video_size
 
 DEMO_PACKAGE = "com.example.detector.demo"
@@ -190,7 +190,7 @@ def run_demo(headless: bool, protocol: str, video: Path | None, model: str | Non
     from detector_app.detection.detector import Detector, DetectorConfig, ModelError
     from detector_app.mentra.config import MentraSettings
     from detector_app.mentra.simulator import SimulatorConfig
-    from detector_app.runtime import DetectionService, IngestConfig
+    from detector_app.stream_service import DetectionService, IngestConfig
 
     size = video_size(video_path)
     logger.info("demo: loading model {} …", model_ref)

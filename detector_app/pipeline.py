@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 from loguru import logger
@@ -22,6 +20,7 @@ from loguru import logger
 from detector_app.detection.detector import Detector
 from detector_app.detection.types import FrameResult
 from detector_app.ingest.base import VideoSource
+from detector_app.stats import RunStats
 from detector_app.video.convert import to_bgr
 from detector_app.video.decoder import DecodedFrame, DecodeThread
 from detector_app.video.health import HealthMeter, StreamHealth
@@ -29,45 +28,6 @@ from detector_app.video.sampler import PtsSampler, Sampler
 from detector_app.video.slot import LatestSlot
 
 Sink = Callable[[FrameResult], None]
-
-
-@dataclass(slots=True)
-class RunStats:
-    """Aggregates for the end-of-run summary (updated by the inference thread)."""
-
-    started_at: float = field(default_factory=time.time)
-    first_result_at: float | None = None
-    last_result_at: float | None = None
-    inferences: int = 0
-    frames_with_animals: int = 0
-    per_label: Counter = field(default_factory=Counter)
-    latencies_ms: list[float] = field(default_factory=list)
-    inference_ms: list[float] = field(default_factory=list)
-    done_times: list[float] = field(default_factory=list)
-    STALL_S = 1.0
-
-    def add(self, r: FrameResult) -> None:
-        if self.first_result_at is None:
-            self.first_result_at = r.done_at
-        self.last_result_at = r.done_at
-        self.inferences += 1
-        if r.detections:
-            self.frames_with_animals += 1
-        for d in r.detections:
-            self.per_label[d.label] += 1
-        self.latencies_ms.append(r.latency_ms)
-        self.inference_ms.append(r.inference_ms)
-        self.done_times.append(r.done_at)
-
-    @property
-    def rate(self) -> float:
-        """Inferences per second while frames flow: gaps > 1 s (publisher away, stalls) are not counted."""
-        if len(self.done_times) < 2:
-            return 0.0
-        gaps = [b - a for a, b in zip(self.done_times, self.done_times[1:], strict=False)]
-        flowing = [g for g in gaps if g <= self.STALL_S]
-        span = sum(flowing)
-        return len(flowing) / span if span > 0 else 0.0
 
 
 class Pipeline:

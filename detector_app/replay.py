@@ -15,7 +15,7 @@ from pathlib import Path
 from loguru import logger
 
 from detector_app.detection.detector import Detector
-from detector_app.frontend import run_main_loop
+from detector_app.main_thread import run_main_loop
 from detector_app.glasses.publish import Publisher
 from detector_app.ingest.addresses import listening
 from detector_app.ingest.base import VideoSource

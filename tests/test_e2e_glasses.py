@@ -88,7 +88,7 @@ class Harness:
 async def harness(detector: Any, video: Path, *, device: str = "even_g1_camera", allowlist: tuple[str, ...] = ("127.0.0.1",),
                   **sim_kw: Any) -> AsyncIterator[Harness]:
     """MiniApp (real DetectionService on loopback) + simulator; everything torn down with timeouts."""
-    from detector_app.runtime import DetectionService, IngestConfig
+    from detector_app.stream_service import DetectionService, IngestConfig
 
     service = DetectionService(detector, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1"))
     port = free_port()

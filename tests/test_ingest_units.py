@@ -238,7 +238,7 @@ def test_srt_listener_udp_port_in_use(monkeypatch):
 def test_fixed_ingest_port_gives_concurrent_sessions_the_next_free_ports():
     """Several glasses at once: each session gets its own listener, port and key."""
     from detector_app.ingest.addresses import free_port_below_ephemeral
-    from detector_app.runtime import DetectionService, IngestConfig
+    from detector_app.stream_service import DetectionService, IngestConfig
 
     first = free_port_below_ephemeral("127.0.0.1", udp=False)
     svc = DetectionService(None, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1", port=first))  # type: ignore[arg-type]
@@ -259,7 +259,7 @@ def test_stream_session_reports_a_dead_ingest():
 
     if shutil.which("srt-live-transmit") is None:
         pytest.fail("srt-live-transmit is required (apt-get install srt-tools)")
-    from detector_app.runtime import DetectionService, IngestConfig
+    from detector_app.stream_service import DetectionService, IngestConfig
 
     svc = DetectionService(None, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1"))  # type: ignore[arg-type]
     try:

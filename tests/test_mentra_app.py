@@ -27,7 +27,7 @@ from detector_app.ingest.addresses import free_port
 from detector_app.mentra.app import MiniApp
 from detector_app.mentra.config import MentraSettings
 from detector_app.mentra.feedback import FeedbackConfig
-from detector_app.mentra.ports import DetectionServiceLike, StreamSessionLike
+from detector_app.mentra.contracts import DetectionServiceLike, StreamSessionLike
 
 from .conftest import until, wait_healthy
 

@@ -28,7 +28,7 @@ from detector_app.mentra.actions import (
     StartPipeline,
     StopPipeline,
 )
-from detector_app.mentra.ports import DetectionServiceLike, StreamSessionLike
+from detector_app.mentra.contracts import DetectionServiceLike, StreamSessionLike
 from detector_app.mentra.session import AppSession
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the [D] cloud's payload limit (§3.1)

@@ -1,4 +1,4 @@
-"""What the miniapp needs from the detection pipeline (``detector_app.runtime``), as Protocols.
+"""What the miniapp needs from the detection pipeline (``detector_app.stream_service``), as Protocols.
 
 Structural typing keeps ``mentra`` independent of the model/ingest code: the real
 ``DetectionService``/``StreamSession`` satisfy these, and tests pass small fakes.
