@@ -36,6 +36,8 @@ from typing import Any
 
 from loguru import logger
 
+from detector_app.errors import UserError
+
 DEFAULT_LONG_SIDE = 640
 DEFAULT_ASPECT = (1280, 720)  # (width, height): 16:9 until the stream's first frame tells us better
 STRIDE = 32
@@ -82,7 +84,7 @@ _EXPORT_SUFFIXES: tuple[tuple[str, str], ...] = (
 )
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError):
     """A backend cannot be used here (runtime missing, unsupported combination); the message says what to do."""
 
 

@@ -18,13 +18,14 @@ from loguru import logger
 
 from detector_app.detection.types import Box, Detection
 from detector_app.detection.vocab import ClassFilter, build_filter, parse_classes
+from detector_app.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_MODEL = PROJECT_ROOT / "models" / "fixture-animals-yolo11n.pt"
 DEFAULT_MODEL = "yolo11n.pt"
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError):
     """The model cannot be found, downloaded or loaded (user-fixable)."""
 
 
