@@ -25,6 +25,7 @@ from typing import Any
 from loguru import logger
 
 from detector_app.detection.detector import FIXTURE_MODEL, PROJECT_ROOT
+from detector_app.ingest.addresses import free_port
 from detector_app.main_thread import follow_streams, install_signal_handlers, join_bounded, restore_signal_handlers
 from detector_app.video.probe import video_size
 
@@ -79,12 +80,6 @@ def _resolve_model(model: str | None) -> str:
         "For real animals pass --model yolo11n.pt.", FIXTURE_MODEL.name,
     )
     return str(FIXTURE_MODEL)
-
-
-def _free_port() -> int:
-    from detector_app.ingest.addresses import free_port
-
-    return free_port("127.0.0.1")
 
 
 # ------------------------------------------------------------------------------------ async side
@@ -204,7 +199,7 @@ def run_demo(headless: bool, protocol: str, video: Path | None, model: str | Non
     # Everything on loopback: the glasses' ingest URL, the webhook, the simulated cloud.
     service = DetectionService(detector, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1", port=0))
     settings = MentraSettings(
-        _env_file=None, package_name=DEMO_PACKAGE, api_key=DEMO_API_KEY, port=_free_port(), host="127.0.0.1",
+        _env_file=None, package_name=DEMO_PACKAGE, api_key=DEMO_API_KEY, port=free_port(), host="127.0.0.1",
         ws_allowlist=["127.0.0.1", "localhost"], ingest_protocol=protocol,
     )
     sim_config = SimulatorConfig(

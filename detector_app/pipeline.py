@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import av
 import numpy as np
 from loguru import logger
 
@@ -74,17 +75,17 @@ class Pipeline:
         with self._sinks_lock:
             self.sinks.append(sink)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop both threads and release the source; bounded, safe to call twice."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop both threads and release the source, all within ``timeout``; safe to call twice."""
+        deadline = time.monotonic() + timeout
         self.stop_event.set()
         self.slot.close()
-        self.source.close()
-        deadline = time.monotonic() + timeout
+        self.source.close()  # bounded by the source (a relay is killed within 1.5 s)
         for t in (self._worker, self._decoder):
             if t.is_alive() and t is not threading.current_thread():
-                t.join(max(0.1, deadline - time.monotonic()))
+                t.join(max(0.05, deadline - time.monotonic()))
                 if t.is_alive():
-                    logger.warning("thread {} did not stop within {:.0f} s", t.name, timeout)
+                    logger.warning("thread {} did not stop within {:.1f} s", t.name, timeout)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the source is exhausted (files) and the last frame is processed."""
@@ -104,6 +105,19 @@ class Pipeline:
 
     def health(self) -> StreamHealth:
         return self.health_meter.snapshot()
+
+    def latest_frame(self) -> tuple[int, av.VideoFrame | None]:
+        """(version, newest decoded frame) for a display; the version changes with every new frame."""
+        got = self.slot.peek()
+        return (0, None) if got is None else (got.version, got.item.frame)
+
+    @property
+    def rejected_publishers(self) -> int:
+        return self.source.rejected_publishers
+
+    @property
+    def model_description(self) -> str:
+        return self.detector.description
 
     def _skipped(self) -> int:
         return max(0, self.health_meter.decoded - self._sampled)

@@ -7,10 +7,11 @@ import signal
 import subprocess
 
 
-def stop_process(proc: subprocess.Popen, grace: float = 3.0, group: bool = False) -> int | None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds; always reaps. ``group`` signals the whole
-    process group (children started with ``start_new_session=True``). Returns the exit code."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+def stop_process(proc: subprocess.Popen, grace: float = 3.0, group: bool = False, kill_wait: float = 5.0) -> int | None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; reaps within ``grace + kill_wait``. ``group``
+    signals the whole process group (children started with ``start_new_session=True``). Returns the
+    exit code (None only if even SIGKILL did not end it in time)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_wait)):
         if proc.poll() is not None and not group:
             break
         try:

@@ -15,11 +15,11 @@ from pathlib import Path
 from loguru import logger
 
 from detector_app.detection.detector import Detector
-from detector_app.main_thread import run_main_loop
 from detector_app.glasses.publish import Publisher
 from detector_app.ingest.addresses import listening
 from detector_app.ingest.base import VideoSource
 from detector_app.ingest.factory import open_listener
+from detector_app.main_thread import run_main_loop
 from detector_app.pipeline import Pipeline, Sink
 from detector_app.stats import percentile
 
@@ -179,7 +179,7 @@ def replay(
         errors.append("no video frames were received from the publisher")
     return summarize(
         pipeline, time.time() - t0, ended_by, t_publish=t_pub if publisher else None,
-        rejected=getattr(source, "rejected_publishers", 0), errors=errors,
+        rejected=source.rejected_publishers, errors=errors,
     )
 
 

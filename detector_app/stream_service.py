@@ -1,23 +1,36 @@
-"""One detection stream per glasses session, sharing one loaded model (used by the miniapp).
+"""The session service: one detection stream per glasses session, sharing one loaded model.
 
     service = DetectionService(detector, IngestConfig(...))   # one warmed-up model for all streams
     stream = service.open_stream("rtmp")      # own port, own random key, own threads
-    stream.publish_url / stream.key / stream.add_listener(cb) / stream.health() / stream.close()
+    stream.publish_url / stream.key / stream.add_listener(cb) / stream.health() / stream.close(timeout)
+
+``stream.failure`` says when a stream's ingest died (relay exited, port lost); the miniapp then
+closes it and opens a new one. Every close is bounded, and a stream that finishes opening after
+the service was closed closes itself, so no listener, relay or thread outlives the service.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 from loguru import logger
 
 from detector_app.detection.detector import Detector
 from detector_app.detection.types import FrameResult
-from detector_app.ingest.base import IngestEndpoint, IngestError
+from detector_app.errors import PortInUseError
+from detector_app.ingest.base import IngestEndpoint
 from detector_app.ingest.factory import open_listener
 from detector_app.pipeline import Pipeline, Sink
+from detector_app.stats import RunStats
 from detector_app.video.health import StreamHealth
+
+STREAM_CLOSE_S = 5.0  # one stream's close budget: relay stop (≤ 1.5 s) and both threads joined
+
+
+class ServiceClosedError(RuntimeError):
+    """``open_stream`` raced ``close``: the service is shutting down and opens nothing more."""
 
 
 @dataclass(slots=True)
@@ -31,6 +44,8 @@ class IngestConfig:
 
 
 class StreamSession:
+    """One listener + pipeline; what the miniapp (``StreamSessionLike``) and the window (``LiveView``) use."""
+
     def __init__(self, endpoint: IngestEndpoint, pipeline: Pipeline) -> None:
         self.endpoint = endpoint
         self.pipeline = pipeline
@@ -62,19 +77,37 @@ class StreamSession:
         return None if err is None else str(err)
 
     @property
+    def rejected_publishers(self) -> int:
+        return self.pipeline.rejected_publishers
+
+    # -- LiveView (the main-thread window) ---------------------------------------------------
+    def latest_frame(self):  # noqa: ANN201 - (version, av.VideoFrame | None)
+        return self.pipeline.latest_frame()
+
+    @property
     def latest_result(self) -> FrameResult | None:
         return self.pipeline.latest_result
 
     @property
+    def stats(self) -> RunStats:
+        return self.pipeline.stats
+
+    @property
+    def model_description(self) -> str:
+        return self.pipeline.model_description
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
     def closed(self) -> bool:
         return self._closed
 
-    def close(self) -> None:
+    def close(self, timeout: float = STREAM_CLOSE_S) -> None:
+        """Stop the pipeline and release the listener within ``timeout``; idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self.pipeline.stop()
+        self.pipeline.stop(timeout)
         logger.info("stream session on port {} closed", self.endpoint.port)
 
 
@@ -84,7 +117,8 @@ class DetectionService:
         self.ingest = ingest or IngestConfig()
         self.detector = detector
         self._streams: list[StreamSession] = []
-        self._lock = threading.Lock()
+        self._closed = False
+        self._lock = threading.Lock()  # guards _streams and _closed
         self._open_lock = threading.Lock()
         self.sinks: list[Sink] = []  # added to every stream (e.g. the websockets feed)
 
@@ -95,6 +129,8 @@ class DetectionService:
         # Sessions open concurrently (one worker thread each) and our listeners bind lazily (in their
         # decode thread), so choosing a port and registering the stream happen under one lock.
         with self._open_lock:
+            if self._closed:
+                raise ServiceClosedError("the detection service is shutting down")
             taken = {s.endpoint.port for s in self.streams()}
             ports = [0] if self.ingest.port == 0 else [
                 p for p in range(self.ingest.port, self.ingest.port + self.PORT_SPAN) if p not in taken
@@ -106,11 +142,10 @@ class DetectionService:
                         protocol, port=port, bind_host=self.ingest.bind_host, advertise=self.ingest.advertise_host
                     )
                     break
-                except IngestError as exc:
-                    if "in use" not in str(exc):
-                        raise
+                except PortInUseError:
+                    continue
             if opened is None:
-                raise IngestError(
+                raise PortInUseError(
                     f"no free ingest port in {self.ingest.port}–{self.ingest.port + self.PORT_SPAN - 1}; "
                     "set another INGEST_PORT (or 0 for any free port)"
                 )
@@ -121,7 +156,12 @@ class DetectionService:
             pipeline.start()
             stream = StreamSession(endpoint, pipeline)
             with self._lock:
-                self._streams.append(stream)
+                closed = self._closed
+                if not closed:
+                    self._streams.append(stream)
+        if closed:  # close() ran while this one was opening: nobody else will close it
+            stream.close()
+            raise ServiceClosedError("the detection service is shutting down")
         logger.info("ingest ready: glasses publish to {}", endpoint.redacted())
         return stream
 
@@ -132,6 +172,17 @@ class DetectionService:
             self._streams = [s for s in self._streams if not s.closed]
             return list(self._streams)
 
-    def close(self) -> None:
-        for s in self.streams():
-            s.close()
+    def close(self, timeout: float = STREAM_CLOSE_S) -> None:
+        """Close every stream (in parallel, within ``timeout``) and open no more."""
+        with self._lock:
+            self._closed = True
+            streams = [s for s in self._streams if not s.closed]
+            self._streams = []
+        if not streams:
+            return
+        deadline = time.monotonic() + timeout
+        closers = [threading.Thread(target=s.close, args=(timeout,), name="stream-close", daemon=True) for s in streams]
+        for t in closers:
+            t.start()
+        for t in closers:
+            t.join(max(0.0, deadline - time.monotonic()) + 0.5)

@@ -237,10 +237,9 @@ def test_srt_listener_udp_port_in_use(monkeypatch):
 
 def test_fixed_ingest_port_gives_concurrent_sessions_the_next_free_ports():
     """Several glasses at once: each session gets its own listener, port and key."""
-    from detector_app.ingest.addresses import free_port_below_ephemeral
     from detector_app.stream_service import DetectionService, IngestConfig
 
-    first = free_port_below_ephemeral("127.0.0.1", udp=False)
+    first = free_port("127.0.0.1", outside_ephemeral=True)
     svc = DetectionService(None, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1", port=first))  # type: ignore[arg-type]
     try:
         a, b = svc.open_stream("rtmp"), svc.open_stream("rtmp")

@@ -24,10 +24,11 @@ from websockets.exceptions import ConnectionClosed
 
 from detector_app.detection.types import Box, Detection, FrameResult
 from detector_app.ingest.addresses import free_port
+from detector_app.ingest.base import IngestError
 from detector_app.mentra.app import MiniApp
 from detector_app.mentra.config import MentraSettings
-from detector_app.mentra.feedback import FeedbackConfig
 from detector_app.mentra.contracts import DetectionServiceLike, StreamSessionLike
+from detector_app.mentra.feedback import FeedbackConfig
 
 from .conftest import until, wait_healthy
 
@@ -58,7 +59,7 @@ class FakeStream:
     def health(self) -> dict[str, Any]:
         return {"fps": 10.0}
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
         self.closed.set()
 
     def emit_from_thread(self, results: list[FrameResult]) -> None:
@@ -74,12 +75,22 @@ class FakeStream:
 
 
 class FakeService:
-    def __init__(self) -> None:
+    """``fail_after``: opens that many streams, then raises (a port lost for good); ``open_delay_s``:
+    each open takes that long (a slow relay start)."""
+
+    def __init__(self, fail_after: int | None = None, open_delay_s: float = 0.0) -> None:
         self.streams: list[FakeStream] = []
         self.closed = False
+        self.attempts = 0
+        self.fail_after = fail_after
+        self.open_delay_s = open_delay_s
 
     def open_stream(self, protocol: str) -> FakeStream:
         assert protocol == "rtmp"
+        self.attempts += 1
+        time.sleep(self.open_delay_s)
+        if self.fail_after is not None and len(self.streams) >= self.fail_after:
+            raise IngestError("no free ingest port")
         stream = FakeStream(len(self.streams))
         self.streams.append(stream)
         return stream
@@ -195,12 +206,13 @@ def cat_results(n: int = 4) -> list[FrameResult]:
     return [FrameResult(i, i, None, 1280, 720, 0.0, 0.0, 5.0, (det,)) for i in range(n)]
 
 
-async def scenario(body: Callable[..., Any], **app_kw: Any) -> None:
+async def scenario(body: Callable[..., Any], service: FakeService | None = None, options: dict[str, Any] | None = None,
+                   **app_kw: Any) -> None:
     """Run ``body(cloud, app, http, service)`` with everything started and torn down."""
-    service = FakeService()
+    service = service or FakeService()
     port = free_port()
     async with FakeCloud() as cloud:
-        app = MiniApp(settings(port), service, session_options=FAST, tick_interval=0.05, **app_kw)
+        app = MiniApp(settings(port), service, session_options={**FAST, **(options or {})}, tick_interval=0.05, **app_kw)
         await app.start()
         try:
             async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as http:
@@ -262,20 +274,56 @@ def test_full_session_feedback_and_voice_stop():
     asyncio.run(scenario(body, feedback_config=FeedbackConfig(speech_gap_s=0.2)))
 
 
-def test_dead_ingest_is_reported_once_and_not_retried_into():
+def spoken(cloud: FakeCloud) -> list[str]:
+    return [parse_qs(urlsplit(a["audioUrl"]).query)["text"][0] for a in cloud.of_type("audio_play_request")]
+
+
+def test_dead_ingest_is_rebuilt_and_the_stream_requested_again():
     async def body(cloud, app, http, service):
         await start_session(cloud, http)
-        [stream] = service.streams
-        await until(lambda: cloud.of_type("rtmp_stream_request"), 3.0, "stream request")
-        stream.failure = "SRT relay (srt-live-transmit) exited with code 1"
-        audio = await until(lambda: [a for a in cloud.of_type("audio_play_request")
-                                     if "failed" in parse_qs(urlsplit(a["audioUrl"]).query)["text"][0]],
-                            3.0, "failure notice to the wearer")
-        assert len(audio) == 1
+        [first] = service.streams
+        first.failure = "SRT relay (srt-live-transmit) exited with code 1"
+        requests = await until(lambda: cloud.of_type("rtmp_stream_request")[1:], 3.0, "a second stream request")
+        await until(lambda: first.closed.is_set(), 3.0, "the dead stream closed")
+        second = service.streams[1]
+        assert requests[0]["rtmpUrl"] == second.publish_url != first.publish_url
         await asyncio.sleep(0.3)
-        assert len(cloud.of_type("rtmp_stream_request")) == 1
+        assert len(cloud.of_type("rtmp_stream_request")) == 2 and len(service.streams) == 2, "one rebuild per death"
+        await asyncio.to_thread(second.emit_from_thread, cat_results())
+        await until(lambda: [t for t in spoken(cloud) if "cat" in t], 3.0, "detections from the new ingest reach the wearer")
+        assert not [t for t in spoken(cloud) if "failed" in t]
 
     asyncio.run(scenario(body, feedback_config=FeedbackConfig(speech_gap_s=0.0)))
+
+
+def test_ingest_that_cannot_be_rebuilt_gives_up_with_one_notice():
+    async def body(cloud, app, http, service):
+        await start_session(cloud, http)
+        service.streams[0].failure = "SRT relay (srt-live-transmit) exited with code 1"
+        await until(lambda: [t for t in spoken(cloud) if "failed" in t], 3.0, "failure notice to the wearer")
+        await asyncio.sleep(0.3)
+        assert service.attempts == 1 + 3, "the first open, then one try per rebuild delay"
+        assert len([t for t in spoken(cloud) if "failed" in t]) == 1
+        assert len(cloud.of_type("rtmp_stream_request")) == 1
+        assert service.streams[0].closed.is_set()
+
+    asyncio.run(scenario(body, FakeService(fail_after=1), {"ingest_rebuild_delays": (0.0, 0.05, 0.05)},
+                         feedback_config=FeedbackConfig(speech_gap_s=0.0)))
+
+
+def test_stream_that_opens_after_shutdown_is_closed_not_leaked():
+    """``open_stream`` slower than the shutdown: the stream it returns late is closed by its opener."""
+    async def body(cloud, app, http, service):
+        async with http.post("/webhook", json=webhook_body(cloud.url)) as r:
+            assert r.status == 200
+        await until(lambda: service.attempts, 3.0, "open_stream called")
+        t0 = time.monotonic()
+        await app.stop(timeout=1.0)
+        assert time.monotonic() - t0 < 1.0 + 1.5, "shutdown overran its budget"
+        assert service.streams == [], "the stream was still opening when the session ended"
+        await until(lambda: service.streams and service.streams[0].closed.is_set(), 3.0, "late stream closed")
+
+    asyncio.run(scenario(body, FakeService(open_delay_s=1.5)))
 
 
 def test_disallowed_host_refused_without_connecting():
@@ -412,8 +460,9 @@ CHILD = textwrap.dedent("""
         key = "k1"
         publish_url = "rtmp://192.168.1.20:19350/live/k1"
         def add_listener(self, cb): pass
+        failure = None
         def health(self): return {}
-        def close(self): print("STREAM-CLOSED", flush=True)
+        def close(self, timeout=5.0): print("STREAM-CLOSED", flush=True)
 
     class Service:
         def open_stream(self, protocol): return Stream()

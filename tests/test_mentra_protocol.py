@@ -17,7 +17,6 @@ from detector_app.mentra.actions import (
     Send,
     SessionEnded,
     StartPipeline,
-    StopPipeline,
 )
 from detector_app.mentra.allowlist import check_ws_url, host_matches
 from detector_app.mentra.commands import Command, match_button, match_transcript, normalize
@@ -483,6 +482,65 @@ class TestStreamFailures:
         assert any("timeout" in t for t in logs(acts, "WARNING"))
 
 
+class TestIngestRebuild:
+    NEW = "rtmp://192.168.1.20:1936/live/n3wk3y"
+
+    def test_lost_ingest_is_reopened_and_the_stream_requested_to_the_new_url(self):
+        clock = Clock()
+        s = streaming_session(clock, "s1")
+        acts = s.pipeline_lost("SRT relay (srt-live-transmit) exited with code 1")
+        assert StartPipeline("rtmp") in acts and logs(acts, "WARNING")
+        assert not sent(acts), "nothing is requested before the new listener is ready"
+        late = s.message_received(status("s1", "stopped"))  # the old stream gives up on the dead listener
+        assert not logs(late, "WARNING") and not sent(late)
+        [req] = [msg for msg in sent(s.pipeline_ready(self.NEW)) if msg["type"] == "rtmp_stream_request"]
+        assert req["rtmpUrl"] == self.NEW
+        s.message_received(status("s2", "active"))
+        assert s.stream_id == "s2" and s.stream_status == "active"
+
+    def test_failed_rebuilds_back_off_then_give_up_once(self):
+        clock = Clock()
+        s = make_session(clock, ingest_rebuild_delays=(0.0, 1.0, 2.0))
+        s.connection_opened()
+        s.message_received(ACK_D)
+        s.pipeline_ready(RTMP)
+        assert StartPipeline("rtmp") in s.pipeline_lost("port lost")
+        assert StartPipeline("rtmp") not in s.pipeline_failed("port in use")  # retry 2 waits 1 s
+        clock.advance(0.9)
+        assert StartPipeline("rtmp") not in s.tick()
+        clock.advance(0.2)
+        assert StartPipeline("rtmp") in s.tick()
+        s.pipeline_failed("port in use")
+        clock.advance(2.1)
+        assert StartPipeline("rtmp") in s.tick()
+        gave_up = s.pipeline_failed("port in use")
+        assert logs(gave_up, "ERROR") and StartPipeline("rtmp") not in gave_up
+        clock.advance(60)
+        assert StartPipeline("rtmp") not in s.tick()
+
+    def test_detections_reset_the_rebuild_count(self):
+        clock = Clock()
+        s = make_session(clock, ingest_rebuild_delays=(0.0,))
+        s.connection_opened()
+        s.message_received(ACK_D)
+        s.pipeline_ready(RTMP)
+        for _ in range(3):  # each death is followed by a working ingest: never gives up
+            assert StartPipeline("rtmp") in s.pipeline_lost("relay exited")
+            s.pipeline_ready(self.NEW)
+            s.frame_result(FrameResult(1, 1, None, 640, 480, 0.0, 0.0, 5.0, ()))
+
+    def test_stream_ids_remembered_are_bounded(self):
+        clock = Clock()
+        s = ready_session(clock)
+        for k in range(200):  # a long session: one new stream per drop
+            s.message_received(status(f"s{k}", "active"))
+            s.message_received(status(f"s{k}", "stopped"))
+            clock.advance(30)
+            s.tick()
+        st = s._stream
+        assert len(st.last_status) <= 16 and len(st.stop_ids) <= 16 and len(st.announced) <= 16
+
+
 class TestStreamStop:
     def test_voice_stop_by_stream_id_final_only(self):
         clock = Clock()
@@ -526,9 +584,12 @@ class TestStreamStop:
         s = streaming_session(clock, "s1")
         acts = s.stop("user_disabled")
         assert [msg["streamId"] for msg in sent(acts) if msg["type"] == "rtmp_stream_stop"] == ["s1"]
-        assert s.message_received({"type": "app_stopped"}) is not None
+        again = s.message_received({"type": "app_stopped"})
+        assert any("app_stopped" in t for t in logs(again, "INFO"))
+        assert {m.get("streamId") for m in sent(again) if m["type"] == "rtmp_stream_stop"} <= {"s1"}, \
+            "app_stopped after our stop may only repeat the stop of the same stream"
         end = s.connection_closed(1000, "App stopped")
-        assert StopPipeline() in end and any(isinstance(a, SessionEnded) for a in end)
+        assert any(isinstance(a, SessionEnded) for a in end) and s.ended
 
     def test_stop_request_closes_ourselves_after_grace(self):
         clock = Clock()
@@ -558,7 +619,7 @@ class TestStreamStop:
         s = streaming_session(clock, "s1")
         s.connection_closed(1006, "")
         acts = s.shutdown()
-        assert any(isinstance(a, SessionEnded) for a in acts) and StopPipeline() in acts
+        assert any(isinstance(a, SessionEnded) for a in acts) and s.ended
 
 
 class TestReconnect:
@@ -569,7 +630,7 @@ class TestReconnect:
         s = streaming_session(clock)
         acts = s.connection_closed(code, reason)
         assert not any(isinstance(a, ScheduleReconnect) for a in acts)
-        assert any(isinstance(a, SessionEnded) for a in acts) and StopPipeline() in acts
+        assert any(isinstance(a, SessionEnded) for a in acts) and s.ended
 
     def test_abnormal_close_backoff_1_2_4_then_give_up(self):
         clock = Clock()

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from detector_app.ingest.addresses import free_port
 from detector_app.mentra.simulator import CloudSimulator, SimEvent, frame
 
 HERE = Path(__file__).parent / "sdk_contract"
@@ -36,12 +36,6 @@ pytestmark = [
                        reason="node/npm not installed: cannot run the official @mentra/sdk"),
     pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed (virtual glasses publisher)"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import pytest
 from detector_app.detection.types import Box, Detection, FrameResult
 from detector_app.fixtures.evaluate import score
 from detector_app.outputs.schema import validate
-from detector_app.stats import RunStats
-from detector_app.stats import percentile
+from detector_app.stats import RunStats, percentile
 
 # -- Box.iou -------------------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ glasses at themselves. Auto-detection asks the kernel which source address it wo
 from __future__ import annotations
 
 import ipaddress
+import random
 import secrets
 import socket
 import string
@@ -78,26 +79,21 @@ def port_is_free(port: int, host: str = "0.0.0.0", udp: bool = False) -> bool:
     return True
 
 
-def free_port(host: str = "0.0.0.0", udp: bool = False) -> int:
-    """An OS-chosen free port (for per-session listeners)."""
+def free_port(host: str = "127.0.0.1", udp: bool = False, *, outside_ephemeral: bool = False) -> int:
+    """A port that is free now (listeners, relays, servers, tests: the project's one port helper).
+
+    ``outside_ephemeral`` picks one below Linux's ephemeral range (32768+), so no client socket can
+    grab it between now and a later bind (the SRT relay's loopback port, bound by PyAV)."""
+    if outside_ephemeral:
+        rng = random.Random()
+        for _ in range(200):
+            port = rng.randint(20000, 32000)
+            if port_is_free(port, host, udp=udp):
+                return port
     kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def free_port_below_ephemeral(host: str = "127.0.0.1", udp: bool = True, low: int = 20000, high: int = 32000) -> int:
-    """A free port outside Linux's ephemeral range (32768+), so no client socket grabs it before we bind.
-
-    Used for the loopback relay port, which is chosen now but bound later by PyAV.
-    """
-    import random
-
-    for _ in range(200):
-        port = random.randint(low, high)
-        if port_is_free(port, host, udp=udp):
-            return port
-    return free_port(host, udp=udp)
 
 
 def listening(port: int, udp: bool = False) -> bool | None:

@@ -13,6 +13,8 @@ from typing import Literal, Protocol
 
 import av.container
 
+from detector_app.errors import PortInUseError, UserError
+
 Protocol_ = Literal["rtmp", "srt"]
 
 
@@ -21,8 +23,12 @@ Protocol_ = Literal["rtmp", "srt"]
 PROBE_OPTIONS = {"probesize": "32768", "analyzeduration": "0"}
 
 
-class IngestError(RuntimeError):
-    """A user-fixable problem with the ingest (port in use, missing tool, bad URL)."""
+class IngestError(UserError):
+    """A user-fixable problem with the ingest (missing tool, bad URL, relay exited)."""
+
+
+class IngestPortInUseError(IngestError, PortInUseError):
+    """The listener's port is taken; a caller with a port range tries the next one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,7 @@ class VideoSource(Protocol):
     name: str
     live: bool  # real time: sample on the wall clock, latest frame wins
     reconnects: bool  # open again after the session ends (listeners, live URLs)
+    rejected_publishers: int  # publishers turned away for a wrong key (0 for files and URLs)
 
     def open(self, stop: threading.Event) -> av.container.InputContainer | None:
         """Block until a publisher session starts; None when stopped or when there is nothing to wait for."""

@@ -9,6 +9,7 @@ counts as a drop instead of hanging.
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -19,7 +20,7 @@ from loguru import logger
 
 from detector_app.ingest import libav_log
 from detector_app.ingest.addresses import port_is_free
-from detector_app.ingest.base import PROBE_OPTIONS, IngestEndpoint, IngestError
+from detector_app.ingest.base import PROBE_OPTIONS, IngestEndpoint, IngestError, IngestPortInUseError
 
 
 def rtmp_endpoint(key: str, port: int, bind_host: str, advertise: str, app: str = "live") -> IngestEndpoint:
@@ -42,9 +43,10 @@ class RtmpListener:
 
     def __init__(self, endpoint: IngestEndpoint, accept_poll_s: int = 2, read_timeout_s: float = 3.0) -> None:
         if not port_is_free(endpoint.port, endpoint.bind_host):
-            raise IngestError(
+            raise IngestPortInUseError(
                 f"RTMP ingest port {endpoint.port} on {endpoint.bind_host} is already in use "
-                "(another detector-app or RTMP server?). Pass --ingest-port with a free port."
+                "(another detector-app or RTMP server?). Pass --ingest-port with a free port.",
+                endpoint.port,
             )
         self.endpoint = endpoint
         self.name = f"rtmp-listener:{endpoint.port}"
@@ -70,7 +72,12 @@ class RtmpListener:
                     return None
                 if _is_accept_timeout(exc):
                     continue  # nobody connected during this poll window
-                if _is_bind_error(exc):
+                code = getattr(exc, "errno", None)
+                if code == errno.EADDRINUSE:  # lost the port to another program after our check
+                    raise IngestPortInUseError(
+                        f"RTMP ingest port {self.endpoint.port} was taken by another program", self.endpoint.port
+                    ) from exc
+                if code in (errno.EACCES, errno.EADDRNOTAVAIL):
                     raise IngestError(f"cannot listen on {self.endpoint.bind_host}:{self.endpoint.port}: {exc}") from exc
                 wrong = libav_log.pop_key_mismatch(self.endpoint.key)
                 if wrong is not None:
@@ -118,9 +125,5 @@ def _poke_tcp(port: int) -> None:
 
 
 def _is_accept_timeout(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, av.error.ExitError) or "timed out" in text or "timeout" in text or getattr(exc, "errno", None) == 110
-
-
-def _is_bind_error(exc: Exception) -> bool:
-    return getattr(exc, "errno", None) in (98, 13, 99) or "address already in use" in str(exc).lower()
+    """The listen ``timeout`` expired (ETIMEDOUT) or PyAV's open timeout interrupted the wait."""
+    return isinstance(exc, (av.error.ExitError, av.error.TimeoutError)) or getattr(exc, "errno", None) == errno.ETIMEDOUT

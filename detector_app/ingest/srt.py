@@ -9,6 +9,7 @@ missing key fails the handshake and never sends a byte of video.
 
 from __future__ import annotations
 
+import errno
 import shutil
 import subprocess
 import threading
@@ -19,8 +20,8 @@ import av.container
 from loguru import logger
 
 from detector_app.ingest import libav_log
-from detector_app.ingest.addresses import free_port_below_ephemeral, port_is_free
-from detector_app.ingest.base import PROBE_OPTIONS, IngestEndpoint, IngestError
+from detector_app.ingest.addresses import free_port, port_is_free
+from detector_app.ingest.base import PROBE_OPTIONS, IngestEndpoint, IngestError, IngestPortInUseError
 from detector_app.procs import stop_process
 
 SRT_LATENCY_MS = 20  # receiver latency; 120 ms default doubles frame age (field notes)
@@ -61,12 +62,13 @@ class SrtRelayListener:
         if len(endpoint.key) < 10:
             raise IngestError("SRT passphrase (stream key) must be at least 10 characters")
         if not port_is_free(endpoint.port, endpoint.bind_host, udp=True):
-            raise IngestError(
-                f"SRT ingest UDP port {endpoint.port} is already in use. Pass --ingest-port with a free port."
+            raise IngestPortInUseError(
+                f"SRT ingest UDP port {endpoint.port} is already in use. Pass --ingest-port with a free port.",
+                endpoint.port,
             )
         self.endpoint = endpoint
         self.name = f"srt-listener:{endpoint.port}"
-        self._udp_port = free_port_below_ephemeral("127.0.0.1", udp=True)
+        self._udp_port = free_port("127.0.0.1", udp=True, outside_ephemeral=True)  # bound later by PyAV
         self._read_timeout_s = read_timeout_s
         self._open_poll_s = open_poll_s
         self._closed = threading.Event()
@@ -133,8 +135,8 @@ class SrtRelayListener:
                     url, format="mpegts", options=dict(PROBE_OPTIONS), timeout=(self._open_poll_s, self._read_timeout_s)
                 )
             except (av.error.FFmpegError, OSError) as exc:
-                if isinstance(exc, (av.error.ExitError, av.error.TimeoutError)) or "timed out" in str(exc).lower():
-                    continue  # no publisher yet
+                if isinstance(exc, (av.error.ExitError, av.error.TimeoutError)) or exc.errno == errno.ETIMEDOUT:
+                    continue  # no publisher yet (PyAV's open timeout)
                 logger.warning("SRT relay stream could not be opened: {}", exc)
                 time.sleep(0.1)
                 continue
@@ -148,4 +150,10 @@ class SrtRelayListener:
         if self._closed.is_set():
             return
         self._closed.set()
-        stop_process(self._proc)
+        stop_process(self._proc, grace=1.0, kill_wait=1.0)  # bounded: part of the stream's close budget
+        self._log_thread.join(0.5)  # its stdout closes with the process
+
+    @property
+    def relay_pid(self) -> int:
+        """The ``srt-live-transmit`` process (tests kill it to simulate a dead ingest)."""
+        return self._proc.pid

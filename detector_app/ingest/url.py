@@ -37,6 +37,7 @@ class UrlSource:
             raise IngestError(f"video source is not readable: {target}")
         self.live = self.is_url if live is None else live
         self.reconnects = self.is_url
+        self.rejected_publishers = 0  # nobody publishes to a URL we pull
         self.name = target if not self.is_url else redact_url(target)
         self._timeouts = (open_timeout_s, read_timeout_s)
         self._closed = threading.Event()

@@ -42,14 +42,11 @@ class ScheduleReconnect:
 
 @dataclass(frozen=True, slots=True)
 class StartPipeline:
-    """Open an ingest + detection stream (fresh key); report back with ``pipeline_ready(url)``."""
+    """Open an ingest + detection stream (fresh key), closing the session's previous one if any;
+    report back with ``pipeline_ready(url)`` or ``pipeline_failed(error)``. The driver closes the
+    pipeline itself when the session ends."""
 
     protocol: str
-
-
-@dataclass(frozen=True, slots=True)
-class StopPipeline:
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,4 +63,4 @@ class Log:
     text: str
 
 
-Action = Send | Close | ScheduleReconnect | StartPipeline | StopPipeline | SessionEnded | Log
+Action = Send | Close | ScheduleReconnect | StartPipeline | SessionEnded | Log

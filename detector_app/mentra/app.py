@@ -22,8 +22,8 @@ from detector_app.ingest.addresses import detect_lan_address
 from detector_app.mentra.allowlist import check_ws_url
 from detector_app.mentra.client import SessionRunner
 from detector_app.mentra.config import MentraSettings
-from detector_app.mentra.feedback import FeedbackConfig, FeedbackEngine
 from detector_app.mentra.contracts import DetectionServiceLike
+from detector_app.mentra.feedback import FeedbackConfig, FeedbackEngine
 from detector_app.mentra.session import AppSession, SessionConfig
 from detector_app.mentra.webhook import SessionRequest, StopRequest, WebhookError, create_web_app
 

@@ -4,14 +4,19 @@ All protocol decisions live in ``session.py``; this module only performs the ret
 Outgoing frames go through one writer task so their order (e.g. stream stop before close) is kept;
 each frame is tagged with the connection it was meant for and dropped if that socket is gone.
 Protocol-level pings from the cloud are answered by ``websockets`` itself.
+
+The detection stream is watched on every tick: a dead ingest is reported to the session, which asks
+for a new one (``StartPipeline``: the dead one is closed, a new listener opened). A stream that
+finishes opening after the session stopped is closed by the thread that opened it, so a slow
+``open_stream`` during shutdown cannot leak one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from loguru import logger
 from websockets.asyncio.client import ClientConnection, connect
@@ -26,12 +31,12 @@ from detector_app.mentra.actions import (
     Send,
     SessionEnded,
     StartPipeline,
-    StopPipeline,
 )
 from detector_app.mentra.contracts import DetectionServiceLike, StreamSessionLike
 from detector_app.mentra.session import AppSession
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the [D] cloud's payload limit (§3.1)
+STREAM_CLOSE_S = 4.0  # part of the shutdown budget kept for closing the detection stream
 
 
 class SessionRunner:
@@ -46,6 +51,7 @@ class SessionRunner:
         open_timeout: float = 5.0,
         close_timeout: float = 2.0,
         health_interval: float = 30.0,
+        stream_close_s: float = STREAM_CLOSE_S,
     ) -> None:
         self.session = session
         self._get_service = get_service
@@ -59,8 +65,12 @@ class SessionRunner:
         self._ended = asyncio.Event()
         self._reconnect_delay: float | None = None
         self._pipeline_task: asyncio.Task[None] | None = None
-        self._stream: StreamSessionLike | None = None
-        self._ingest_failed = False
+        self._stream: StreamSessionLike | None = None  # guarded by _stream_lock (opened in a worker thread)
+        self._stream_lock = threading.Lock()
+        self._streams_closed = False  # the session stopped: a stream that opens now closes itself
+        self._lost: StreamSessionLike | None = None  # the dead stream already reported to the session
+        self._stream_close_s = stream_close_s
+        self._closing_pipeline = False
         self._task: asyncio.Task[SessionEnded | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.end: SessionEnded | None = None
@@ -109,21 +119,22 @@ class SessionRunner:
         self.stopping = True
         self._dispatch(self.session.stop(reason))
 
-    async def shutdown(self, timeout: float = 5.0) -> None:
-        """Process exit: stream stop + ownership_release + close, then wait (bounded) for the end."""
+    async def shutdown(self, timeout: float = 8.0) -> None:
+        """Process exit: stream stop + ownership_release + close, then the stream is closed; all of it
+        within ``timeout`` (the last ``stream_close_s`` of it are kept for closing the stream)."""
         self.stopping = True
-        if self._task is None or self._task.done():
+        task = self._task
+        if task is None or task.done():
             return
         self._dispatch(self.session.shutdown())
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=timeout)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            logger.warning(f"[{self.session_id}] did not end within {timeout:g} s; cancelling")
-            self._task.cancel()
-            try:
-                await self._task
-            except BaseException:  # noqa: BLE001 - it was cancelled on purpose
-                pass
+        polite = max(0.5, timeout - self._stream_close_s)
+        done, _ = await asyncio.wait({task}, timeout=polite)
+        if not done and not self._closing_pipeline:
+            logger.warning(f"[{self.session_id}] did not end within {polite:g} s; cancelling")
+            task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=self._stream_close_s + 1.0)
+        if not done:
+            logger.warning(f"[{self.session_id}] stream close overran its {self._stream_close_s:g} s budget")
 
     # ------------------------------------------------------------------ connection
 
@@ -188,13 +199,15 @@ class SessionRunner:
                 self._log_health()
 
     def _check_ingest_alive(self) -> None:
-        """A listener that died (relay exited, port lost) must not be retried into for ever: report it once."""
-        if self._stream is None or self._ingest_failed:
+        """Watchdog: a listener that died (relay exited, port lost) is reported once; the session
+        then asks for a new one (``StartPipeline``), which replaces it."""
+        stream = self._stream
+        if stream is None or stream is self._lost:
             return
-        failure = getattr(self._stream, "failure", None)
+        failure = stream.failure
         if failure:
-            self._ingest_failed = True
-            self._dispatch(self.session.pipeline_failed(f"ingest stopped: {failure}"))
+            self._lost = stream
+            self._dispatch(self.session.pipeline_lost(failure))
 
     def _log_health(self) -> None:
         try:
@@ -213,27 +226,46 @@ class SessionRunner:
             elif isinstance(action, ScheduleReconnect):
                 self._reconnect_delay = action.delay
             elif isinstance(action, StartPipeline):
-                if self._pipeline_task is None:
+                if self._pipeline_task is None or self._pipeline_task.done():
                     self._pipeline_task = asyncio.create_task(self._start_pipeline(action.protocol))
-            elif isinstance(action, StopPipeline):
-                pass  # done in run()'s finally, after the last frames are sent
             elif isinstance(action, SessionEnded):
                 self.end = action
                 self._ended.set()
 
     async def _start_pipeline(self, protocol: str) -> None:
+        """Close the previous (dead) stream, if any, then open and adopt a new one."""
+        with self._stream_lock:
+            old, self._stream = self._stream, None
+        if old is not None:
+            await self._close_stream(old)
         try:
             service = await self._get_service()
-            stream = await asyncio.to_thread(service.open_stream, protocol)
+            stream = await asyncio.to_thread(self._open_and_adopt, service, protocol)
         except Exception as exc:  # noqa: BLE001
-            logger.exception(f"[{self.session_id}] open_stream({protocol!r}) failed")
+            logger.opt(exception=exc).warning(f"[{self.session_id}] open_stream({protocol!r}) failed")
             self._dispatch(self.session.pipeline_failed(f"{type(exc).__name__}: {exc}"))
             return
-        self._stream = stream
-        if self._ended.is_set():
-            return  # run()'s finally closes it
+        if stream is not None and not self._ended.is_set():
+            self._dispatch(self.session.pipeline_ready(stream.publish_url))
+
+    def _open_and_adopt(self, service: DetectionServiceLike, protocol: str) -> StreamSessionLike | None:
+        """Worker thread: open a stream and hand it to this runner — or, if the session stopped
+        meanwhile (its close did not wait for us), close it here: nobody else holds it."""
+        stream = service.open_stream(protocol)
         stream.add_listener(self._on_result_threadsafe)
-        self._dispatch(self.session.pipeline_ready(stream.publish_url))
+        with self._stream_lock:
+            if not self._streams_closed:
+                self._stream = stream
+                return stream
+        logger.info(f"[{self.session_id}] stream opened after the session stopped; closing it")
+        stream.close(self._stream_close_s)
+        return None
+
+    async def _close_stream(self, stream: StreamSessionLike) -> None:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(stream.close, self._stream_close_s), self._stream_close_s + 1.0)
+        except Exception as exc:  # noqa: BLE001 - a close that fails or overruns must not stop the session's end
+            logger.warning(f"[{self.session_id}] stream.close() failed: {exc!r}")
 
     def _on_result_threadsafe(self, result: FrameResult) -> None:
         loop = self._loop
@@ -249,21 +281,15 @@ class SessionRunner:
             self._dispatch(self.session.frame_result(result))
 
     async def _close_pipeline(self) -> None:
+        """Session over: no stream may be adopted any more; close the one we hold (bounded)."""
+        self._closing_pipeline = True
+        with self._stream_lock:
+            self._streams_closed = True
+            stream, self._stream = self._stream, None
         task = self._pipeline_task
         if task is not None and not task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout=10)
-            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001
-                task.cancel()
-        stream, self._stream = self._stream, None
+            task.cancel()  # an open in progress finishes in its thread and closes what it opened
+            await asyncio.gather(task, return_exceptions=True)
         if stream is not None:
-            try:
-                await asyncio.wait_for(asyncio.to_thread(stream.close), timeout=10)
-            except Exception as exc:  # noqa: BLE001
-                logger.warning(f"[{self.session_id}] stream.close() failed: {exc}")
+            await self._close_stream(stream)
 
-
-def describe_runner(runner: SessionRunner) -> dict[str, Any]:
-    """Small status dict (for logs / health)."""
-    s = runner.session
-    return {"sessionId": s.session_id, "phase": s.phase.value, "streamId": s.stream_id, "stream": s.stream_status}

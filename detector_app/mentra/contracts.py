@@ -27,10 +27,12 @@ class StreamSessionLike(Protocol):
 
     def health(self) -> Any: ...
 
-    # Optional: ``failure`` (str | None) — why the ingest/pipeline died, read on every tick if present.
+    @property
+    def failure(self) -> str | None:
+        """Why the ingest/pipeline died (relay exited, port lost), None while it works; read every tick."""
 
-    def close(self) -> None:
-        """Idempotent, never hangs."""
+    def close(self, timeout: float = ...) -> None:
+        """Idempotent; returns within ``timeout`` seconds."""
 
 
 @runtime_checkable

@@ -39,7 +39,6 @@ from detector_app.mentra.actions import (
     Send,
     SessionEnded,
     StartPipeline,
-    StopPipeline,
 )
 from detector_app.mentra.commands import Command, match_button, match_transcript
 from detector_app.mentra.feedback import ClearDisplay, FeedbackEngine, Output, ShowText, Speak
@@ -54,6 +53,21 @@ _ERROR_HINTS = {
     "INVALID_API_KEY": "check MENTRAOS_API_KEY and PACKAGE_NAME",
     "APP_NOT_STARTED": "the cloud did not start this app for the user (late or forged webhook?)",
 }
+
+
+class StreamPhase(str, enum.Enum):
+    """Where our requested glasses stream is, as the cloud reports it (plus ``REQUESTED``: asked, no status yet)."""
+
+    REQUESTED = "requested"
+    INITIALIZING = "initializing"
+    ACTIVE = "active"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    TIMEOUT = "timeout"
+
+
+_STREAM_LIVE = (StreamPhase.REQUESTED, StreamPhase.INITIALIZING, StreamPhase.ACTIVE)
+_STREAM_ENDED = (StreamPhase.STOPPED, StreamPhase.TIMEOUT)
 
 
 class Phase(enum.Enum):
@@ -81,6 +95,26 @@ class SessionConfig:
     stream_stable_s: float = 20.0  # an active stream this old resets the failure count
     status_check_timeout_s: float = 5.0
     stop_close_grace_s: float = 3.0
+    # A dead ingest (relay exited, port lost) is rebuilt after these delays; detections reset the count.
+    ingest_rebuild_delays: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
+
+
+class _Recent(dict):
+    """Insertion-ordered map keeping only the newest ``limit`` keys: a session sees a new streamId per
+    request (one per drop in the field), and old ones never come back, so this must not grow."""
+
+    def __init__(self, limit: int = 16) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key: str, value: object) -> None:
+        self.pop(key, None)
+        super().__setitem__(key, value)
+        while len(self) > self.limit:
+            del self[next(iter(self))]
+
+    def add(self, key: str) -> None:
+        self[key] = True
 
 
 @dataclass(slots=True)
@@ -88,13 +122,13 @@ class _StreamState:
     publish_url: str | None = None
     want: bool = True
     stream_id: str | None = None
-    status: str | None = None  # None | requested | initializing | active | stopping | stopped | timeout
+    status: StreamPhase | None = None  # None: no stream (never requested, or lost)
     requested_at: float = -math.inf
     active_since: float | None = None
-    announced: set[str] = field(default_factory=set)
-    stop_ids: set[str] = field(default_factory=set)  # streams we asked to stop (or superseded)
+    announced: _Recent = field(default_factory=_Recent)
+    stop_ids: _Recent = field(default_factory=_Recent)  # streams we asked to stop (or superseded)
     stop_without_id: bool = False
-    last_status: dict[str, str] = field(default_factory=dict)  # de-dupe (streamId, status)
+    last_status: _Recent = field(default_factory=_Recent)  # de-dupe (streamId, status)
     failures: int = 0
     retry_at: float | None = None
     check_deadline: float | None = None
@@ -132,6 +166,8 @@ class AppSession:
         self._pipeline_requested = False
         self._last_error_code: str | None = None
         self._audio_seq = 0
+        self._rebuilds = 0  # ingest rebuilds since detections last flowed
+        self._rebuild_at: float | None = None
 
     # ----------------------------------------------------------------- introspection
 
@@ -140,7 +176,7 @@ class AppSession:
         return self._stream.stream_id
 
     @property
-    def stream_status(self) -> str | None:
+    def stream_status(self) -> StreamPhase | None:
         return self._stream.status
 
     @property
@@ -281,13 +317,49 @@ class AppSession:
                 *self._maybe_start_stream()]
 
     def pipeline_failed(self, error: str) -> list[Action]:
+        """Opening the ingest failed: the first time it is a setup problem (reported, not retried);
+        while rebuilding a dead ingest it is retried with backoff."""
+        if self.phase is Phase.ENDED:
+            return []
+        if self._rebuilds:
+            return [Log("WARNING", f"[{self.session_id}] ingest rebuild failed: {error}"), *self._schedule_rebuild()]
         self._stream.want = False
         return [Log("ERROR", f"[{self.session_id}] could not start the ingest/detection pipeline: {error}"),
                 *self._feedback(self.feedback.notice("Animal detection failed"))]
 
+    def pipeline_lost(self, error: str) -> list[Action]:
+        """The ingest died under the session (relay exited, port lost): rebuild it — a new listener
+        with a new URL — and, once ``pipeline_ready`` reports it, request the stream to it again."""
+        if self.phase is Phase.ENDED:
+            return []
+        st = self._stream
+        st.publish_url = None
+        st.retry_at = None
+        if st.stream_id:
+            st.stop_ids.add(st.stream_id)  # it streams into a dead listener: its late statuses are not news
+            st.stream_id = None
+        if st.status in _STREAM_LIVE:
+            st.status = None
+            st.active_since = None
+        return [Log("WARNING", f"[{self.session_id}] ingest lost: {error}; rebuilding it"), *self._schedule_rebuild()]
+
+    def _schedule_rebuild(self) -> list[Action]:
+        delays = self.config.ingest_rebuild_delays
+        if self._rebuilds >= len(delays):
+            self._stream.want = False
+            return [Log("ERROR", f"[{self.session_id}] ingest could not be rebuilt after {len(delays)} tries; giving up"),
+                    *self._feedback(self.feedback.notice("Animal detection failed"))]
+        delay = delays[self._rebuilds]
+        self._rebuilds += 1
+        if delay <= 0:
+            return [StartPipeline(self.config.ingest_protocol)]
+        self._rebuild_at = self._clock() + delay
+        return [Log("INFO", f"[{self.session_id}] ingest rebuild {self._rebuilds}/{len(delays)} in {delay:g} s")]
+
     def frame_result(self, result: FrameResult) -> list[Action]:
         if self.phase is Phase.ENDED:
             return []
+        self._rebuilds = 0  # detections flow: the ingest works (again)
         return self._feedback(self.feedback.on_result(result))
 
     # ----------------------------------------------------------------- timers
@@ -298,6 +370,9 @@ class AppSession:
         acts: list[Action] = []
         if self.phase is Phase.ENDED:
             return acts
+        if self._rebuild_at is not None and now >= self._rebuild_at:
+            self._rebuild_at = None
+            acts.append(StartPipeline(self.config.ingest_protocol))
         if self.phase is Phase.AWAIT_ACK and now >= self._ack_deadline:
             self._ack_deadline = math.inf
             self._reconnect_on_close = True
@@ -323,7 +398,7 @@ class AppSession:
             st.check_deadline = None
             acts.append(Log("INFO", f"[{self.session_id}] no stream_status_check_response; assuming no stream"))
             acts += self._forget_lost_stream()
-        if st.status == "requested" and now - st.requested_at >= self.config.stream_start_timeout_s:
+        if st.status is StreamPhase.REQUESTED and now - st.requested_at >= self.config.stream_start_timeout_s:
             st.status = None
             acts += self._stream_failed(now, f"no stream status {self.config.stream_start_timeout_s:g} s "
                                              "after the request")
@@ -360,13 +435,11 @@ class AppSession:
         return acts
 
     def _end(self, reason: str) -> list[Action]:
+        """The driver closes the pipeline when it stops, after the last frames are sent."""
         self.phase = Phase.ENDED
         self._stream.want = False
-        acts: list[Action] = []
-        if self._pipeline_requested:
-            acts.append(StopPipeline())
-        acts.append(SessionEnded(reason, self._last_error_code))
-        return acts
+        self._rebuild_at = None
+        return [SessionEnded(reason, self._last_error_code)]
 
     # ----------------------------------------------------------------- stream control
 
@@ -376,7 +449,7 @@ class AppSession:
             st.want
             and self.phase is Phase.READY
             and st.publish_url
-            and st.status in (None, "stopped", "timeout")
+            and st.status in (None, *_STREAM_ENDED)
             and st.retry_at is None
             and st.check_deadline is None
         ):
@@ -391,21 +464,21 @@ class AppSession:
             # statuses must never be mistaken for the new stream's.
             st.stop_ids.add(st.stream_id)
         st.stream_id = None
-        st.status = "requested"
+        st.status = StreamPhase.REQUESTED
         st.requested_at = self._clock()
         msg = m.stream_request(self.config.package_name, self.session_id, st.publish_url, video=self.config.video)
         return [Log("INFO", f"[{self.session_id}] {msg['type']} → {m.url_for_log(st.publish_url)}"), Send(msg)]
 
     def _stop_stream(self) -> list[Action]:
         st = self._stream
-        if st.status not in ("requested", "initializing", "active", "stopping"):
+        if st.status not in (*_STREAM_LIVE, StreamPhase.STOPPING):
             return []
         legacy = st.publish_url is None or m.is_rtmp_url(st.publish_url)
         if st.stream_id:
             st.stop_ids.add(st.stream_id)
         else:
             st.stop_without_id = True  # stops all of this package's streams (§4.3)
-        st.status = "stopping"
+        st.status = StreamPhase.STOPPING
         msg = m.stream_stop(self.config.package_name, self.session_id, st.stream_id, legacy=legacy)
         return [Log("INFO", f"[{self.session_id}] {msg['type']} streamId={st.stream_id}"), Send(msg)]
 
@@ -420,7 +493,7 @@ class AppSession:
         st.last_status[stream_id] = s.status
         now = self._clock()
         if stream_id not in st.stop_ids and stream_id != st.stream_id:
-            if st.status == "requested" or st.stop_without_id:
+            if st.status is StreamPhase.REQUESTED or st.stop_without_id:
                 st.stream_id = stream_id  # first status of our request carries the id (§4.2)
                 if st.stop_without_id:
                     st.stop_ids.add(stream_id)
@@ -429,26 +502,26 @@ class AppSession:
         if stream_id in st.stop_ids:
             if s.status in ("stopped", "timeout"):
                 if stream_id == st.stream_id:
-                    st.status = s.status
+                    st.status = StreamPhase(s.status)
                     st.active_since = None
                     st.stop_without_id = False
                 return [Log("INFO", f"[{sid}] stream {stream_id} {s.status} (as requested)")]
             return []
         acts: list[Action] = []
         if s.status == "initializing":
-            st.status = "initializing"
+            st.status = StreamPhase.INITIALIZING
             acts.append(Log("INFO", f"[{sid}] stream {stream_id} initializing"))
         elif s.status == "active":
-            st.status = "active"
+            st.status = StreamPhase.ACTIVE
             st.active_since = now
             acts.append(Log("INFO", f"[{sid}] stream {stream_id} active"))
             if stream_id not in st.announced:
                 st.announced.add(stream_id)
                 acts += self._feedback(self.feedback.notice("Animal detection on"))
         elif s.status == "stopping":
-            st.status = "stopping"
+            st.status = StreamPhase.STOPPING
         else:  # stopped / timeout we did not ask for: the glasses failed (errors arrive as "stopped", §4.4)
-            st.status = s.status
+            st.status = StreamPhase(s.status)
             detail = f" ({s.error_details})" if s.error_details else ""
             acts += self._stream_failed(now, f"stream {stream_id} {s.status} without our request{detail}")
             st.active_since = None
@@ -480,9 +553,9 @@ class AppSession:
         if ours:
             assert r.stream_id is not None
             st.stream_id = r.stream_id
-            st.status = r.status if r.status in ("initializing", "active") else "active"
-            st.last_status[r.stream_id] = st.status
-            if st.status == "active" and st.active_since is None:
+            st.status = StreamPhase.INITIALIZING if r.status == "initializing" else StreamPhase.ACTIVE
+            st.last_status[r.stream_id] = st.status.value
+            if st.status is StreamPhase.ACTIVE and st.active_since is None:
                 st.active_since = self._clock()
             acts: list[Action] = [Log("INFO", f"[{self.session_id}] stream {r.stream_id} survived the reconnect")]
             if not st.want:
@@ -496,7 +569,7 @@ class AppSession:
 
     def _forget_lost_stream(self) -> list[Action]:
         st = self._stream
-        if st.status in ("requested", "initializing", "active"):
+        if st.status in _STREAM_LIVE:
             st.status = None  # lost while we were disconnected; not counted as a failure
             st.stream_id = None
             st.active_since = None

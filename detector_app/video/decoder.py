@@ -7,6 +7,7 @@ the session with a log line; live sources are then opened again for the next pub
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from dataclasses import dataclass
@@ -114,7 +115,7 @@ class DecodeThread(threading.Thread):
             error = f"stream stalled (no data for the read timeout): {exc}"
         except (av.error.FFmpegError, OSError) as exc:
             # A publisher leaving is an I/O error, not EOF (field notes); anything else is a broken stream.
-            error = "publisher disconnected" if getattr(exc, "errno", None) == 5 else f"stream broken: {exc}"
+            error = "publisher disconnected" if exc.errno == errno.EIO else f"stream broken: {exc}"
         finally:
             try:
                 container.close()
