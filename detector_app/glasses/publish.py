@@ -2,19 +2,28 @@
 
 RTMP: FLV with H.264 + AAC mono; SRT: MPEG-TS with H.264 + AAC mono, the glasses being the caller.
 The publisher is always a separate ``ffmpeg`` process (Debian's, which has libx264 and libsrt):
-publishing and listening with PyAV in one interpreter deadlocks on the GIL (field notes).
+publishing and listening with PyAV in one interpreter deadlocks on the GIL (field notes), and a
+child process is also what lets tests and the simulator kill a "network drop" precisely.
+
+This is the one publisher of the project: command building, the codec probe and the process
+lifecycle (``PublisherProcess``, stopped with ``procs.stop_process``), with a blocking face for
+replay and tests (``Publisher``) and an asyncio face for the simulated glasses (``AsyncPublisher``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import ctypes
+import functools
 import shutil
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from loguru import logger
 
@@ -26,11 +35,14 @@ except OSError:  # not glibc Linux: no parent-death signal, the publishers are s
     _LIBC = None
 
 
+class GlassesError(Exception):
+    """A glasses-side rejection; the real glasses report it as raw status `error`."""
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Ask Linux to SIGTERM the publisher if we die, so a crashed simulator leaves no orphans."""
     if _LIBC is not None:
         _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
 
 
 def output_format_for(url: str) -> str:
@@ -45,15 +57,12 @@ def output_format_for(url: str) -> str:
     raise GlassesError("Unknown stream URL protocol")
 
 
-class GlassesError(Exception):
-    """A glasses-side rejection; the real glasses report it as raw status `error`."""
-
-
 def build_publish_command(
     url: str, video: Path | None, *, loop: bool = True, video_codec: str | None = "h264", ffmpeg: str = "ffmpeg"
 ) -> list[str]:
     """Stream copy for H.264 sources (like the glasses' hardware encoder), else libx264 zerolatency
-    with a keyframe every 2 s; audio always AAC mono, as Mentra Live sends."""
+    with a keyframe every 2 s; audio always AAC mono, as Mentra Live sends. ``video=None`` publishes
+    a synthetic test pattern (costs CPU: it is encoded live)."""
     fmt = output_format_for(url)
     cmd = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "warning", "-progress", "pipe:1", "-stats_period", "0.5"]
     if video is None:
@@ -74,18 +83,163 @@ def build_publish_command(
     return cmd
 
 
+def video_codec_of(video: Path, ffprobe: str = "ffprobe", timeout: float = 10.0) -> str | None:
+    """Codec of the first video stream, to choose stream copy or re-encode; None when unknown
+    (no ffprobe, unreadable file), which makes the publisher re-encode: slower, never wrong.
 
-def video_codec_of(video: Path) -> str | None:
-    """Codec of the first video stream (PyAV probe; safe here, nothing is published in this process)."""
-    import av
-
+    ffprobe rather than PyAV so that the simulator, which may share a process with a PyAV listener,
+    never opens media in-process. Cached per file version (path, size, mtime)."""
+    path = Path(video).resolve()
     try:
-        with av.open(str(video)) as c:
-            return c.streams.video[0].codec_context.name if c.streams.video else None
-    except (av.error.FFmpegError, OSError):
+        st = path.stat()
+    except OSError:
         return None
+    return _probe_codec(str(path), st.st_size, st.st_mtime_ns, ffprobe, timeout)
 
 
+@functools.lru_cache(maxsize=64)
+def _probe_codec(path: str, _size: int, _mtime_ns: int, ffprobe: str, timeout: float) -> str | None:
+    exe = shutil.which(ffprobe)
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_name", "-of", "csv=p=0", path],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False,
+        ).stdout
+    except subprocess.TimeoutExpired:
+        return None
+    lines = out.strip().splitlines()
+    return lines[0].strip() if lines else None
+
+
+def find_ffmpeg(ffmpeg: str | None = None) -> str:
+    exe = shutil.which(ffmpeg or "ffmpeg")
+    if not exe:
+        raise GlassesError("ffmpeg not found: install it (Debian/Ubuntu: sudo apt-get install ffmpeg)")
+    return exe
+
+
+# ---------------------------------------------------------------------------------- SRT via a relay
+def srt_caller_uri(url: str) -> str:
+    """``srt://host:port?streamid=K&passphrase=K&…`` (ffmpeg style, latency in µs) → the caller URI
+    ``srt-live-transmit`` takes (latency in ms, the ingest's own ``SRT_LATENCY_MS``)."""
+    from detector_app.ingest.srt import SRT_LATENCY_MS  # lazy: the ingest module loads PyAV
+
+    parts = urlsplit(url)
+    q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    params = {"mode": "caller", "latency": str(SRT_LATENCY_MS)}
+    params.update({k: q[k] for k in ("passphrase", "pbkeylen", "streamid") if k in q})
+    return f"srt://{parts.hostname}:{parts.port}?" + "&".join(f"{k}={v}" for k, v in params.items())
+
+
+def spawn_srt_relay(url: str) -> subprocess.Popen[bytes]:
+    """``srt-live-transmit file://con <caller URI>`` as a child whose stdin takes MPEG-TS, for a
+    publisher without libsrt (PyAV wheels). A pipe, not loopback UDP: a keyframe burst overflowing
+    a UDP buffer silently cuts frames, a pipe has flow control. Close stdin to end it."""
+    exe = shutil.which("srt-live-transmit")
+    if exe is None:
+        raise GlassesError("publishing SRT needs srt-live-transmit (Debian: apt-get install srt-tools)")
+    proc = subprocess.Popen(
+        [exe, "-a:no", "-q", "-c:1316", "file://con", srt_caller_uri(url)],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, bufsize=0,
+    )
+    if proc.poll() is not None:
+        raise GlassesError(f"srt-live-transmit exited at start (code {proc.returncode})")
+    return proc
+
+
+# ---------------------------------------------------------------------------------- one process
+class PublisherProcess:
+    """One ffmpeg publisher child: spawn, watch ``-progress`` for the first frame sent, keep the last
+    stderr lines, stop (SIGTERM the process group, SIGKILL after a grace; always reaped).
+
+    Two daemon threads read its pipes; ``on_running``/``on_exit`` are called from them (the asyncio
+    face hands them to its loop), so nobody polls."""
+
+    def __init__(self, cmd: list[str], name: str = "glasses",
+                 on_running: Callable[[], None] | None = None, on_exit: Callable[[], None] | None = None) -> None:
+        self.cmd = cmd
+        self.name = name
+        self.running = threading.Event()  # ffmpeg reported a frame (or output time) > 0: connected
+        self.exited = threading.Event()
+        self.running_at: float | None = None  # wall time of the first frame sent
+        self.frames_sent = 0
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
+        self._on_running = on_running
+        self._on_exit = on_exit
+        self._proc: subprocess.Popen[str] | None = None
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> PublisherProcess:
+        logger.debug("[{}] spawn: {}", self.name, " ".join(self.cmd))
+        self._proc = proc = subprocess.Popen(
+            self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,  # Ctrl-C in the terminal must not kill it behind our back
+            preexec_fn=_die_with_parent,
+        )
+        err = threading.Thread(target=self._read_stderr, args=(proc,), name=f"{self.name}-stderr", daemon=True)
+        out = threading.Thread(target=self._read_progress, args=(proc, err), name=f"{self.name}-progress", daemon=True)
+        self._threads = [err, out]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def _read_progress(self, proc: subprocess.Popen[str], stderr_reader: threading.Thread) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # -progress pipe:1 key=value lines
+            key, _, value = line.strip().partition("=")
+            if key == "frame" and value.isdigit():
+                self.frames_sent = int(value)
+            if self.running.is_set():
+                continue
+            if (key == "frame" and value.isdigit() and int(value) > 0) or (
+                key == "out_time_us" and value.lstrip("-").isdigit() and int(value) > 0
+            ):
+                self.running_at = time.time()
+                self.running.set()
+                if self._on_running is not None:
+                    self._on_running()
+        proc.wait()
+        stderr_reader.join(2.0)  # the error that ended it is in stderr_tail before anyone hears of the exit
+        self.exited.set()
+        if self._on_exit is not None:
+            self._on_exit()
+
+    def _read_stderr(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.rstrip()
+            if line:
+                self.stderr_tail.append(line)
+                logger.debug("[{} ffmpeg] {}", self.name, line)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the process has exited (and its pipes are drained)."""
+        return self.exited.wait(timeout)
+
+    def stop(self, grace: float = 2.0) -> int | None:
+        """SIGTERM the process group, SIGKILL after ``grace``; reaps and joins the reader threads."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            stop_process(proc, grace, group=True)
+        for t in self._threads:
+            t.join(5.0)
+        return self.returncode
+
+    def last_error(self) -> str:
+        return " | ".join(self.stderr_tail)
+
+
+# ---------------------------------------------------------------------------------- blocking face
 class Publisher:
     """One virtual-glasses publish of ``video`` to ``url`` (blocking API, for replay and tests).
 
@@ -97,33 +251,36 @@ class Publisher:
         self.video = Path(video)
         if not self.video.exists():
             raise GlassesError(f"video not found: {video}")
-        exe = ffmpeg or shutil.which("ffmpeg")
-        if not exe:
-            raise GlassesError("ffmpeg not found: install it (Debian/Ubuntu: sudo apt-get install ffmpeg)")
-        self.cmd = build_publish_command(url, self.video, loop=loop, video_codec=video_codec_of(self.video), ffmpeg=exe)
+        self.cmd = build_publish_command(url, self.video, loop=loop, video_codec=video_codec_of(self.video),
+                                         ffmpeg=find_ffmpeg(ffmpeg))
         self.url = url
         self.retries = retries
         self.started_at: float | None = None  # wall time the first attempt was spawned
-        self.running_at: float | None = None  # wall time ffmpeg reported its first frame sent
-        self.frames_sent = 0
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
-        self._proc: subprocess.Popen[str] | None = None
+        self.returncode: int | None = None
+        self.done = threading.Event()
+        self._current: PublisherProcess | None = None
+        self._last: PublisherProcess | None = None
         self._stop = threading.Event()
         self._spawn_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="virtual-glasses", daemon=True)
-        self.returncode: int | None = None
-        self.done = threading.Event()
+
+    @property
+    def running_at(self) -> float | None:
+        """Wall time ffmpeg reported its first frame sent (on the attempt that connected)."""
+        return self._last.running_at if self._last is not None else None
+
+    @property
+    def frames_sent(self) -> int:
+        return self._last.frames_sent if self._last is not None else 0
+
+    @property
+    def stderr_tail(self) -> collections.deque[str]:
+        return self._last.stderr_tail if self._last is not None else collections.deque()
 
     def start(self) -> Publisher:
         self.started_at = time.time()
         self._thread.start()
         return self
-
-    def _spawn(self) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )
 
     def _run(self) -> None:
         try:
@@ -131,33 +288,17 @@ class Publisher:
                 with self._spawn_lock:  # stop() either sees this process or prevents it
                     if self._stop.is_set():
                         break
-                    self._proc = proc = self._spawn()
-                err_thread = threading.Thread(target=self._pump_stderr, args=(proc,), daemon=True)
-                err_thread.start()
-                assert proc.stdout is not None
-                for line in proc.stdout:  # -progress pipe:1 key=value lines
-                    key, _, value = line.strip().partition("=")
-                    if key == "frame" and value.isdigit():
-                        self.frames_sent = int(value)
-                        if self.frames_sent > 0 and self.running_at is None:
-                            self.running_at = time.time()
+                    self._current = self._last = proc = PublisherProcess(self.cmd, "virtual glasses").start()
                 proc.wait()
-                err_thread.join(1.0)
+                proc.stop()  # joins the pipe readers
                 self.returncode = proc.returncode
-                if proc.returncode == 0 or self.running_at is not None or self._stop.is_set():
+                if proc.returncode == 0 or proc.running_at is not None or self._stop.is_set():
                     break
-                logger.debug("virtual glasses: connect attempt {} failed ({}), retrying", attempt + 1, self.stderr_tail[-1] if self.stderr_tail else proc.returncode)
+                logger.debug("virtual glasses: connect attempt {} failed ({}), retrying", attempt + 1,
+                             proc.stderr_tail[-1] if proc.stderr_tail else proc.returncode)
                 self._stop.wait(0.3)
         finally:
             self.done.set()
-
-    def _pump_stderr(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            line = line.rstrip()
-            if line:
-                self.stderr_tail.append(line)
-                logger.debug("[virtual glasses ffmpeg] {}", line)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.done.wait(timeout)
@@ -170,8 +311,57 @@ class Publisher:
         """SIGTERM the process group, SIGKILL after ``grace``; always reaps."""
         with self._spawn_lock:
             self._stop.set()
-            proc = self._proc
-        if proc is not None and proc.poll() is None:
-            stop_process(proc, grace, group=True)
+            proc = self._current
+        if proc is not None:
+            proc.stop(grace)
         if self._thread.is_alive():
             self._thread.join(5.0)
+
+
+# ---------------------------------------------------------------------------------- asyncio face
+class AsyncPublisher:
+    """One publisher process for asyncio code (the simulated glasses): ``running``/``exited`` are
+    asyncio events set from the pipe readers through the loop; ``stop`` runs ``stop_process`` in a
+    worker thread, so a cancelled caller cannot leave ffmpeg running (the stop finishes anyway)."""
+
+    def __init__(self, cmd: list[str], name: str = "glasses") -> None:
+        self.cmd = cmd
+        self.name = name
+        self.running = asyncio.Event()
+        self.exited = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._proc = PublisherProcess(cmd, name, on_running=self._later(self.running.set),
+                                      on_exit=self._later(self.exited.set))
+
+    def _later(self, fn: Callable[[], None]) -> Callable[[], None]:
+        def call() -> None:
+            try:
+                self._loop.call_soon_threadsafe(fn)
+            except RuntimeError:  # loop already closed: nobody waits any more
+                pass
+        return call
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    @property
+    def stderr_tail(self) -> collections.deque[str]:
+        return self._proc.stderr_tail
+
+    async def start(self) -> None:
+        self._proc.start()
+
+    async def wait_running_or_exit(self, timeout: float) -> bool:
+        """True once running; False if it exited first or ``timeout`` passed."""
+        waiters = {asyncio.ensure_future(self.running.wait()), asyncio.ensure_future(self.exited.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        return self.running.is_set() and not self.exited.is_set()
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """SIGTERM the process group, SIGKILL after ``grace``; always reaps, so no zombies or orphans."""
+        await asyncio.shield(asyncio.to_thread(self._proc.stop, grace))

@@ -11,14 +11,15 @@ Python API::
 CLI entry: `run_simulate(...)` (blocking, until Ctrl-C) or `simulate(...)` (async).
 """
 
-from .cloud import CloudSimulator, Faults, SimulatorConfig, SimulatorError, StreamState, UserSession
+from .cloud import CloudSimulator
 from .events import EventLog, SimEvent, frame
-from .glasses import GlassesStreamConfig, VirtualGlassesStream, build_publish_command
+from .glasses import GlassesStreamConfig, VirtualGlassesStream
 from .protocol import GENERATIONS, map_glasses_status
 from .runner import run_simulate, simulate
+from .state import Faults, SimulatorConfig, SimulatorError, StreamState, UserSession
 
 __all__ = [
     "CloudSimulator", "Faults", "SimulatorConfig", "SimulatorError", "StreamState", "UserSession",
-    "EventLog", "SimEvent", "frame", "GlassesStreamConfig", "VirtualGlassesStream", "build_publish_command",
+    "EventLog", "SimEvent", "frame", "GlassesStreamConfig", "VirtualGlassesStream",
     "GENERATIONS", "map_glasses_status", "run_simulate", "simulate",
 ]

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from loguru import logger
 
-from .cloud import CloudSimulator, Faults, SimulatorConfig, SimulatorError
+from .cloud import CloudSimulator
 from .glasses import DropMode
 from .protocol import DeviceName, Generation
+from .state import Faults, SimulatorConfig, SimulatorError
 
 HELP = ("commands: say <text> | button [long] | stop | start | drop | drop-stream | status | help | quit"
         "  (add @user as first word to pick a user)")
