@@ -1,15 +1,18 @@
-"""Orchestrate one benchmark: ours, then the Ultralytics baseline, on the same recorded video.
+"""Orchestrate one benchmark: ours, the cost floor, then the Ultralytics baseline, on the same recorded video.
 
-Per side, three processes, so each number belongs to exactly one of them:
+Per side, separate processes, so each number belongs to exactly one of them:
 
-    publisher (python -m detector_app.bench.publisher)  ──RTMP/SRT──▶  worker (python -m detector_app.bench.worker)
-       logs the send time of every video frame                        ours: our listener + Pipeline
+    publisher ×N (python -m detector_app.bench.publisher) ──RTMP/SRT──▶ worker (python -m detector_app.bench.worker)
+       each logs the send time of every video frame                   ours: N listeners + N Pipelines, one Detector
                                                                        baseline: nginx-rtmp ◀─pull─ Ultralytics predict
 
-The parent reads the worker's CPU time (``/proc/<pid>/stat`` utime+stime) right before the publisher
-starts and right after it finishes, and its peak RSS (``VmHWM``), then asks it to stop and write its
-per-result records. The sides run one after the other (never together: 2 cores), ours first because the
-baseline uses the same network input long side as ours.
+The parent reads the worker's CPU time (``/proc/<pid>/stat`` utime+stime) right before the publishers
+start and right after the last one finishes, and its peak RSS (``VmHWM``), then asks it to stop and write
+its per-result records. Between ours and the baseline, two short children measure the floor
+(``floor.py``): the bare runtime on the exact export ours loaded, and bare decoding of the video. Nothing
+measured ever runs next to another measured thing (2 cores); ours goes first because the baseline uses
+the same network input long side. The baseline is always one stream (Ultralytics' predict on N streams
+would just run N × its single-stream cost on these 2 cores).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from detector_app.procs import stop_process
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 600.0  # first run may export the model to OpenVINO (seconds) on a busy box
 STOP_TIMEOUT_S = 20.0
+FLOOR_MAX_S = 20.0  # each floor child's measuring time cap
+DECODE_FLOOR_VIDEO_S = 20.0  # seconds of video decoded to price decoding
 GRACE_AFTER_PUBLISH_S = 1.0  # let the last frames' results arrive before stopping
 
 
@@ -53,6 +58,10 @@ class BenchConfig:
     out_dir: Path = field(default_factory=lambda: Path("bench-results") / time.strftime("%Y%m%d-%H%M%S"))
     baseline: bool = True
     log_level: str = "INFO"
+    streams: int = 1  # ours: concurrent publishers/sessions into one worker process
+    precision: str = "auto"  # ours: auto | fp32 | int8 (DetectorConfig.precision)
+    raw_calls: int = 100  # floor: bare runtime calls timed (capped at FLOOR_MAX_S)
+    floor: bool = True
 
 
 # --------------------------------------------------------------------------------------------- /proc
@@ -206,30 +215,40 @@ def _wait_player_connected(pid: int, port: int, timeout: float = 10.0) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ a side
-def run_side(name: str, worker_args: list[str], cfg: BenchConfig, publish_url_of, before_publish=None) -> dict:
-    """Start the worker, wait READY, publish for ``cfg.duration``, measure, stop; returns raw records."""
+def run_side(name: str, worker_args: list[str], cfg: BenchConfig, publish_urls_of, before_publish=None) -> dict:
+    """Start the worker, wait READY, publish to every URL it serves for ``cfg.duration`` (all publishers at
+    once), measure, stop; returns raw records (``sends`` is one list of send-log lines per stream)."""
     out_dir = cfg.out_dir
     raw_path = out_dir / f"{name}.json"
-    sends_path = out_dir / f"sends-{name}.jsonl"
     worker = Worker(name, [*worker_args, "--out", str(raw_path)], out_dir / f"worker-{name}.log")
-    publisher: subprocess.Popen | None = None
+    publishers: list[subprocess.Popen] = []
     try:
         ready = worker.wait_for("BENCH_READY", READY_TIMEOUT_S)
         logger.info("{}: worker ready (pid {}, {} imgsz {})", name, worker.proc.pid, ready.get("model"), ready.get("imgsz"))
         if before_publish is not None:
             before_publish(worker, ready)
-        url = publish_url_of(ready)
-        publisher = _publish(cfg.video, url, cfg.duration, sends_path, out_dir / f"publisher-{name}.log")
+        urls = publish_urls_of(ready)
+        sends_paths = [out_dir / (f"sends-{name}.jsonl" if len(urls) == 1 else f"sends-{name}-{i}.jsonl")
+                       for i in range(len(urls))]
+        logs = [out_dir / (f"publisher-{name}.log" if len(urls) == 1 else f"publisher-{name}-{i}.log")
+                for i in range(len(urls))]
+        for url, sp, lp in zip(urls, sends_paths, logs, strict=True):
+            publishers.append(_publish(cfg.video, url, cfg.duration, sp, lp))
         cpu0, t0 = proc_cpu_seconds(worker.proc.pid), time.time()
-        _go(publisher)
-        try:
-            rc = publisher.wait(cfg.duration + 30.0)
-        except subprocess.TimeoutExpired:
-            raise BenchError(f"{name}: publisher did not finish within {cfg.duration + 30:.0f} s") from None
+        for pub in publishers:
+            _go(pub)
+        deadline = time.monotonic() + cfg.duration + 30.0
+        rcs = []
+        for pub in publishers:
+            try:
+                rcs.append(pub.wait(max(0.1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"{name}: publisher did not finish within {cfg.duration + 30:.0f} s") from None
         cpu1, t1 = proc_cpu_seconds(worker.proc.pid), time.time()
-        if rc != 0:
-            tail = (out_dir / f"publisher-{name}.log").read_text(errors="replace").strip().splitlines()[-1:]
-            raise BenchError(f"{name}: publisher failed (exit {rc}): {' '.join(tail)}")
+        for rc, lp in zip(rcs, logs, strict=True):
+            if rc != 0:
+                tail = lp.read_text(errors="replace").strip().splitlines()[-1:]
+                raise BenchError(f"{name}: publisher failed (exit {rc}): {' '.join(tail)} (log: {lp})")
         time.sleep(GRACE_AFTER_PUBLISH_S)
         rss_kb = proc_vm_hwm_kb(worker.proc.pid)
         worker.stop()
@@ -237,11 +256,51 @@ def run_side(name: str, worker_args: list[str], cfg: BenchConfig, publish_url_of
         raw["ready"] = ready
         raw["cpu_window"] = {"cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
                              "wall_s": t1 - t0, "vm_hwm_kb": rss_kb}
-        raw["sends"] = [json.loads(ln) for ln in sends_path.read_text().splitlines() if ln.strip()]
+        raw["sends"] = [[json.loads(ln) for ln in sp.read_text().splitlines() if ln.strip()] for sp in sends_paths]
         return raw
     finally:
-        _kill_group(publisher)
+        for pub in publishers:
+            _kill_group(pub)
         worker.kill()
+
+
+# ----------------------------------------------------------------------------------------------- floor
+def _run_floor(args: list[str], log_path: Path, timeout: float) -> dict:
+    """One ``floor.py`` child; its ``FLOOR {json}`` answer, or ``{"error": …}`` (the floor is a reference, not fatal)."""
+    with open(log_path, "w") as log:
+        try:
+            proc = subprocess.run([sys.executable, "-m", "detector_app.bench.floor", *args], stdout=subprocess.PIPE,
+                                  stderr=log, text=True, cwd=PROJECT_ROOT, env=_child_env(), timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return {"error": f"no answer within {timeout:.0f} s (log: {log_path})"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("FLOOR "):
+            return json.loads(line[6:])
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+    return {"error": f"exit {proc.returncode}: {' '.join(tail)} (log: {log_path})"}
+
+
+def measure_floor(cfg: BenchConfig, ready: dict) -> dict:
+    """The bare runtime on the export ours loaded (compiled as ours compiled it), and bare decoding of the video."""
+    out: dict = {}
+    runtime = ready.get("runtime") or {}
+    export, kind = ready.get("export"), runtime.get("kind") or ready.get("backend")
+    if export and kind in ("openvino", "onnx"):
+        out["raw"] = _run_floor(
+            ["raw", "--export", str(export), "--backend", kind, "--video", str(cfg.video), "--calls", str(cfg.raw_calls),
+             "--max-seconds", str(FLOOR_MAX_S), "--config", json.dumps(runtime.get("config") or {})],
+            cfg.out_dir / "floor-raw.log", FLOOR_MAX_S + 60.0,
+        )
+        if runtime.get("count", 1) > 1:
+            out["raw"]["note"] = f"ours holds {runtime['count']} compiled models; the floor times one of them"
+    else:
+        out["raw"] = {"error": f"no raw runtime for backend {ready.get('backend')!r} (only OpenVINO/ONNX exports)"}
+    out["decode"] = _run_floor(["decode", "--video", str(cfg.video), "--seconds", str(DECODE_FLOOR_VIDEO_S)],
+                               cfg.out_dir / "floor-decode.log", FLOOR_MAX_S + 60.0)
+    for k, v in out.items():
+        if v.get("error"):
+            logger.warning("floor ({}): {}", k, v["error"])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- bench
@@ -266,13 +325,15 @@ def run_bench(cfg: BenchConfig) -> dict:
         cfg.duration = length
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     common = ["--model", cfg.model, "--conf", str(cfg.conf), "--frame-size", f"{w}x{h}", "--log-level", cfg.log_level]
-    ours_args = ["ours", *common, "--protocol", cfg.protocol, "--backend", cfg.backend, "--fps", str(cfg.fps)]
+    ours_args = ["ours", *common, "--protocol", cfg.protocol, "--backend", cfg.backend, "--fps", str(cfg.fps),
+                 "--streams", str(cfg.streams), "--precision", cfg.precision]
     if cfg.imgsz:
         ours_args += ["--imgsz", str(cfg.imgsz)]
 
-    logger.info("bench: {} {:.0f} s of {} ({}x{} @ {:.0f} fps), model {}", cfg.protocol.upper(), cfg.duration,
-                cfg.video.name, w, h, vfps, cfg.model)
-    ours_raw = run_side("ours", ours_args, cfg, lambda ready: ready["url"])
+    logger.info("bench: {} {:.0f} s of {} ({}x{} @ {:.0f} fps) × {} stream(s), model {}", cfg.protocol.upper(),
+                cfg.duration, cfg.video.name, w, h, vfps, cfg.streams, cfg.model)
+    ours_raw = run_side("ours", ours_args, cfg, lambda ready: ready["urls"])
+    floor = measure_floor(cfg, ours_raw["ready"]) if cfg.floor else {}
 
     base_raw = None
     if cfg.baseline:
@@ -289,52 +350,65 @@ def run_bench(cfg: BenchConfig) -> dict:
                     logger.warning("baseline: the Ultralytics reader did not connect to nginx within 10 s")
                 time.sleep(0.2)
 
-            base_raw = run_side("baseline", base_args, cfg, lambda ready: url, before_publish=join_first)
+            base_raw = run_side("baseline", base_args, cfg, lambda ready: [url], before_publish=join_first)
         finally:
             srv.stop()
-    return finish(cfg, ours_raw, base_raw, (w, h), vfps)
+    return finish(cfg, ours_raw, base_raw, floor, (w, h), vfps)
 
 
-def _metrics(raw: dict) -> tuple[dict, report.Sends, list]:
-    sends = report.Sends.parse(raw["sends"])
+def _metrics(raw: dict, floor: dict | None = None, fps: float = 10.0) -> tuple[dict, list[report.Sends]]:
+    sends = [report.Sends.parse(lines) for lines in raw["sends"]]
     cw = raw["cpu_window"]
-    m = report.side_metrics(raw, sends, cw["cpu_s"], cw["wall_s"], cw["vm_hwm_kb"])
-    pts, _ = report.latency_points(raw.get("results", []), sends)
-    return m, sends, pts
+    m = report.side_metrics(raw, sends, cw["cpu_s"], cw["wall_s"], cw["vm_hwm_kb"], floor=floor, fps=fps)
+    return m, sends
 
 
-def finish(cfg: BenchConfig, ours_raw: dict, base_raw: dict | None, size: tuple[int, int], vfps: float) -> dict:
-    ours, ours_sends, ours_pts = _metrics(ours_raw)
-    base = base_pts = base_sends = None
+def finish(cfg: BenchConfig, ours_raw: dict, base_raw: dict | None, floor: dict, size: tuple[int, int], vfps: float) -> dict:
+    ours, ours_sends = _metrics(ours_raw, floor if cfg.floor else None, cfg.fps)
+    base = base_sends = None
     if base_raw is not None:
-        base, base_sends, base_pts = _metrics(base_raw)
-    verdicts = report.evaluate_targets(ours, base)
+        base, base_sends = _metrics(base_raw)
+    targets = report.targets_for(cfg.streams)
+    verdicts = report.evaluate_targets(ours, base, cfg.streams)
+    measured = {"baseline"} if base else set()
+    if cfg.floor:
+        measured.add("floor")
     rows = report.table_rows(ours, base, verdicts)
+    srows = report.stream_rows(ours)
     ratios = {k: report.ratio(ours.get(k), base.get(k)) for k, _, _ in report.ROWS} if base else {}
+    ready = ours_raw.get("ready") or {}
     summary = {
         "config": {
             "video": str(cfg.video), "video_size": list(size), "video_fps": vfps, "duration_s": cfg.duration,
             "protocol": cfg.protocol, "baseline_protocol": "rtmp (nginx-rtmp, Ultralytics pulls)" if base else None,
-            "model": cfg.model, "backend": cfg.backend, "conf": cfg.conf, "fps": cfg.fps,
-            "cpu_count": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "model": cfg.model, "backend": cfg.backend, "precision": cfg.precision, "conf": cfg.conf, "fps": cfg.fps,
+            "streams": cfg.streams, "baseline_streams": 1 if base else 0, "cpu_count": os.cpu_count(),
+            "export": ready.get("export"), "runtime": ready.get("runtime"),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
         "ours": ours,
         "baseline": base,
+        "floor": floor,
         "ratios": {k: (round(v, 3) if v is not None else None) for k, v in ratios.items()},
-        "targets": {k: {"target": report.TARGETS[k].text, "pass": v} for k, v in verdicts.items()},
-        "all_pass": all(v is True for v in verdicts.values()),
+        "targets": {k: {"target": targets[k].text, "pass": v} for k, v in verdicts.items()},
+        "all_pass": report.all_pass(verdicts, targets, measured),
         "table": report.render_text(rows),
         "table_markdown": report.render_markdown(rows),
+        "streams_table": report.render_text(srows, report.STREAM_HEADER) if srows else None,
+        "streams_table_markdown": report.render_markdown(srows, report.STREAM_HEADER) if srows else None,
     }
     (cfg.out_dir / "bench.json").write_text(json.dumps(summary, indent=2))
-    (cfg.out_dir / "table.md").write_text(summary["table_markdown"] + "\n")
-    t_ref = ours_sends.connected or ours_sends.connect_start
-    t_end = ours_sends.last_send or float("inf")
-    ages = [(t, (t - rec) * 1000) for t, rec, _ in ours_raw.get("display", []) if t_ref <= t <= t_end]
-    sides = {"ours": (ours_pts, t_ref, ages)}
-    if base_raw is not None:
-        sides["baseline"] = (base_pts, base_sends.connected or base_sends.connect_start, [])
-    title = f"{Path(cfg.model).name}: {cfg.protocol.upper()} {size[0]}x{size[1]}@{vfps:.0f}, {cfg.duration:.0f} s"
+    md = summary["table_markdown"] + ("\n\n" + summary["streams_table_markdown"] if srows else "")
+    (cfg.out_dir / "table.md").write_text(md + "\n")
+    sides: dict[str, tuple[list, float, list]] = {}
+    series = report.plot_series(ours_raw, ours_sends)
+    for i, (pts, t_ref, ages) in enumerate(series):
+        sides["ours" if len(series) == 1 else f"ours #{i}"] = (pts, t_ref, ages)
+    if base_raw is not None and base_sends:
+        pts, t_ref, _ = report.plot_series(base_raw, base_sends)[0]
+        sides["baseline"] = (pts, t_ref, [])
+    streams = f" × {cfg.streams} streams" if cfg.streams > 1 else ""
+    title = f"{Path(cfg.model).name}: {cfg.protocol.upper()} {size[0]}x{size[1]}@{vfps:.0f}{streams}, {cfg.duration:.0f} s"
     try:
         report.plot(cfg.out_dir / "latency.png", sides, title)
     except Exception as exc:  # noqa: BLE001 - a missing matplotlib must not lose the numbers

@@ -1,19 +1,24 @@
 """One measured side of the benchmark, in its own process so its CPU time and peak RSS are its own.
 
-    python -m detector_app.bench.worker ours --protocol rtmp --model M --out ours.json
+    python -m detector_app.bench.worker ours --protocol rtmp --model M --streams 3 --out ours.json
     python -m detector_app.bench.worker baseline --url rtmp://127.0.0.1:P/live/bench --model M --out base.json
 
 Protocol with the parent (line based, nothing else is written to stdout by us):
-  - stdout ``BENCH_READY {json}`` once the model is loaded and warmed up and (ours) the listener listens;
+  - stdout ``BENCH_READY {json}`` once the model is loaded and warmed up and (ours) the listeners listen
+    (ours also says which export it loaded and how its runtime was compiled, for the raw-cost child);
   - stdin ``stop`` (or EOF): stop, write ``--out`` (JSON), print ``BENCH_DONE``, exit with ``os._exit``
     so no library thread (Ultralytics' stream reader, torch) can keep the process alive.
 
-ours:     the real app path: ``open_listener`` → ``Pipeline`` (decode thread, latest-frame slot, 10 FPS
-          sampler, ``Detector`` with backend auto) with ``frame_counter_probe`` reading the frame number
-          drawn in each fixture frame. A 30 Hz "display" thread peeks the slot like a preview window would.
+ours:     the real app path, ``--streams N`` times in one process: N × (``open_listener`` → ``Pipeline``:
+          decode thread, latest-frame slot, 10 FPS sampler) sharing ONE ``Detector`` (as ``serve`` shares it
+          between wearers), with ``frame_counter_probe`` reading the frame number drawn in each fixture
+          frame. A 30 Hz "display" thread peeks every slot like a preview window would.
 baseline: Ultralytics' own streaming: ``YOLO(pt).predict(source=url, stream=True)`` with its defaults
           (PyTorch, OpenCV's FFmpeg reader), same model, long side and confidence; the frame number is read
-          from ``result.orig_img``.
+          from ``result.orig_img``. Always one stream.
+
+Both record ``process_facts()`` (threads, whether torch/ultralytics are imported, libtorch mapped) when
+told to stop, while everything is still running.
 """
 
 from __future__ import annotations
@@ -84,39 +89,136 @@ def y_plane_counter(frame) -> int | None:
         return None
 
 
+# ------------------------------------------------------------------------------------------- introspection
+def find_runtimes(root: object, max_depth: int = 5, max_nodes: int = 20000) -> list[object]:
+    """The OpenVINO ``CompiledModel`` / ONNX Runtime ``InferenceSession`` objects reachable from ``root``.
+
+    Walks attributes, lists and dicts breadth-first; imports nothing (a runtime that is not in ``sys.modules``
+    cannot be in use). Why: the raw-cost child must compile the export exactly as our detector did, whatever
+    the detector's internals are (Ultralytics' AutoBackend, or a lean runner).
+    """
+    kinds = tuple(
+        cls for mod, name in (("openvino", "CompiledModel"), ("onnxruntime", "InferenceSession"))
+        if (cls := getattr(sys.modules.get(mod), name, None)) is not None
+    )
+    if not kinds:
+        return []
+    found: list[object] = []
+    seen: set[int] = set()
+    level = [root]
+    for _ in range(max_depth + 1):
+        nxt: list[object] = []
+        for obj in level:
+            if id(obj) in seen or len(seen) > max_nodes:
+                continue
+            seen.add(id(obj))
+            if isinstance(obj, kinds):
+                found.append(obj)
+                continue
+            if isinstance(obj, (str, bytes, int, float, bool, np.ndarray)) or obj is None:
+                continue
+            if isinstance(obj, dict):
+                nxt.extend(obj.values())
+            elif isinstance(obj, (list, tuple, set)):
+                nxt.extend(obj)
+            else:
+                d = getattr(obj, "__dict__", None)
+                if isinstance(d, dict):
+                    nxt.extend(v for k, v in d.items() if k not in ("_modules", "_parameters", "_buffers"))
+                for slot in getattr(type(obj), "__slots__", ()) or ():
+                    nxt.append(getattr(obj, slot, None))
+        level = nxt
+    return found
+
+
+def runtime_config(det) -> dict:
+    """How our detector compiled its export: OpenVINO properties or ONNX Runtime session options, and how many."""
+    found = find_runtimes(det)
+    if not found:
+        return {"kind": None, "count": 0, "config": {}}
+    first = found[0]
+    if type(first).__module__.startswith("openvino"):
+        from detector_app.bench.floor import ov_properties
+
+        return {"kind": "openvino", "count": len(found), "config": ov_properties(first)}
+    so = first.get_session_options()
+    return {"kind": "onnx", "count": len(found), "config": {
+        "intra_op_num_threads": so.intra_op_num_threads, "inter_op_num_threads": so.inter_op_num_threads,
+        "execution_mode": int(so.execution_mode), "graph_optimization_level": int(so.graph_optimization_level)}}
+
+
+def process_facts() -> dict:
+    """What an outside observer would read from /proc and sys.modules: threads, heavy imports, mapped libraries."""
+    threads = None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                threads = int(line.split()[1])
+    except OSError:
+        pass
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        maps = ""
+    return {
+        "threads": threads, "python_threads": threading.active_count(),
+        "torch_imported": "torch" in sys.modules, "ultralytics_imported": "ultralytics" in sys.modules,
+        "libtorch_mapped": "libtorch" in maps if maps else None,
+    }
+
+
 # ------------------------------------------------------------------------------------------------ ours
+def make_detector_config(args: argparse.Namespace):
+    """Our ``DetectorConfig``; ``--precision`` is passed through only where the detector knows the field."""
+    import dataclasses
+
+    from detector_app.detection.detector import DetectorConfig
+
+    kw = {"model": args.model, "conf": args.conf, "imgsz": args.imgsz, "backend": args.backend, "device": "cpu"}
+    if "precision" in {f.name for f in dataclasses.fields(DetectorConfig)}:
+        kw["precision"] = args.precision
+    elif args.precision != "auto":
+        raise SystemExit(f"--precision {args.precision}: this detector has no precision setting")
+    return DetectorConfig(**kw)
+
+
 def run_ours(args: argparse.Namespace) -> None:
     from detector_app.logs import setup_logging
 
     setup_logging(args.log_level)
-    from detector_app.detection.detector import Detector, DetectorConfig
+    from detector_app.detection.detector import Detector
     from detector_app.fixtures.scene import frame_counter_probe
     from detector_app.ingest.factory import open_listener
     from detector_app.pipeline import Pipeline
     from detector_app.replay import wait_listening
 
     frame_size = tuple(int(v) for v in args.frame_size.lower().split("x"))
-    cfg = DetectorConfig(model=args.model, conf=args.conf, imgsz=args.imgsz, backend=args.backend, device="cpu")
-    det = Detector(cfg, frame_size=frame_size, progress=False)  # type: ignore[arg-type]
+    det = Detector(make_detector_config(args), frame_size=frame_size, progress=False)  # type: ignore[arg-type]
     det.warmup(frame_size)  # type: ignore[arg-type]
 
-    endpoint, source = open_listener(args.protocol, port=0, bind_host="127.0.0.1", advertise="127.0.0.1")
-    results: list[dict] = []
+    results: list[dict] = []  # list.append is atomic: every pipeline's inference thread appends here
+    endpoints, pipelines = [], []
+    for i in range(args.streams):
+        endpoint, source = open_listener(args.protocol, port=0, bind_host="127.0.0.1", advertise="127.0.0.1",
+                                         for_glasses=False)
 
-    def sink(r) -> None:
-        results.append({
-            "seq": r.seq, "frame_id": r.extra.get("frame_id"), "done_at": r.done_at, "received_at": r.received_at,
-            "inference_ms": r.inference_ms, "n_det": len(r.detections), "n_all": r.all_detections,
-        })
+        def sink(r, i: int = i) -> None:
+            results.append({
+                "stream": i, "seq": r.seq, "frame_id": r.extra.get("frame_id"), "done_at": r.done_at,
+                "received_at": r.received_at, "inference_ms": r.inference_ms, "n_det": len(r.detections),
+                "n_all": r.all_detections,
+            })
 
-    pipeline = Pipeline(source, det, fps=args.fps, sinks=[sink], frame_probe=frame_counter_probe,
-                        source_label=f"bench {args.protocol}")
-    pipeline.start()
+        endpoints.append(endpoint)
+        pipelines.append(Pipeline(source, det, fps=args.fps, sinks=[sink], frame_probe=frame_counter_probe,
+                                  source_label=f"bench {args.protocol} #{i}"))
+    for p in pipelines:
+        p.start()
     display: list[list] = []
     stop_display = threading.Event()
 
     def display_loop() -> None:
-        """A 30 Hz display: what would it draw now, and how old is that frame?
+        """A 30 Hz display per stream: what would it draw now, and how old is that frame?
 
         Each tick is jittered by up to ±½ period around the 33 ms grid: an exact 30 Hz clock phase-locks to a
         30 fps stream, and the median age then only says where the phase happened to fall (1 ms in one run,
@@ -126,15 +228,16 @@ def run_ours(args: argparse.Namespace) -> None:
         rng = random.Random(0)
         period = 1.0 / 30.0
         nxt = time.monotonic()
-        last_version = -1
-        last_fid: int | None = None
+        last_version = [-1] * len(pipelines)
+        last_fid: list[int | None] = [None] * len(pipelines)
         while not stop_display.is_set():
-            got = pipeline.slot.peek()
-            now = time.time()
-            if got is not None:
-                if got.version != last_version:  # read the counter once per new frame
-                    last_version, last_fid = got.version, y_plane_counter(got.item.frame)
-                display.append([now, got.item.received_at, last_fid])
+            for i, p in enumerate(pipelines):
+                got = p.slot.peek()
+                now = time.time()
+                if got is not None:
+                    if got.version != last_version[i]:  # read the counter once per new frame
+                        last_version[i], last_fid[i] = got.version, y_plane_counter(got.item.frame)
+                    display.append([now, got.item.received_at, last_fid[i], i])
             nxt += period
             delay = nxt + rng.uniform(-period / 2, period / 2) - time.monotonic()
             if delay > 0:
@@ -144,28 +247,36 @@ def run_ours(args: argparse.Namespace) -> None:
 
     display_thread = threading.Thread(target=display_loop, name="bench-display", daemon=True)
     display_thread.start()
+    facts: dict = {}
     try:
-        wait_listening(endpoint.port, udp=args.protocol == "srt")
+        for ep in endpoints:
+            wait_listening(ep.port, udp=args.protocol == "srt")
         imgsz = det.imgsz
         long_side = int(max(imgsz)) if isinstance(imgsz, (tuple, list)) else int(imgsz)
+        resolved = getattr(det, "resolved", None)
         _say("BENCH_READY", {
-            "url": endpoint.local_publish_url, "backend": det.backend, "model": det.description,
+            "urls": [ep.local_publish_url for ep in endpoints], "backend": det.backend, "model": det.description,
             "imgsz": list(imgsz) if isinstance(imgsz, (tuple, list)) else imgsz, "long_side": long_side,
-            "pid": os.getpid(), "usage": _usage(),
+            "export": getattr(resolved, "path", None), "runtime": runtime_config(det),
+            "precision": getattr(det.cfg, "precision", None), "pid": os.getpid(), "usage": _usage(),
+            "facts": process_facts(),
         })
         _wait_for_stop()
+        facts = process_facts()  # while every stream's threads are still running
     finally:
         stop_display.set()
-        h = pipeline.health()
-        pipeline.stop(timeout=5.0)
+        healths = [p.health() for p in pipelines]
+        for p in pipelines:
+            p.stop(timeout=5.0)
         display_thread.join(1.0)
+    errors = [f"stream {i}: {p.fatal_error}" for i, p in enumerate(pipelines) if p.fatal_error]
     _finish(args.out, {
         "side": "ours", "protocol": args.protocol, "model": det.description, "backend": det.backend,
-        "imgsz": list(det.imgsz) if isinstance(det.imgsz, (tuple, list)) else det.imgsz,
+        "imgsz": list(det.imgsz) if isinstance(det.imgsz, (tuple, list)) else det.imgsz, "streams": args.streams,
         "results": results, "display": display,
-        "frames_decoded": h.frames_decoded, "sessions": h.publisher_sessions,
-        "slot_overwritten": pipeline.slot.overwritten,
-        "error": str(pipeline.fatal_error) if pipeline.fatal_error else None,
+        "frames_decoded": [h.frames_decoded for h in healths], "sessions": [h.publisher_sessions for h in healths],
+        "slot_overwritten": [p.slot.overwritten for p in pipelines], "facts": facts,
+        "error": "; ".join(errors) or None,
     })
 
 
@@ -188,14 +299,17 @@ def run_baseline(args: argparse.Namespace) -> None:
     stop = threading.Event()
     main_done = threading.Event()
 
+    facts: dict = {}
+
     def control() -> None:
         _wait_for_stop()
+        facts.update(process_facts())
         stop.set()
         main_done.wait(5.0)  # the loop notices at its next result; a blocked reader is abandoned
         _finish(args.out, {
             "side": "baseline", "protocol": "rtmp", "model": f"{Path(args.model).name} (ultralytics pytorch)",
             "backend": "pytorch", "imgsz": args.imgsz, "results": results, "display": [], "frames_decoded": None,
-            "error": state["error"],
+            "facts": facts, "error": state["error"],
         })
 
     threading.Thread(target=control, name="bench-control", daemon=True).start()
@@ -211,6 +325,7 @@ def run_baseline(args: argparse.Namespace) -> None:
                 "seq": seq, "frame_id": read_barcode(r.orig_img), "done_at": done, "received_at": None,
                 "inference_ms": sum(v for v in sp.values() if v is not None),
                 "model_ms": sp.get("inference"), "n_det": len(r.boxes) if r.boxes is not None else 0,
+                "n_all": len(r.boxes) if r.boxes is not None else 0,
             })
             if stop.is_set():
                 break
@@ -233,6 +348,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--protocol", default="rtmp", choices=("rtmp", "srt"))
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--fps", type=float, default=10.0)
+    ap.add_argument("--streams", type=int, default=1, help="ours: concurrent sessions sharing one Detector")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"))
     ap.add_argument("--url", default=None, help="baseline: the stream URL to pull")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
