@@ -19,6 +19,8 @@ from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 
 from detector_app.mentra.simulator import CloudSimulator, Faults, SimulatorError, frame
+from detector_app.mentra.simulator.protocol import EVEN_G1_CAMERA, MENTRA_LIVE
+from detector_app.mentra.simulator.replies import UNSUPPORTED_RESOLUTION, audio_reply, resolve_stream_config
 
 PKG = "com.example.detector"
 KEY = "test-key-123"
@@ -349,9 +351,12 @@ def test_d_accepts_srt_stream_request(tmp_path: Path) -> None:
         async with FakeApp() as app, sim_for(app, "D", publisher_reconnect_delay_s=0.3) as sim:
             _, ws, _ = await started(app, sim)
             await ws.send(json.dumps({"type": "stream_request", "packageName": PKG,
-                                      "streamUrl": f"srt://127.0.0.1:{port}?streamid=abc"}))
+                                      "streamUrl": f"srt://127.0.0.1:{port}?streamid=abc",
+                                      "video": {"width": 640, "height": 480, "bitrate": 800000, "frameRate": 10}}))
             active = await recv_until(ws, lambda m: m["type"] == "stream_status" and m["status"] == "active", 20)
             assert active["resolvedConfig"]["transport"] == "srt"
+            assert active["resolvedConfig"]["video"] == {"width": 640, "height": 480, "captureWidth": 640,
+                                                         "captureHeight": 480, "bitrate": 800000, "fps": 10}
             await ws.send(json.dumps({"type": "stream_status_check", "packageName": PKG}))
             check = await recv_until(ws, lambda m: m["type"] == "stream_status_check_response")
             assert check["hasActiveStream"] and check["streamInfo"]["streamUrl"].startswith("srt://")
@@ -386,3 +391,126 @@ def test_run_simulate_starts_and_exits_on_sigint(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+# ------------------------------------------------------------------ fidelity: replies follow the request
+
+def test_audio_reply_follows_the_request_and_the_fault() -> None:
+    ok = audio_reply({"requestId": "r1", "audioUrl": "https://h/api/tts?text=I%20see%20a%20cat"}, Faults())
+    assert ok.frame["success"] is True and ok.frame["requestId"] == "r1" and ok.spoken == "I see a cat"
+    assert ok.frame["duration"] == round(0.07 * len("I see a cat"), 2) and "error" not in ok.frame
+    relative = audio_reply({"requestId": "r2", "audioUrl": "/api/tts?text=hi"}, Faults())  # SDK 3.x form
+    assert relative.frame["success"] is True and relative.spoken == "hi"
+    clip = audio_reply({"requestId": "r3", "audioUrl": "https://h/chime.mp3"}, Faults())
+    assert clip.frame["success"] is True and "duration" not in clip.frame  # not fetched: length unknown
+    missing = audio_reply({"requestId": "r4"}, Faults())
+    assert missing.frame["success"] is False and missing.frame["error"] == "audioUrl is required"
+    assert audio_reply({"requestId": "r5", "audioUrl": "file:///etc/passwd"}, Faults()).frame["success"] is False
+    busy = audio_reply({"requestId": "r6", "audioUrl": "https://h/api/tts?text=x"}, Faults(audio_error="speaker busy"))
+    assert (busy.frame["success"], busy.frame["error"], busy.frame["requestId"]) == (False, "speaker busy", "r6")
+    assert "duration" not in busy.frame
+
+
+@pytest.mark.parametrize("video,expected", [
+    (None, (854, 480, 1280, 720, 1_000_000, 15)),  # nothing asked: the glasses' default
+    ({"width": 1280, "height": 720, "bitrate": 2_000_000, "frameRate": 30}, (1280, 720, 1280, 720, 2_000_000, 30)),
+    ({"width": 640, "height": 480, "frameRate": 10}, (640, 480, 640, 480, 1_000_000, 10)),
+    ({"width": 1000, "height": 600}, (1000, 600, 1280, 720, 1_000_000, 15)),  # smallest mode without upscaling
+    ({"width": 4000, "height": 100, "bitrate": 1, "frameRate": 60}, (1920, 240, 1920, 1080, 100_000, 30)),  # clamped
+])
+def test_resolved_config_follows_the_requested_video(video: dict | None, expected: tuple) -> None:
+    request = {"video": video} if video is not None else {}
+    resolved = resolve_stream_config("rtmp", request, MENTRA_LIVE, Faults())
+    assert isinstance(resolved, dict) and resolved["transport"] == "rtmp"
+    v = resolved["video"]
+    assert (v["width"], v["height"], v["captureWidth"], v["captureHeight"], v["bitrate"], v["fps"]) == expected
+    assert "audio" not in resolved
+
+
+def test_resolved_config_audio_errors_and_fault() -> None:
+    asked = {"video": {"width": 640, "height": 480}, "audio": {"bitrate": 32000, "sampleRate": 16000, "bogus": 1}}
+    resolved = resolve_stream_config("srt", asked, EVEN_G1_CAMERA, Faults())
+    assert isinstance(resolved, dict) and resolved["audio"] == {"bitrate": 32000, "sampleRate": 16000}
+    assert resolve_stream_config("rtmp", {"video": {"width": 640.5}}, MENTRA_LIVE, Faults()).startswith("Invalid video")
+    assert resolve_stream_config("rtmp", {}, MENTRA_LIVE, Faults(reject_stream_config=True)) == UNSUPPORTED_RESOLUTION
+
+
+def test_audio_fault_reaches_the_app_over_the_socket() -> None:
+    async def body() -> None:
+        async with FakeApp() as app, sim_for(app, "B", faults=Faults(audio_error="speaker busy")) as sim:
+            _, ws, _ = await started(app, sim)
+            await ws.send(json.dumps({"type": "audio_play_request", "packageName": PKG, "requestId": "r9",
+                                      "audioUrl": "https://h/api/tts?text=hello"}))
+            resp = await recv_json(ws)
+            assert resp == {**resp, "type": "audio_play_response", "requestId": "r9", "success": False,
+                            "error": "speaker busy"}
+            await ws.close()
+    run(body)
+
+
+def test_glasses_refusing_the_video_config_end_the_stream() -> None:
+    """reject_stream_config: initializing, then the glasses' error maps to `stopped`; no publisher runs."""
+    async def body() -> None:
+        async with FakeApp() as app, sim_for(app, "D", faults=Faults(reject_stream_config=True)) as sim:
+            _, ws, _ = await started(app, sim)
+            await ws.send(json.dumps({"type": "stream_request", "packageName": PKG,
+                                      "streamUrl": "rtmp://127.0.0.1:1/live/k", "video": {"width": 1280, "height": 720}}))
+            statuses = [(await recv_until(ws, lambda m: m["type"] == "stream_status"))["status"] for _ in range(2)]
+            assert statuses == ["initializing", "stopped"]
+            err = sim.log.find(frame("glasses", "error"))
+            assert err is not None and err.get("details") == UNSUPPORTED_RESOLUTION
+            assert sim.stream_state(USER) is None and sim.log.find(frame("glasses", "streaming")) is None
+            await ws.close()
+    run(body)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_soak_faults_repeat_stream_and_socket_drops(tmp_path: Path) -> None:
+    """Faults.repeat: the stream drops after every reconnect and the app socket after every ack."""
+    video = tmp_path / "clip.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=15", "-t", "4",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "15", "-pix_fmt", "yuv420p", str(video)],
+                   check=True, timeout=30)
+    port = free_port()
+    receiver = subprocess.Popen(
+        ["sh", "-c", f"while :; do ffmpeg -v error -listen 1 -i rtmp://127.0.0.1:{port}/live/k -f null -; done"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def body() -> None:
+        faults = Faults(stream_drop_after_s=0.8, stream_restore_after_s=0.3, drop_ws_after_s=1.0, drop_ws_code=1011,
+                        repeat=True)
+        async with FakeApp() as app, sim_for(app, "B", video=video, faults=faults, publisher_reconnect_delay_s=0.3) as sim:
+            _, ws, _ = await started(app, sim)
+            await ws.send(json.dumps({"type": "rtmp_stream_request", "packageName": PKG,
+                                      "rtmpUrl": f"rtmp://127.0.0.1:{port}/live/k"}))
+            start = 0
+            for _ in range(3):  # three drops, each followed by a reconnected publisher
+                ev = await sim.wait_for(frame("glasses", "reconnected"), 20, start)
+                start = sim.log.position(ev) + 1
+            assert len(sim.log.find_all(frame("glasses", "reconnecting"))) >= 3
+            glasses = sim.sessions[USER].stream.glasses
+            assert glasses is not None and glasses.drops >= 3 and glasses.publisher_starts >= 4
+            assert (await expect_close(ws))[0] == 1011  # the first socket drop (a close frame: 1011)
+            async with connect(sim.ws_url) as ws2:  # the app comes back...
+                await ws2.send(init_msg(f"{USER}-{PKG}"))
+                assert (await recv_json(ws2))["type"] == "tpa_connection_ack"
+                assert (await expect_close(ws2, 5))[0] == 1011  # ...and is dropped again: the fault repeats
+            assert len(sim.log.find_all(frame("sim", "drop_app_socket"))) == 2
+
+    try:
+        run(body)
+    finally:
+        os.killpg(receiver.pid, signal.SIGKILL)
+        receiver.wait(5)
+
+
+def test_event_log_is_bounded_and_keeps_absolute_positions() -> None:
+    from detector_app.mentra.simulator import EventLog, SimEvent
+
+    log = EventLog(max_events=10)
+    for i in range(25):
+        log.add(SimEvent("sim", "tick", None, {"i": i}))
+    assert len(log.events) <= 10 and log.mark() == 25
+    assert log.find(lambda e: True, start=0).get("i") == log.events[0].get("i")  # older ones are gone
+    hit = log.find(lambda e: e.get("i") >= 20, start=22)
+    assert hit is not None and hit.get("i") == 22 and log.position(hit) == 22

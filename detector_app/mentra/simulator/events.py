@@ -39,11 +39,21 @@ Predicate = Callable[[SimEvent], bool]
 
 
 class EventLog:
-    """Append-only event list with an awaitable `wait_for`, so tests never poll with sleeps."""
+    """Event list with an awaitable `wait_for`, so tests never poll with sleeps.
 
-    def __init__(self) -> None:
+    Bounded for long (soak) runs: past `max_events` the oldest half is forgotten. `start` arguments
+    are absolute positions (`mark()`), so a wait that began before a trim still means the same events.
+    """
+
+    def __init__(self, max_events: int = 50_000) -> None:
         self.events: list[SimEvent] = []
+        self.forgotten = 0  # events trimmed from the front so far
+        self.max_events = max_events
         self._cond: asyncio.Condition | None = None
+
+    def mark(self) -> int:
+        """Absolute position of the next event, for `find`/`wait_for(start=...)`."""
+        return self.forgotten + len(self.events)
 
     def _condition(self) -> asyncio.Condition:
         if self._cond is None:
@@ -52,6 +62,10 @@ class EventLog:
 
     def add(self, event: SimEvent) -> SimEvent:
         self.events.append(event)
+        if len(self.events) > self.max_events:
+            half = len(self.events) // 2
+            del self.events[:half]
+            self.forgotten += half
         cond = self._condition()
 
         async def _notify() -> None:
@@ -65,10 +79,17 @@ class EventLog:
         return event
 
     def find(self, predicate: Predicate, start: int = 0) -> SimEvent | None:
-        for ev in self.events[start:]:
+        for ev in self.events[max(0, start - self.forgotten):]:
             if predicate(ev):
                 return ev
         return None
+
+    def find_all(self, predicate: Predicate, start: int = 0) -> list[SimEvent]:
+        return [ev for ev in self.events[max(0, start - self.forgotten):] if predicate(ev)]
+
+    def position(self, event: SimEvent) -> int:
+        """Absolute position of a retained event (for `start=` of the next wait)."""
+        return self.forgotten + self.events.index(event)
 
     async def wait_for(self, predicate: Predicate, timeout: float = 10.0, start: int = 0) -> SimEvent:
         """First event (from index `start`) matching `predicate`; TimeoutError names the last events."""
