@@ -49,6 +49,12 @@ class Backend(str, Enum):
     tensorrt = "tensorrt"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    int8 = "int8"
+
+
 # -- shared options -----------------------------------------------------------------------------
 ModelOpt = Annotated[
     str | None,
@@ -66,6 +72,11 @@ ClassesOpt = Annotated[
     typer.Option("--classes", help="Comma-separated class names to report (default: animals; 'all' = everything)."),
 ]
 BackendOpt = Annotated[Backend, typer.Option("--backend", help="Inference runtime; auto = fastest for the device.")]
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option("--precision", help="Weights: int8 (OpenVINO, NNCF), fp32, or auto = int8 where it passed the "
+                 "accuracy check against fp32 on a held-out fixture, else fp32."),
+]
 FpsOpt = Annotated[float, typer.Option("--fps", min=0.1, max=60, help="Inferences per second (sampling rate).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Write one JSON line per inference to this file.")]
 HeadlessOpt = Annotated[bool, typer.Option("--headless", help="No OpenCV window.")]
@@ -89,12 +100,12 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _detector(model, conf, imgsz, device, classes, backend, frame_size=None):
+def _detector(model, conf, imgsz, device, classes, backend, frame_size=None, precision=Precision.auto):
     from detector_app.detection.detector import DEFAULT_MODEL, Detector, DetectorConfig, ModelError
 
     cfg = DetectorConfig(
         model=model or DEFAULT_MODEL, conf=conf, imgsz=imgsz, device=device, classes=classes,
-        backend=backend.value, fallback_to_fixture=model is None,
+        backend=backend.value, precision=precision.value, fallback_to_fixture=model is None,
     )
     try:
         det = Detector(cfg, frame_size=frame_size)
@@ -173,6 +184,7 @@ def replay(
     device: DeviceOpt = "cpu",
     classes: ClassesOpt = None,
     backend: BackendOpt = Backend.auto,
+    precision: PrecisionOpt = Precision.auto,
     ingest_port: Annotated[int, typer.Option("--ingest-port", help="Listener port (0 = any free port).")] = 0,
     feed_port: FeedPortOpt = 8765,
     summary_json: Annotated[Path | None, typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
@@ -189,7 +201,7 @@ def replay(
     from detector_app.replay import replay as run_replay
     from detector_app.video.probe import video_size
 
-    det = _detector(model, conf, imgsz, device, classes, backend, video_size(video))
+    det = _detector(model, conf, imgsz, device, classes, backend, video_size(video), precision)
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": str(video)})
     _run_and_report(
         lambda: run_replay(video, det, protocol=protocol.value, fps=fps, sinks=sinks, headless=headless,
@@ -211,6 +223,7 @@ def detect(
     device: DeviceOpt = "cpu",
     classes: ClassesOpt = None,
     backend: BackendOpt = Backend.auto,
+    precision: PrecisionOpt = Precision.auto,
     realtime: Annotated[
         bool | None,
         typer.Option("--realtime/--no-realtime", help="Sample on the wall clock, dropping frames (default for URLs), "
@@ -234,7 +247,7 @@ def detect(
     from detector_app.video.probe import video_size
 
     size = None if src.is_url else video_size(Path(source))
-    det = _detector(model, conf, imgsz, device, classes, backend, size)
+    det = _detector(model, conf, imgsz, device, classes, backend, size, precision)
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": src.name})
     _run_and_report(
         lambda: detect_source(src, det, fps=fps, sinks=sinks, headless=headless, live=realtime,
@@ -257,6 +270,7 @@ def serve(
     device: DeviceOpt = "cpu",
     classes: ClassesOpt = None,
     backend: BackendOpt = Backend.auto,
+    precision: PrecisionOpt = Precision.auto,
     out: OutOpt = None,
     feed_port: FeedPortOpt = 8765,
     headless: HeadlessOpt = False,
@@ -284,7 +298,7 @@ def serve(
     # before the webhook server announces itself (the cloud only calls it when a user starts the app).
     from detector_app.stream_service import DetectionService, IngestConfig
 
-    det = _detector(model, conf, imgsz, device, classes, backend)
+    det = _detector(model, conf, imgsz, device, classes, backend, precision=precision)
     service = DetectionService(det, IngestConfig(advertise_host=settings.ingest_host, port=settings.ingest_port or 0, fps=fps))
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": "glasses"})
     service.sinks.extend(sinks)
@@ -342,20 +356,32 @@ def simulate(
     no_wifi: Annotated[bool, typer.Option("--no-wifi", help="Fault: reject streams with WIFI_NOT_CONNECTED.")] = False,
     stream_drop_after: Annotated[float | None, typer.Option("--stream-drop-after", help="Fault: glasses stream drops after N s…")] = None,
     stream_restore_after: Annotated[float | None, typer.Option("--stream-restore-after", help="…and comes back after M s.")] = None,
+    audio_error: Annotated[str | None, typer.Option("--audio-error", help="Fault: every audio request fails with this error.")] = None,
+    soak: Annotated[bool, typer.Option("--soak", help="Soak: the glasses stream drops every --drop-every s and returns after --down-for s, over and over.")] = False,
+    drop_every: Annotated[float, typer.Option("--drop-every", min=0.5, help="With --soak: seconds of streaming between drops.")] = 60.0,
+    down_for: Annotated[float, typer.Option("--down-for", min=0.0, help="With --soak: seconds the stream stays down.")] = 3.0,
+    soak_ws: Annotated[bool, typer.Option("--soak-ws", help="With --soak: also cut the app WebSocket (1006) --drop-every s after each connect.")] = False,
     log_level: LogOpt = "INFO",
 ) -> None:
     """A local MentraOS cloud + virtual Mentra Live glasses. Prints what the glasses show and say.
     Type `say stop stream`, `say what do you see`, `button`, `drop`, `stop`, `quit` on stdin."""
     setup_logging(log_level)
-    from detector_app.mentra.simulator.runner import run_simulate
+    from detector_app.mentra.simulator import Faults
+    from detector_app.mentra.simulator.runner import run_simulate, soak_faults
 
     if generation not in ("B", "D"):
         raise _fail("--generation must be B or D")
+    if soak and (stream_drop_after is not None or drop_ws_after is not None):
+        raise _fail("--soak sets the drops itself: use --drop-every/--down-for/--soak-ws, not --stream-drop-after/--drop-ws-after")
+    if soak:
+        faults = soak_faults(drop_every, down_for, socket=soak_ws)
+    else:
+        faults = Faults(drop_ws_after_s=drop_ws_after, stream_drop_after_s=stream_drop_after,
+                        stream_restore_after_s=stream_restore_after)
+    faults.deny_camera, faults.no_wifi, faults.audio_error = deny_camera, no_wifi, audio_error
     code = run_simulate(
         app_url, package_name, api_key, video, generation,  # type: ignore[arg-type]
-        port=port, device=device, drop_ws_after_s=drop_ws_after, deny_camera=deny_camera,  # type: ignore[arg-type]
-        no_wifi=no_wifi, stream_drop_after_s=stream_drop_after, stream_restore_after_s=stream_restore_after,
-        interactive=sys.stdin.isatty(),
+        port=port, device=device, faults=faults, interactive=sys.stdin.isatty(),  # type: ignore[arg-type]
     )
     raise typer.Exit(code)
 
@@ -387,7 +413,7 @@ def bench(
     model: Annotated[str | None, typer.Option("--model", "-m", help="A .pt model (both sides). Default: the bundled fixture model.")] = None,
     video: Annotated[Path | None, typer.Option("--video", help="Recorded video with the frame-counter barcode (default: the bench_720p30 fixture).")] = None,
     backend: BackendOpt = Backend.auto,
-    conf: ConfOpt = 0.35,
+    conf: Annotated[float, typer.Option("--conf", min=1e-6, max=1.0, help="Confidence threshold, both sides (random-weight models: 1e-4).")] = 0.35,
     imgsz: ImgszOpt = None,
     fps: FpsOpt = 10.0,
     out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Where bench.json and latency.png go (default bench-results/<timestamp>/).")] = None,
@@ -446,32 +472,48 @@ def fixtures(
 
 @models_app.command("export")
 def models_export(
-    model: Annotated[str, typer.Argument(help="A .pt model (name or path).")],
+    model: Annotated[str, typer.Argument(help="A .pt model (name or path), or an OpenVINO export to quantise.")],
     backend: Annotated[Backend, typer.Option("--backend", help="openvino or onnx (auto = best available).")] = Backend.auto,
     imgsz: ImgszOpt = None,
     frame_size: Annotated[str, typer.Option("--frame-size", help="Stream size WxH, sets the export's aspect.")] = "1280x720",
     device: DeviceOpt = "cpu",
+    int8: Annotated[bool, typer.Option("--int8", help="Also quantise to INT8 with NNCF and print its accuracy.")] = False,
+    calib: Annotated[
+        list[Path] | None,
+        typer.Option("--calib", help="Calibration video (repeatable; default: the bundled fixtures)."),
+    ] = None,
 ) -> None:
     """Export a model once, ahead of time, into the cache the detector uses (models/cache)."""
     setup_logging("INFO")
-    from detector_app.detection import backends
-    from detector_app.detection.detector import PROJECT_ROOT, ModelError, locate_model
+    from detector_app.detection.detector import PROJECT_ROOT, locate_model
+    from detector_app.detection.resolve import resolve_model, validate_int8
+    from detector_app.errors import UserError
 
     try:
         w, h = (int(v) for v in frame_size.lower().split("x"))
-        resolved = backends.resolve_model(
-            locate_model(model), backend=backend.value, device=device, imgsz=imgsz, frame_size=(w, h),
-            cache_dir=PROJECT_ROOT / "models" / "cache", progress=True,
-        )
     except ValueError:
         raise _fail("--frame-size must look like 1280x720") from None
-    except (ModelError, backends.BackendError, FileNotFoundError) as exc:
+    cache = PROJECT_ROOT / "models" / "cache"
+    try:
+        ref = locate_model(model)
+        fp32 = resolve_model(ref, backend=backend.value, device=device, imgsz=imgsz, frame_size=(w, h),
+                             cache_dir=cache, progress=True, precision="fp32" if int8 else "auto")
+        print(f"{fp32.backend}: {fp32.path}  (imgsz {fp32.imgsz}; {fp32.note})")
+        if not int8:
+            return
+        q = resolve_model(fp32.path, backend="auto", device=device, cache_dir=cache, progress=True, precision="int8",
+                          calib=list(calib) if calib else None)
+        print(f"{q.backend} int8: {q.path}")
+    except UserError as exc:
         raise _fail(str(exc)) from None
-    print(f"{resolved.backend}: {resolved.path}  (imgsz {resolved.imgsz}; {resolved.note})")
+    from detector_app.detection.int8 import Int8Report
+
+    acc = validate_int8(Path(fp32.path), Path(q.path))
+    print(Int8Report.from_json(acc).to_text() if "fp32" in acc else f"accuracy check not run: {acc.get('why')}")
 
 
 def main() -> None:
-    from detector_app.detection.backends import prefer_passive_omp_wait
+    from detector_app.detection.tuning import prefer_passive_omp_wait
 
     prefer_passive_omp_wait()  # before torch loads: spinning OpenMP threads starve the decode thread on 2 cores
     app()

@@ -14,7 +14,8 @@ ours:     the real app path, ``--streams N`` times in one process: N × (``open_
           between wearers), with ``frame_counter_probe`` reading the frame number drawn in each fixture
           frame. A 30 Hz "display" thread peeks every slot like a preview window would.
 baseline: Ultralytics' own streaming: ``YOLO(pt).predict(source=url, stream=True)`` with its defaults
-          (PyTorch, OpenCV's FFmpeg reader), same model, long side and confidence; the frame number is read
+          (PyTorch, OpenCV's FFmpeg reader), same model, long side, confidence and NMS IoU as ours (so both
+          sides post-process the same boxes); the frame number is read
           from ``result.orig_img``. Always one stream.
 
 Both record ``process_facts()`` (threads, whether torch/ultralytics are imported, libtorch mapped) when
@@ -285,14 +286,15 @@ def run_baseline(args: argparse.Namespace) -> None:
     os.environ.setdefault("YOLO_VERBOSE", "False")
     from ultralytics import YOLO
 
-    from detector_app.detection.detector import locate_model
+    from detector_app.detection.detector import DetectorConfig, locate_model
     from detector_app.fixtures.scene import read_barcode
 
+    iou = DetectorConfig().iou  # ours' NMS IoU (Ultralytics' own default is 0.7)
     frame_size = tuple(int(v) for v in args.frame_size.lower().split("x"))
     model = YOLO(locate_model(args.model))
     blank = np.zeros((frame_size[1], frame_size[0], 3), np.uint8)
     for _ in range(2):
-        model.predict(blank, imgsz=args.imgsz, conf=args.conf, verbose=False)
+        model.predict(blank, imgsz=args.imgsz, conf=args.conf, iou=iou, verbose=False)
 
     results: list[dict] = []
     state: dict = {"error": None}
@@ -317,7 +319,7 @@ def run_baseline(args: argparse.Namespace) -> None:
                          "imgsz": args.imgsz, "long_side": args.imgsz, "pid": os.getpid(), "usage": _usage()})
     seq = 0
     try:
-        for r in model.predict(source=args.url, stream=True, imgsz=args.imgsz, conf=args.conf, verbose=False):
+        for r in model.predict(source=args.url, stream=True, imgsz=args.imgsz, conf=args.conf, iou=iou, verbose=False):
             done = time.time()
             seq += 1
             sp = r.speed or {}
