@@ -19,7 +19,7 @@ MODEL = Path(os.environ.get("DETECTOR_TEST_MODEL", ROOT / "models" / "fixture-an
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from detector_app.detection.backends import prefer_passive_omp_wait
+    from detector_app.detection.tuning import prefer_passive_omp_wait
     from detector_app.logs import setup_logging
 
     prefer_passive_omp_wait()  # as the CLI does, before torch loads

@@ -1,9 +1,10 @@
-"""Ultralytics YOLO behind one small interface: BGR frame in, typed animal detections out.
+"""YOLO behind one small interface: BGR frame in, typed animal detections out.
 
-The model can be a name (``yolo11n.pt``, downloaded by Ultralytics where internet exists), a path,
-or any Ultralytics export (ONNX, OpenVINO dir, TensorRT engine, …). ``backends.resolve_model``
-picks the fastest runtime for the device and caches exports; this module loads what it returns,
-warms it up before the stream starts, and filters by class *name* (``vocab``).
+The model can be a name (``yolo11n.pt``, downloaded where internet exists), a path, or any Ultralytics
+export. ``resolve.resolve_model`` picks the runtime and precision and caches exports (made in a child
+process). OpenVINO and ONNX exports then run on the *lean* path (``engines`` + ``yolo_io``): no torch or
+Ultralytics in this process (~200 MB instead of ~900 MB), and several streams infer in parallel. Everything
+else (``.pt`` on PyTorch, CUDA, TensorRT, other exports) runs through ``ultralytics.YOLO``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from loguru import logger
 
 from detector_app.detection.types import Box, Detection
 from detector_app.detection.vocab import ClassFilter, build_filter, parse_classes
+from detector_app.detection.yolo_io import RawDetections, decode, letterbox
 from detector_app.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +40,8 @@ class DetectorConfig:
     device: str = "cpu"
     classes: str | None = None  # None = animal vocabulary; "all" = everything; "cat,dog" = these
     backend: str = "auto"  # auto | pytorch | onnx | openvino | tensorrt
+    precision: str = "auto"  # auto | fp32 | int8 (auto: INT8 where it passed the accuracy check)
+    calib: list[Path] | None = None  # INT8 calibration videos (default: the bundled fixtures)
     cache_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "models" / "cache")
     fallback_to_fixture: bool = False  # offline convenience for the default model only
 
@@ -55,13 +59,80 @@ def locate_model(name: str) -> str:
     return name  # a bare name: Ultralytics will try to download it
 
 
+class _UltralyticsRunner:
+    """``ultralytics.YOLO`` for what the lean path does not run; one inference at a time (torch threads)."""
+
+    def __init__(self, path: str, cfg: DetectorConfig, imgsz: tuple[int, int] | int | None) -> None:
+        from ultralytics import YOLO
+
+        try:
+            self.model = YOLO(path, task="detect")
+        except Exception as exc:  # noqa: BLE001 - Ultralytics raises many types for bad files
+            raise ModelError(f"cannot load model {path}: {exc}") from exc
+        self.cfg = cfg
+        self.imgsz = imgsz if imgsz is not None else (cfg.imgsz or self._train_imgsz())
+        names = self.model.names
+        self.names: dict[int, str] = dict(names) if isinstance(names, dict) else dict(enumerate(names))
+        self._lock = threading.Lock()
+        self._threads_fixed = False
+
+    def _train_imgsz(self) -> int:
+        v = (getattr(self.model, "overrides", None) or {}).get("imgsz")
+        if isinstance(v, (list, tuple)):
+            return int(max(v))
+        return int(v) if v else 640
+
+    def __call__(self, bgr: np.ndarray, count: bool = True) -> RawDetections:
+        with self._lock:
+            r = self.model.predict(bgr, conf=self.cfg.conf, iou=self.cfg.iou, imgsz=self.imgsz, device=self.cfg.device,
+                                   verbose=False)[0]
+            if not self._threads_fixed:  # Ultralytics pins torch to one thread in its first predict (field notes)
+                from detector_app.detection.tuning import configure_torch_threads
+
+                configure_torch_threads(backend=self.cfg.backend if self.cfg.backend != "auto" else "pytorch")
+                self._threads_fixed = True
+        b = r.boxes
+        if b is None or len(b) == 0:
+            return RawDetections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+        return RawDetections(b.xyxy.cpu().numpy(), b.conf.cpu().numpy(), b.cls.cpu().numpy().astype(np.int64))
+
+    @property
+    def precision(self) -> str:
+        am = getattr(getattr(self.model, "predictor", None), "model", None)
+        fp16 = getattr(am, "fp16", None)
+        return "f16" if fp16 else "f32"
+
+
+class _LeanRunner:
+    """An OpenVINO/ONNX export through ``engines``: thread-safe, parallel across streams, no torch."""
+
+    def __init__(self, path: str, cfg: DetectorConfig) -> None:
+        from detector_app.detection.engines import open_engine
+
+        try:
+            self.engine = open_engine(path)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a corrupt export raises the runtime's own errors
+            raise ModelError(f"cannot load model {path}: {exc}") from exc
+        self.cfg = cfg
+        self.imgsz = self.engine.info.input_hw
+        self.names = dict(self.engine.info.names) or {i: f"class{i}" for i in range(80)}
+
+    def __call__(self, bgr: np.ndarray, count: bool = True) -> RawDetections:
+        blob, lb = letterbox(bgr, self.imgsz)
+        return decode(self.engine.infer(blob, count), lb, self.cfg.conf, self.cfg.iou, self.engine.info.end2end or None)
+
+    @property
+    def precision(self) -> str:
+        return self.engine.precision
+
+
 class Detector:
-    """Thread-safe (one inference at a time) YOLO wrapper; share one per process."""
+    """Thread-safe YOLO wrapper; share one per process (the lean path runs streams in parallel)."""
 
     def __init__(self, cfg: DetectorConfig, frame_size: tuple[int, int] | None = None, progress: bool = True) -> None:
         self.cfg = cfg
-        self._lock = threading.Lock()
-        self._threads_fixed = False
         model_ref = locate_model(cfg.model)
         try:
             self._load(model_ref, frame_size, progress)
@@ -86,87 +157,63 @@ class Detector:
         elif cfg.classes is not None and self.filter.unmatched:
             logger.warning("Model {} has no class named: {}", self.model_name, ", ".join(self.filter.unmatched))
         logger.info(
-            "Detector ready: {} [{}] imgsz={} device={} reporting: {}",
-            self.model_name, self.backend, self.imgsz, cfg.device,
+            "Detector ready: {} [{}{}] imgsz={} device={} reporting: {}",
+            self.model_name, self.backend, ", lean" if self.lean else "", self.imgsz, cfg.device,
             "all classes" if self.filter.everything else ", ".join(self.filter.allowed_names) or "nothing",
         )
 
     def _load(self, model_ref: str, frame_size: tuple[int, int] | None, progress: bool) -> None:
-        from detector_app.detection import backends
+        from detector_app.detection.resolve import resolve_model
 
         try:
-            resolved = backends.resolve_model(
+            resolved = resolve_model(
                 model_ref, backend=self.cfg.backend, device=self.cfg.device, imgsz=self.cfg.imgsz,
-                frame_size=frame_size, cache_dir=self.cfg.cache_dir, progress=progress,
+                frame_size=frame_size, cache_dir=self.cfg.cache_dir, progress=progress, precision=self.cfg.precision,
+                calib=self.cfg.calib,
             )
-        except (backends.ModelNotFoundError, FileNotFoundError) as exc:
+        except FileNotFoundError as exc:
             raise ModelError(str(exc)) from exc
-        except backends.BackendError as exc:
+        except UserError as exc:
             raise ModelError(str(exc)) from exc
-        from ultralytics import YOLO
-
-        try:
-            self.model = YOLO(resolved.path, task="detect")
-        except Exception as exc:  # noqa: BLE001 - Ultralytics raises many types for bad files
-            raise ModelError(f"cannot load model {resolved.path}: {exc}") from exc
+        runner = _LeanRunner(resolved.path, self.cfg) if resolved.lean else _UltralyticsRunner(
+            resolved.path, self.cfg, resolved.imgsz)
+        self._runner: _LeanRunner | _UltralyticsRunner = runner
         self.resolved = resolved
         self.backend = resolved.backend
-        self.imgsz = resolved.imgsz if resolved.imgsz is not None else (self.cfg.imgsz or _train_imgsz(self.model))
+        self.lean = resolved.lean
+        self.imgsz = runner.imgsz
+        self.names: dict[int, str] = runner.names
         self.model_name = Path(model_ref).name
-        names = self.model.names
-        self.names: dict[int, str] = dict(names) if isinstance(names, dict) else dict(enumerate(names))
 
     def warmup(self, frame_size: tuple[int, int] = (1280, 720), runs: int = 2) -> float:
-        """Run the model on a blank frame so the first real frame is not slow (exports: ~3 s once)."""
+        """Run the model on a blank frame so the first real frame is not slow (exports: compile once)."""
         w, h = frame_size
         blank = np.zeros((h, w, 3), np.uint8)
         t0 = time.perf_counter()
         for _ in range(runs):
-            self.detect(blank)
+            self._runner(blank, count=False)  # the warming thread is not a stream
         dt = time.perf_counter() - t0
         logger.info("Warm-up done in {:.2f} s", dt)
         return dt
 
     def detect(self, bgr: np.ndarray) -> tuple[list[Detection], int, float]:
-        """Return (animal detections, all detections before filtering, inference ms)."""
-        with self._lock:
-            t0 = time.perf_counter()
-            results = self.model.predict(
-                bgr, conf=self.cfg.conf, iou=self.cfg.iou, imgsz=self.imgsz, device=self.cfg.device, verbose=False
-            )
-            ms = (time.perf_counter() - t0) * 1000.0
-            if not self._threads_fixed:
-                # Ultralytics pins torch to one thread here; undo it after the first predict (field notes).
-                from detector_app.detection import backends
-
-                backends.configure_torch_threads(backend=self.backend)
-                self._threads_fixed = True
-        boxes = results[0].boxes
-        if boxes is None or len(boxes) == 0:
-            return [], 0, ms
-        xyxy = boxes.xyxy.cpu().numpy()
-        confs = boxes.conf.cpu().numpy()
-        clss = boxes.cls.cpu().numpy().astype(int)
+        """Return (animal detections, all detections before filtering, ms for pre-process + inference + NMS)."""
+        t0 = time.perf_counter()
+        raw = self._runner(bgr)
+        ms = (time.perf_counter() - t0) * 1000.0
         dets = [
             Detection(self.names.get(int(c), str(c)), float(p), Box(*map(float, b)), int(c))
-            for b, p, c in zip(xyxy, confs, clss, strict=True)
+            for b, p, c in zip(raw.xyxy, raw.confidence, raw.class_id, strict=True)
             if self.filter.accepts(int(c))
         ]
         dets.sort(key=lambda d: -d.confidence)
-        return dets, len(clss), ms
+        return dets, len(raw), ms
+
+    @property
+    def precision(self) -> str:
+        """What the weights are (fp32/int8) and what the runtime computes in (f32, bf16)."""
+        return f"{self.resolved.precision}/{self._runner.precision}"
 
     @property
     def description(self) -> str:
-        return f"{self.model_name} ({self.backend})"
-
-
-def _train_imgsz(model) -> int:
-    try:
-        v = model.overrides.get("imgsz")
-        if isinstance(v, (list, tuple)):
-            return int(max(v))
-        if v:
-            return int(v)
-    except Exception:  # noqa: BLE001
-        pass
-    return 640
+        return f"{self.model_name} ({self.backend}{' int8' if self.resolved.precision == 'int8' else ''})"
