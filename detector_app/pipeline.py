@@ -100,6 +100,12 @@ class Pipeline:
         return self._decoder.fatal or self.error
 
     @property
+    def failure(self) -> str | None:
+        """Why this pipeline can no longer detect anything (source dead, a thread crashed), or None."""
+        err = self.fatal_error
+        return str(err) if err is not None else self.source.failure
+
+    @property
     def first_frame_wall(self) -> float | None:
         return self.health_meter.first_frame_wall
 

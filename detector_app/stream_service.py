@@ -73,8 +73,7 @@ class StreamSession:
     @property
     def failure(self) -> str | None:
         """Why this stream's ingest or pipeline died (relay exited, port lost), or None while it works."""
-        err = self.pipeline.fatal_error
-        return None if err is None else str(err)
+        return self.pipeline.failure
 
     @property
     def rejected_publishers(self) -> int:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -86,14 +89,14 @@ class Harness:
 
 @asynccontextmanager
 async def harness(detector: Any, video: Path, *, device: str = "even_g1_camera", allowlist: tuple[str, ...] = ("127.0.0.1",),
-                  **sim_kw: Any) -> AsyncIterator[Harness]:
+                  protocol: str = "rtmp", **sim_kw: Any) -> AsyncIterator[Harness]:
     """MiniApp (real DetectionService on loopback) + simulator; everything torn down with timeouts."""
     from detector_app.stream_service import DetectionService, IngestConfig
 
     service = DetectionService(detector, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1"))
     port = free_port()
     settings = MentraSettings(_env_file=None, package_name=PKG, api_key=KEY, port=port, host="127.0.0.1",
-                              ws_allowlist=list(allowlist))
+                              ws_allowlist=list(allowlist), ingest_protocol=protocol)
     app = MiniApp(settings, service, session_options=FAST, tick_interval=0.1)
     lines: list[str] = []
     sim = CloudSimulator(app_url=f"http://127.0.0.1:{port}", package_name=PKG, api_key=KEY, video=video,
@@ -110,10 +113,19 @@ async def harness(detector: Any, video: Path, *, device: str = "even_g1_camera",
             await asyncio.wait_for(asyncio.to_thread(service.close), 15)
 
 
+def stream_request(e: SimEvent) -> bool:
+    """An unmanaged stream request: ``rtmp_stream_request`` for RTMP, ``stream_request`` for SRT ([D])."""
+    return e.direction == "app->cloud" and e.type in ("rtmp_stream_request", "stream_request")
+
+
+def requested_url(e: SimEvent) -> str:
+    return str(e.get("rtmpUrl") or e.get("streamUrl"))
+
+
 async def stream_active(sim: CloudSimulator, timeout: float = 15.0) -> str:
     """Wait for the glasses' stream to be active; returns its streamId (from the status messages)."""
-    req = await sim.wait_for(frame("app->cloud", "rtmp_stream_request"), timeout)
-    assert str(req.get("rtmpUrl")).startswith("rtmp://127.0.0.1:")
+    req = await sim.wait_for(stream_request, timeout)
+    assert requested_url(req).startswith(("rtmp://127.0.0.1:", "srt://127.0.0.1:"))
     active = await sim.wait_for(is_status("active"), timeout)
     return str(active.get("streamId"))
 
@@ -178,6 +190,40 @@ def test_speech_on_mentra_live_and_reconnect_keeps_stream(e2e_detector, cat_vide
             assert state is not None and state.stream_id == stream_id and state.app_status == "active"
 
     asyncio.run(main())
+
+
+def test_killed_srt_relay_is_rebuilt_and_serve_leaves_no_thread_behind(e2e_detector, cat_video):
+    """(i) the SRT relay (srt-live-transmit) is killed mid-session: the miniapp opens a new listener and
+    relay, requests the stream to it, detection resumes; (j) after the miniapp and the service stop,
+    the process has the threads it had before (decode, inference, relay log, executor threads gone)."""
+    if shutil.which("srt-live-transmit") is None:
+        pytest.fail("srt-live-transmit is required (apt-get install srt-tools)")
+    before = {t.ident for t in threading.enumerate()}
+
+    async def main() -> None:
+        async with harness(e2e_detector, cat_video, device="mentra_live", protocol="srt") as h:
+            await h.sim.start_session(USER)
+            await stream_active(h.sim, 20)
+            first = h.stream()
+            await until(lambda: first.stats.inferences >= 5, 20, "detections on the first ingest")
+            n = len(h.sim.events)
+            killed_at = time.monotonic()
+            os.kill(first.pipeline.source.relay_pid, signal.SIGKILL)
+            req = await h.sim.wait_for(stream_request, 20, start=n)
+            assert requested_url(req) != first.publish_url, "the stream must go to the new listener"
+            [second] = await until(lambda: [s for s in h.service.streams() if s is not first], 5, "the new stream")
+            assert requested_url(req) == second.publish_url and first.closed
+            await until(lambda: second.stats.inferences >= 5, 30, "detections resuming on the rebuilt ingest")
+            print(f"relay killed → detections again in {time.monotonic() - killed_at:.1f} s")
+
+    asyncio.run(main())
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        left = [t for t in threading.enumerate() if t.ident not in before]
+        if not left:
+            break
+        time.sleep(0.05)
+    assert not left, f"threads left after serve stopped: {[t.name for t in left]}"
 
 
 def test_1008_after_permission_denied_releases_ingest_without_reconnect(e2e_detector, cat_video):

@@ -62,6 +62,11 @@ class VideoSource(Protocol):
         """Block until a publisher session starts; None when stopped or when there is nothing to wait for."""
         ...
 
+    @property
+    def failure(self) -> str | None:
+        """Why the source can no longer receive (its relay exited), None while it can; cheap, polled."""
+        ...
+
     def close(self) -> None:
         """Release sockets/relays; unblocks a pending ``open`` soon."""
         ...

@@ -108,6 +108,10 @@ class RtmpListener:
             "Rejected RTMP publisher on port {}: wrong stream key '{}' (its video is not used)", self.endpoint.port, shown
         )
 
+    @property
+    def failure(self) -> None:
+        return None  # in-process: a lost port is raised by ``open`` (and ends the decode thread)
+
     def close(self) -> None:
         if self._closed.is_set():
             return

@@ -128,8 +128,8 @@ class SrtRelayListener:
         # reuse=1: the previous session's socket may linger for a moment after close.
         url = f"udp://127.0.0.1:{self._udp_port}?reuse=1&overrun_nonfatal=1&fifo_size=100000&buffer_size=4194304"
         while not (stop.is_set() or self._closed.is_set()):
-            if self._proc.poll() is not None:
-                raise IngestError(f"SRT relay (srt-live-transmit) exited with code {self._proc.returncode}")
+            if self.failure:
+                raise IngestError(self.failure)
             try:
                 container = av.open(
                     url, format="mpegts", options=dict(PROBE_OPTIONS), timeout=(self._open_poll_s, self._read_timeout_s)
@@ -145,6 +145,14 @@ class SrtRelayListener:
                 continue
             return container
         return None
+
+    @property
+    def failure(self) -> str | None:
+        """The relay exited on its own: seen at once, not after the decoder's read timeout."""
+        code = self._proc.poll()
+        if code is None or self._closed.is_set():
+            return None
+        return f"SRT relay (srt-live-transmit) exited with code {code}"
 
     def close(self) -> None:
         if self._closed.is_set():

@@ -67,6 +67,10 @@ class UrlSource:
             return container
         return None
 
+    @property
+    def failure(self) -> None:
+        return None  # nothing outside the decode thread can fail
+
     def close(self) -> None:
         self._closed.set()
 

@@ -233,20 +233,25 @@ class SessionRunner:
                 self._ended.set()
 
     async def _start_pipeline(self, protocol: str) -> None:
-        """Close the previous (dead) stream, if any, then open and adopt a new one."""
+        """Open and adopt a new stream, then close the (dead) one it replaces. New first: a dead
+        stream's close waits for its decoder's read timeout, which would only delay the recovery."""
         with self._stream_lock:
-            old, self._stream = self._stream, None
-        if old is not None:
-            await self._close_stream(old)
+            old = self._stream
         try:
             service = await self._get_service()
             stream = await asyncio.to_thread(self._open_and_adopt, service, protocol)
         except Exception as exc:  # noqa: BLE001
             logger.opt(exception=exc).warning(f"[{self.session_id}] open_stream({protocol!r}) failed")
             self._dispatch(self.session.pipeline_failed(f"{type(exc).__name__}: {exc}"))
-            return
-        if stream is not None and not self._ended.is_set():
-            self._dispatch(self.session.pipeline_ready(stream.publish_url))
+        else:
+            if stream is not None and not self._ended.is_set():
+                self._dispatch(self.session.pipeline_ready(stream.publish_url))
+        finally:
+            if old is not None:
+                with self._stream_lock:
+                    if self._stream is old:
+                        self._stream = None
+                await self._close_stream(old)
 
     def _open_and_adopt(self, service: DetectionServiceLike, protocol: str) -> StreamSessionLike | None:
         """Worker thread: open a stream and hand it to this runner — or, if the session stopped
