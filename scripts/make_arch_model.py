@@ -51,6 +51,9 @@ def make(arch: str, out_dir: Path = OUT_DIR, seed: int = 0) -> Path:
     net.names = coco_names()
     net.yaml["nc"] = len(net.names)
     net.args = {"imgsz": 640, "task": "detect"}
+    if net.yaml.get("end2end") and not getattr(net, "end2end", False):
+        # A head built from YAML does not select its one-to-one branch; released YOLO26 weights do (NMS-free).
+        net.end2end = True
     ckpt = {
         "model": net,  # fp32 (Ultralytics' releases are fp16; it loads both as fp32 for CPU inference)
         "train_args": {"imgsz": 640, "task": "detect"},
