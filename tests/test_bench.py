@@ -7,6 +7,8 @@ worker, the floor children on the export ours loaded, and Ultralytics' own predi
 from __future__ import annotations
 
 import json
+import os
+import queue
 import subprocess
 import sys
 
@@ -15,7 +17,7 @@ import pytest
 from detector_app.bench import EXIT_CANNOT_RUN, EXIT_MISS, EXIT_OK, report
 from detector_app.bench.nginx import render_conf
 from detector_app.bench.publisher import srt_caller_uri
-from detector_app.bench.worker import find_runtimes
+from detector_app.bench.worker import find_runtimes, pick_runtime_config
 from tests.conftest import MODEL, ROOT, need
 
 EXPECTED_FIELDS = {
@@ -158,7 +160,9 @@ def test_find_runtimes_walks_attributes_lists_and_dicts():
 
     class Inner:
         def __init__(self) -> None:
-            self.pool = {"a": [Session(), Session()]}
+            self.pool = {"a": [Session()]}
+            self.free: queue.Queue = queue.Queue()
+            self.free.put(Session())  # a pool of run-slots, as a runner may keep them
 
     class Outer:
         __slots__ = ("runner", "other")
@@ -169,6 +173,21 @@ def test_find_runtimes_walks_attributes_lists_and_dicts():
 
     assert len(find_runtimes(Outer())) == 2
     assert find_runtimes(Outer(), max_depth=1) == []  # not deep enough to reach the pool
+
+
+def test_pick_runtime_config_latency_for_one_stream_throughput_for_several():
+    lat = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": 2}
+    thr = {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": 2, "INFERENCE_NUM_THREADS": 2}
+    rt = {"kind": "openvino", "configs": [{"config": thr, "requests": 2}, {"config": lat, "requests": 1}]}
+    assert pick_runtime_config(rt, 1) == (lat, 1)
+    assert pick_runtime_config(rt, 3) == (thr, 2)  # 3 streams share 2 parallel requests
+    only_lat = {"kind": "openvino", "configs": [{"config": lat, "requests": 1}]}
+    assert pick_runtime_config(only_lat, 3) == (lat, 1)  # one shape, one request: the streams take turns
+    ort = {"kind": "onnx", "configs": [{"config": {"intra_op_num_threads": 1}, "requests": 2},
+                                       {"config": {"intra_op_num_threads": 2}, "requests": 1}]}
+    assert pick_runtime_config(ort, 1) == ({"intra_op_num_threads": 2}, 1)
+    assert pick_runtime_config(ort, 2) == ({"intra_op_num_threads": 1}, min(2, os.cpu_count() or 1))
+    assert pick_runtime_config({"kind": None, "configs": []}, 2) == ({}, 1)
 
 
 @pytest.mark.timeout(60)
@@ -218,7 +237,7 @@ def test_bench_two_streams_floor_and_baseline(tmp_path, fixture_videos):
     assert base["results_matched"] > 10
     assert summary["floor"]["raw"]["calls"] == 30 and ours["raw_cpu_ms_per_call"] > 0
     assert ours["decode_cpu_ms_per_detection"] > 0 and ours["pipeline_over_floor"] > 0
-    assert summary["config"]["export"] and summary["config"]["runtime"]["count"] >= 1
+    assert summary["config"]["export"] and summary["config"]["runtime"]["configs"]
     assert ours["threads"] > 4 and base["heavy_imports"] == "torch, ultralytics"
     assert set(summary["targets"]) == set(report.targets_for(2))
     png = out / "latency.png"

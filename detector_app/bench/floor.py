@@ -10,8 +10,9 @@ The answer is one ``FLOOR {json}`` line on stdout.
 raw:    the exact export our worker loaded (``Detector.resolved.path``), compiled the way our worker
         compiled it (OpenVINO properties / ONNX Runtime session options read from the live objects in the
         worker and passed in ``--config``), fed one letterboxed frame of the benchmark video (grey 114
-        padding, RGB, 0…1, NCHW, the export's own input shape) ``--calls`` times, synchronously: wall ms
-        per call (p50, p95) and CPU ms per call = process CPU delta ÷ calls (all runtime threads).
+        padding, RGB, 0…1, NCHW, the export's own input shape) ``--calls`` times, synchronously, from
+        ``--parallel`` threads with a request each (1 for one stream; ours' parallel requests for several):
+        wall ms per call (p50, p95) and CPU ms per call = process CPU delta ÷ calls (all runtime threads).
 decode: PyAV decodes the video's video stream like our decode thread (default decoder options, every
         frame), as fast as it can, for ``--seconds`` of video: CPU seconds per second of video. Unpaced
         (faster to measure); the work per frame is the same as at real time.
@@ -111,21 +112,44 @@ def _model_file(export: Path, backend: str) -> Path:
     return export
 
 
-def _time_calls(call, calls: int, max_s: float) -> dict:
-    for _ in range(WARMUP_CALLS):
-        call()
+def _time_calls(make_call, calls: int, max_s: float, parallel: int = 1) -> dict:
+    """Time ``calls`` calls in ``parallel`` threads (each with its own ``make_call()``), after a warm-up each.
+
+    CPU per call = process CPU over the timed span ÷ calls: every runtime thread counts, as in our worker."""
+    import threading
+
+    fns = [make_call() for _ in range(parallel)]
+    for fn in fns:
+        for _ in range(WARMUP_CALLS):
+            fn()
     walls: list[float] = []
-    cpu0, t_end = time.process_time(), time.monotonic() + max_s
-    while len(walls) < calls and time.monotonic() < t_end:
-        t0 = time.perf_counter()
-        call()
-        walls.append((time.perf_counter() - t0) * 1000.0)
-    cpu_ms = (time.process_time() - cpu0) * 1000.0
-    return {"calls": len(walls), "wall_ms_p50": _pct(walls, 50), "wall_ms_p95": _pct(walls, 95),
-            "cpu_ms_per_call": cpu_ms / len(walls) if walls else None}
+    lock = threading.Lock()
+    per = max(1, calls // parallel)
+    t_end = time.monotonic() + max_s
+
+    def run(fn) -> None:
+        for _ in range(per):
+            if time.monotonic() >= t_end:
+                return
+            t0 = time.perf_counter()
+            fn()
+            dt = (time.perf_counter() - t0) * 1000.0
+            with lock:
+                walls.append(dt)
+
+    cpu0, w0 = time.process_time(), time.perf_counter()
+    threads = [threading.Thread(target=run, args=(fn,)) for fn in fns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    cpu_ms, span = (time.process_time() - cpu0) * 1000.0, time.perf_counter() - w0
+    return {"calls": len(walls), "parallel": parallel, "wall_ms_p50": _pct(walls, 50), "wall_ms_p95": _pct(walls, 95),
+            "cpu_ms_per_call": cpu_ms / len(walls) if walls else None,
+            "calls_per_s": len(walls) / span if span > 0 else None}
 
 
-def raw_openvino(model: Path, frame: np.ndarray, config: dict, calls: int, max_s: float) -> dict:
+def raw_openvino(model: Path, frame: np.ndarray, config: dict, calls: int, max_s: float, parallel: int = 1) -> dict:
     import openvino as ov
 
     core = ov.Core()
@@ -134,12 +158,15 @@ def raw_openvino(model: Path, frame: np.ndarray, config: dict, calls: int, max_s
     shape = tuple(int(d) for d in port.get_partial_shape().to_shape())
     dtype = np.dtype(port.get_element_type().to_dtype())
     x = letterbox_input(frame, (shape[2], shape[3]), dtype)
-    req = compiled.create_infer_request()
-    out = _time_calls(lambda: req.infer({0: x}), calls, max_s)
+    def make_call():
+        req = compiled.create_infer_request()
+        return lambda: req.infer({0: x})
+
+    out = _time_calls(make_call, calls, max_s, parallel)
     return {**out, "input_shape": list(shape), "input_dtype": str(dtype), "compiled_properties": ov_properties(compiled)}
 
 
-def raw_onnx(model: Path, frame: np.ndarray, config: dict, calls: int, max_s: float) -> dict:
+def raw_onnx(model: Path, frame: np.ndarray, config: dict, calls: int, max_s: float, parallel: int = 1) -> dict:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -157,7 +184,7 @@ def raw_onnx(model: Path, frame: np.ndarray, config: dict, calls: int, max_s: fl
         raise SystemExit(f"{model}: dynamic input shape {inp.shape}; pass a static export")
     dtype = np.float16 if "float16" in inp.type else np.float32
     x = letterbox_input(frame, (shape[2], shape[3]), dtype)
-    out = _time_calls(lambda: sess.run(None, {inp.name: x}), calls, max_s)
+    out = _time_calls(lambda: lambda: sess.run(None, {inp.name: x}), calls, max_s, parallel)
     return {**out, "input_shape": shape, "input_dtype": str(np.dtype(dtype)),
             "session_options": {"intra_op_num_threads": so.intra_op_num_threads,
                                 "inter_op_num_threads": so.inter_op_num_threads}}
@@ -196,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     raw.add_argument("--video", type=Path, required=True)
     raw.add_argument("--config", default="{}", help="JSON: OpenVINO properties / ONNX Runtime session options")
     raw.add_argument("--calls", type=int, default=100)
+    raw.add_argument("--parallel", type=int, default=1, help="threads calling at once, one request each (ours' streams)")
     raw.add_argument("--max-seconds", type=float, default=20.0)
     dec = sub.add_parser("decode", help="CPU cost of decoding the video")
     dec.add_argument("--video", type=Path, required=True)
@@ -209,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         model = _model_file(args.export, args.backend)
         config = json.loads(args.config)
         fn = raw_openvino if args.backend == "openvino" else raw_onnx
-        out = fn(model, frame, config, args.calls, args.max_seconds)
+        out = fn(model, frame, config, args.calls, args.max_seconds, max(1, args.parallel))
         out.update({"export": str(model), "backend": args.backend, "config": config})
         out["torch_imported"] = "torch" in sys.modules
     out["elapsed_s"] = time.perf_counter() - t0

@@ -290,6 +290,7 @@ def floor_metrics(floor: dict, side: dict, fps: float) -> dict:
         "raw_wall_ms_p95": _r(raw.get("wall_ms_p95")),
         "raw_cpu_ms_per_call": _r(raw.get("cpu_ms_per_call")),
         "raw_calls": raw.get("calls"),
+        "raw_parallel": raw.get("parallel"),
         "raw_config": raw.get("config"),
         "decode_cpu_s_per_video_s": _r(dec.get("cpu_s_per_video_s"), 4),
     }

@@ -280,21 +280,24 @@ def _run_floor(args: list[str], log_path: Path, timeout: float) -> dict:
     return {"error": f"exit {proc.returncode}: {' '.join(tail)} (log: {log_path})"}
 
 
-def measure_floor(cfg: BenchConfig, ready: dict) -> dict:
-    """The bare runtime on the export ours loaded (compiled as ours compiled it), and bare decoding of the video."""
+def measure_floor(cfg: BenchConfig, ours_raw: dict) -> dict:
+    """The bare runtime on the export ours loaded (compiled as ours compiled it, with as many requests in
+    parallel as ours ran for its streams), and bare decoding of the video."""
+    from detector_app.bench.worker import pick_runtime_config
+
+    ready = ours_raw.get("ready") or {}
+    runtime = (ours_raw.get("facts") or {}).get("runtime") or ready.get("runtime") or {}
+    export, kind = ready.get("export"), runtime.get("kind")
     out: dict = {}
-    runtime = ready.get("runtime") or {}
-    export, kind = ready.get("export"), runtime.get("kind") or ready.get("backend")
     if export and kind in ("openvino", "onnx"):
+        config, parallel = pick_runtime_config(runtime, cfg.streams)
         out["raw"] = _run_floor(
             ["raw", "--export", str(export), "--backend", kind, "--video", str(cfg.video), "--calls", str(cfg.raw_calls),
-             "--max-seconds", str(FLOOR_MAX_S), "--config", json.dumps(runtime.get("config") or {})],
+             "--parallel", str(parallel), "--max-seconds", str(FLOOR_MAX_S), "--config", json.dumps(config)],
             cfg.out_dir / "floor-raw.log", FLOOR_MAX_S + 60.0,
         )
-        if runtime.get("count", 1) > 1:
-            out["raw"]["note"] = f"ours holds {runtime['count']} compiled models; the floor times one of them"
     else:
-        out["raw"] = {"error": f"no raw runtime for backend {ready.get('backend')!r} (only OpenVINO/ONNX exports)"}
+        out["raw"] = {"error": f"no raw runtime found in ours ({ready.get('backend')!r}; only OpenVINO/ONNX exports)"}
     out["decode"] = _run_floor(["decode", "--video", str(cfg.video), "--seconds", str(DECODE_FLOOR_VIDEO_S)],
                                cfg.out_dir / "floor-decode.log", FLOOR_MAX_S + 60.0)
     for k, v in out.items():
@@ -333,7 +336,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     logger.info("bench: {} {:.0f} s of {} ({}x{} @ {:.0f} fps) × {} stream(s), model {}", cfg.protocol.upper(),
                 cfg.duration, cfg.video.name, w, h, vfps, cfg.streams, cfg.model)
     ours_raw = run_side("ours", ours_args, cfg, lambda ready: ready["urls"])
-    floor = measure_floor(cfg, ours_raw["ready"]) if cfg.floor else {}
+    floor = measure_floor(cfg, ours_raw) if cfg.floor else {}
 
     base_raw = None
     if cfg.baseline:
@@ -383,7 +386,7 @@ def finish(cfg: BenchConfig, ours_raw: dict, base_raw: dict | None, floor: dict,
             "protocol": cfg.protocol, "baseline_protocol": "rtmp (nginx-rtmp, Ultralytics pulls)" if base else None,
             "model": cfg.model, "backend": cfg.backend, "precision": cfg.precision, "conf": cfg.conf, "fps": cfg.fps,
             "streams": cfg.streams, "baseline_streams": 1 if base else 0, "cpu_count": os.cpu_count(),
-            "export": ready.get("export"), "runtime": ready.get("runtime"),
+            "export": ready.get("export"), "runtime": (ours_raw.get("facts") or {}).get("runtime") or ready.get("runtime"),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
         "ours": ours,

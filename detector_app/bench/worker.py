@@ -25,6 +25,7 @@ told to stop, while everything is still running.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import random
@@ -91,15 +92,17 @@ def y_plane_counter(frame) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------- introspection
-def find_runtimes(root: object, max_depth: int = 5, max_nodes: int = 20000) -> list[object]:
-    """The OpenVINO ``CompiledModel`` / ONNX Runtime ``InferenceSession`` objects reachable from ``root``.
+def find_runtimes(root: object, max_depth: int = 6, max_nodes: int = 20000) -> list[object]:
+    """The OpenVINO ``CompiledModel`` / ``InferRequest`` and ONNX Runtime ``InferenceSession`` objects reachable
+    from ``root``.
 
-    Walks attributes, lists and dicts breadth-first; imports nothing (a runtime that is not in ``sys.modules``
-    cannot be in use). Why: the raw-cost child must compile the export exactly as our detector did, whatever
-    the detector's internals are (Ultralytics' AutoBackend, or a lean runner).
+    Walks attributes, slots, lists, deques (``queue.Queue``) and dicts breadth-first; imports nothing (a runtime
+    that is not in ``sys.modules`` cannot be in use). Why: the raw-cost child must compile the export exactly as
+    our detector did, whatever the detector's internals are (Ultralytics' AutoBackend, or a lean runner).
     """
     kinds = tuple(
-        cls for mod, name in (("openvino", "CompiledModel"), ("onnxruntime", "InferenceSession"))
+        cls for mod, name in (("openvino", "CompiledModel"), ("openvino", "InferRequest"),
+                              ("onnxruntime", "InferenceSession"))
         if (cls := getattr(sys.modules.get(mod), name, None)) is not None
     )
     if not kinds:
@@ -120,32 +123,70 @@ def find_runtimes(root: object, max_depth: int = 5, max_nodes: int = 20000) -> l
                 continue
             if isinstance(obj, dict):
                 nxt.extend(obj.values())
-            elif isinstance(obj, (list, tuple, set)):
+            elif isinstance(obj, (list, tuple, set, frozenset, collections.deque)):
                 nxt.extend(obj)
             else:
                 d = getattr(obj, "__dict__", None)
                 if isinstance(d, dict):
                     nxt.extend(v for k, v in d.items() if k not in ("_modules", "_parameters", "_buffers"))
-                for slot in getattr(type(obj), "__slots__", ()) or ():
-                    nxt.append(getattr(obj, slot, None))
+                for cls in type(obj).__mro__:
+                    for slot in getattr(cls, "__slots__", ()) or ():
+                        nxt.append(getattr(obj, slot, None))
         level = nxt
     return found
 
 
 def runtime_config(det) -> dict:
-    """How our detector compiled its export: OpenVINO properties or ONNX Runtime session options, and how many."""
+    """How our detector compiled its export: every distinct OpenVINO property set (latency and throughput shapes
+    when both exist) or ONNX Runtime session options. ``configs[i]["requests"]``: parallel requests of that shape."""
     found = find_runtimes(det)
     if not found:
-        return {"kind": None, "count": 0, "config": {}}
-    first = found[0]
-    if type(first).__module__.startswith("openvino"):
+        return {"kind": None, "configs": []}
+    if type(found[0]).__module__.startswith("openvino"):
         from detector_app.bench.floor import ov_properties
 
-        return {"kind": "openvino", "count": len(found), "config": ov_properties(first)}
-    so = first.get_session_options()
-    return {"kind": "onnx", "count": len(found), "config": {
-        "intra_op_num_threads": so.intra_op_num_threads, "inter_op_num_threads": so.inter_op_num_threads,
-        "execution_mode": int(so.execution_mode), "graph_optimization_level": int(so.graph_optimization_level)}}
+        configs: dict[str, dict] = {}
+        for obj in found:
+            compiled = obj.get_compiled_model() if hasattr(obj, "get_compiled_model") else obj
+            props = ov_properties(compiled)
+            key = json.dumps(props, sort_keys=True)
+            entry = configs.setdefault(key, {"config": props, "requests": 0})
+            entry["requests"] += 1 if hasattr(obj, "get_compiled_model") else 0
+        return {"kind": "openvino", "configs": list(configs.values())}
+    sessions = {id(o): o for o in found}.values()
+    out = []
+    for sess in sessions:
+        so = sess.get_session_options()
+        out.append({"config": {
+            "intra_op_num_threads": so.intra_op_num_threads, "inter_op_num_threads": so.inter_op_num_threads,
+            "execution_mode": int(so.execution_mode), "graph_optimization_level": int(so.graph_optimization_level)},
+            "requests": sum(1 for o in found if o is sess)})
+    return {"kind": "onnx", "configs": out}
+
+
+def pick_runtime_config(runtime: dict, streams: int) -> tuple[dict, int]:
+    """The compiled shape our streams used and how many run in parallel: one stream → the fewest-streams
+    (latency) shape, one request; several → the most-streams (throughput) shape, min(streams, its streams);
+    ONNX Runtime: single-threaded sessions one per core."""
+    configs = runtime.get("configs") or []
+    if not configs:
+        return {}, 1
+    if runtime.get("kind") == "openvino":
+        def width(c: dict) -> int:
+            return int(c["config"].get("NUM_STREAMS", 1) or 1)
+    else:
+        def width(c: dict) -> int:
+            return -int(c["config"].get("intra_op_num_threads", 0) or 0)  # fewer threads each = throughput shape
+    ranked = sorted(configs, key=width)
+    if streams <= 1:
+        return ranked[0]["config"], 1
+    best = ranked[-1]
+    if runtime.get("kind") == "openvino":
+        parallel = max(1, width(best))
+    else:  # one ONNX session may run concurrently; single-threaded sessions are meant to run one per core
+        threads = int(best["config"].get("intra_op_num_threads", 0) or 0)
+        parallel = (os.cpu_count() or 1) if 0 < threads <= 1 else 1
+    return best["config"], min(streams, parallel)
 
 
 def process_facts() -> dict:
@@ -264,6 +305,7 @@ def run_ours(args: argparse.Namespace) -> None:
         })
         _wait_for_stop()
         facts = process_facts()  # while every stream's threads are still running
+        facts["runtime"] = runtime_config(det)  # several streams may have compiled a throughput shape by now
     finally:
         stop_display.set()
         healths = [p.health() for p in pipelines]
