@@ -1,7 +1,7 @@
 """``detector-app``: the command line. Each command is a thin layer over a module that does the work.
 
-Errors a user can cause (missing file or model, port in use, missing tool) end with one clear line
-and exit code 2; a run that worked exits 0.
+Errors a user can cause (missing file or model, port in use, missing tool) are ``UserError``s: they
+end with one clear line and exit code 2 (``main``); a run that worked exits 0.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def _detector(model, conf, imgsz, device, classes, backend, frame_size=None, precision=Precision.auto):
-    from detector_app.detection.detector import DEFAULT_MODEL, Detector, DetectorConfig, ModelError
+    from detector_app.detection.detector import DEFAULT_MODEL, Detector, DetectorConfig
+    from detector_app.errors import UserError
 
     cfg = DetectorConfig(
         model=model or DEFAULT_MODEL, conf=conf, imgsz=imgsz, device=device, classes=classes,
@@ -111,8 +112,8 @@ def _detector(model, conf, imgsz, device, classes, backend, frame_size=None, pre
         det = Detector(cfg, frame_size=frame_size)
         det.warmup(frame_size or (1280, 720))
         return det
-    except ModelError as exc:
-        raise _fail(str(exc)) from None
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - e.g. --device cuda without a GPU: one line, not a traceback
         raise _fail(f"cannot run model {cfg.model} on device {device}: {type(exc).__name__}: {exc}") from None
 
@@ -121,12 +122,9 @@ def _sinks(out: Path | None, feed_port: int, info: dict):
     """JSONL and WebSocket feed sinks; returns (sinks, closers)."""
     sinks, closers = [], []
     if out is not None:
-        from detector_app.outputs.jsonl import JsonlError, JsonlWriter
+        from detector_app.outputs.jsonl import JsonlWriter
 
-        try:
-            writer = JsonlWriter(out, append=False)
-        except (JsonlError, OSError) as exc:
-            raise _fail(f"cannot write {out}: {exc}") from None
+        writer = JsonlWriter(out, append=False)  # a bad path is a JsonlError (UserError)
         sinks.append(writer.write)
         closers.append(writer.close)
     if feed_port:
@@ -146,12 +144,10 @@ def _sinks(out: Path | None, feed_port: int, info: dict):
     return sinks, closers
 
 
-def _run_and_report(run, closers, summary_json: Path | None, user_errors: tuple = ()) -> None:
+def _run_and_report(run, closers, summary_json: Path | None) -> None:
     """Run a pipeline, always close the outputs, print the summary; exit 0 only if the run had no errors."""
     try:
         summary = run()
-    except user_errors as exc:
-        raise _fail(str(exc)) from None
     finally:
         for close in closers:
             close()
@@ -196,8 +192,6 @@ def replay(
     setup_logging(log_level)
     if not video.exists():
         raise _fail(f"video not found: {video}")
-    from detector_app.glasses.publish import GlassesError
-    from detector_app.ingest.base import IngestError
     from detector_app.replay import replay as run_replay
     from detector_app.video.probe import video_size
 
@@ -206,7 +200,7 @@ def replay(
     _run_and_report(
         lambda: run_replay(video, det, protocol=protocol.value, fps=fps, sinks=sinks, headless=headless,
                            port=ingest_port, frame_probe=_probe(frame_counter)),
-        closers, summary_json, user_errors=(IngestError, GlassesError),
+        closers, summary_json,
     )
 
 
@@ -236,14 +230,10 @@ def detect(
 ) -> None:
     """Run the same pipeline on a file or stream URL, without an ingest listener."""
     setup_logging(log_level)
-    from detector_app.ingest.base import IngestError
     from detector_app.ingest.url import UrlSource
     from detector_app.replay import detect_source
 
-    try:
-        src = UrlSource(source, live=realtime)
-    except IngestError as exc:
-        raise _fail(str(exc)) from None
+    src = UrlSource(source, live=realtime)
     from detector_app.video.probe import video_size
 
     size = None if src.is_url else video_size(Path(source))
@@ -302,43 +292,13 @@ def serve(
     service = DetectionService(det, IngestConfig(advertise_host=settings.ingest_host, port=settings.ingest_port or 0, fps=fps))
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": "glasses"})
     service.sinks.extend(sinks)
-    try:
-        if headless:
-            code = run_serve(settings, service=service)
-        else:
-            code = _serve_with_window(settings, service)
+    try:  # the miniapp's loop in a thread; the main thread shows the newest glasses stream (or waits)
+        code = run_serve(settings, service=service, streams=None if headless else service.streams)
     finally:
         service.close()
         for close in closers:
             close()
     raise typer.Exit(code)
-
-
-def _serve_with_window(settings, service) -> int:
-    """The miniapp's event loop in a thread; the main thread shows the newest glasses stream (OpenCV
-    windows must live on the main thread). Closing the window or Ctrl-C stops streams, then exits."""
-    import threading
-
-    from detector_app.main_thread import follow_streams, install_signal_handlers, join_bounded, restore_signal_handlers
-    from detector_app.mentra.app import run_serve
-
-    stop = threading.Event()
-    holder: dict = {}
-
-    def target() -> None:
-        holder["code"] = run_serve(settings, service=service, external_stop=stop)
-
-    previous = install_signal_handlers(stop)
-    thread = threading.Thread(target=target, name="miniapp", daemon=True)
-    thread.start()
-    try:
-        follow_streams(lambda: service, False, lambda: stop.is_set() or not thread.is_alive(),
-                       title="detector-app: glasses")
-    finally:
-        stop.set()
-        join_bounded(thread, 30.0)
-        restore_signal_handlers(previous)
-    return holder.get("code", 1)
 
 
 # -- simulate / demo ----------------------------------------------------------------------------
@@ -419,7 +379,7 @@ def bench(
     out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Where bench.json and latency.png go (default bench-results/<timestamp>/).")] = None,
     baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also run Ultralytics' own streaming predict (one stream).")] = True,
     streams: Annotated[int, typer.Option("--streams", min=1, max=16, help="Concurrent publishers into N sessions of one process sharing one detector.")] = 1,
-    precision: Annotated[str, typer.Option("--precision", help="Ours: auto, fp32 or int8.")] = "auto",
+    precision: PrecisionOpt = Precision.auto,
     raw_calls: Annotated[int, typer.Option("--raw-calls", min=10, help="Bare-runtime calls timed for the floor row.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON summary instead of the table.")] = False,
     log_level: LogOpt = "INFO",
@@ -434,12 +394,10 @@ def bench(
 
     if video is not None and not video.exists():
         raise _fail(f"video not found: {video}")
-    if precision not in ("auto", "fp32", "int8"):
-        raise _fail(f"--precision must be auto, fp32 or int8, not {precision!r}")
     raise typer.Exit(bench_main(
         duration=duration, protocol=protocol.value, model=model, video=video, backend=backend.value, conf=conf,
         imgsz=imgsz, fps=fps, out_dir=out_dir, baseline=baseline, log_level=log_level, as_json=as_json,
-        streams=streams, precision=precision, raw_calls=raw_calls,
+        streams=streams, precision=precision.value, raw_calls=raw_calls,
     ))
 
 
@@ -516,7 +474,13 @@ def main() -> None:
     from detector_app.detection.tuning import prefer_passive_omp_wait
 
     prefer_passive_omp_wait()  # before torch loads: spinning OpenMP threads starve the decode thread on 2 cores
-    app()
+    from detector_app.errors import UserError
+
+    try:
+        app()
+    except UserError as exc:  # something the user can fix: one line, no traceback
+        logger.error(str(exc))
+        sys.exit(2)
 
 
 if __name__ == "__main__":

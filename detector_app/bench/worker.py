@@ -211,17 +211,11 @@ def process_facts() -> dict:
 
 # ------------------------------------------------------------------------------------------------ ours
 def make_detector_config(args: argparse.Namespace):
-    """Our ``DetectorConfig``; ``--precision`` is passed through only where the detector knows the field."""
-    import dataclasses
-
+    """Our ``DetectorConfig`` as the app builds it for these options."""
     from detector_app.detection.detector import DetectorConfig
 
-    kw = {"model": args.model, "conf": args.conf, "imgsz": args.imgsz, "backend": args.backend, "device": "cpu"}
-    if "precision" in {f.name for f in dataclasses.fields(DetectorConfig)}:
-        kw["precision"] = args.precision
-    elif args.precision != "auto":
-        raise SystemExit(f"--precision {args.precision}: this detector has no precision setting")
-    return DetectorConfig(**kw)
+    return DetectorConfig(model=args.model, conf=args.conf, imgsz=args.imgsz, backend=args.backend, device="cpu",
+                          precision=args.precision)
 
 
 def run_ours(args: argparse.Namespace) -> None:
