@@ -1,44 +1,66 @@
-"""Drive a running pipeline from the main thread: the OpenCV window, or headless waiting.
+"""What the main thread does during a run: the OpenCV window (or headless waiting), signals, and the
+one runner for "an asyncio loop in a thread, the window on the main thread" (``serve``, ``demo``).
 
-OpenCV windows must live on the main thread, so this is where the main thread spends a run. Both
-paths end on the same conditions (source finished, a caller's predicate, Ctrl-C) and never hang.
+OpenCV windows must live on the main thread, so the miniapp's event loop runs beside it in one
+daemon thread (``LoopThread``). Every path ends on the same conditions (source finished, a caller's
+predicate, the window closed, Ctrl-C/SIGTERM) and every join is bounded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from loguru import logger
 
-from detector_app.pipeline import Pipeline
+from detector_app.detection.types import FrameResult
+from detector_app.errors import UserError
+from detector_app.stats import RunStats
+from detector_app.video.health import StreamHealth
+
+_ENDED_BY_USER = ("interrupted", "user-quit", "window-closed")
 
 
-def hud_lines(pipeline: Pipeline) -> list[str]:
-    h = pipeline.health()
-    r = pipeline.latest_result
+class LiveView(Protocol):
+    """What the window shows of a running stream: a ``Pipeline`` or a ``StreamSession``."""
+
+    @property
+    def latest_result(self) -> FrameResult | None: ...
+
+    @property
+    def stats(self) -> RunStats: ...
+
+    @property
+    def model_description(self) -> str: ...
+
+    def latest_frame(self) -> tuple[int, Any]:
+        """(version, newest av.VideoFrame or None); the version changes with every new frame."""
+
+    def health(self) -> StreamHealth: ...
+
+
+def hud_lines(view: LiveView) -> list[str]:
+    """The HUD text: O(1) per call (windowed rate, newest result, health snapshot)."""
+    h = view.health()
+    r = view.latest_result
     age = "-" if h.frame_age_ms is None else f"{h.frame_age_ms:.0f} ms"
     lines = [
         f"stream {h.width}x{h.height} {h.fps:.1f} fps {h.bitrate_kbps / 1000:.2f} Mb/s",
-        f"detections {pipeline.stats.rate:.1f}/s  infer {r.inference_ms:.0f} ms" if r else "detections -",
+        f"detections {view.stats.recent_rate:.1f}/s  infer {r.inference_ms:.0f} ms" if r else "detections -",
         f"frame age {age}  latency {r.latency_ms:.0f} ms" if r else f"frame age {age}",
-        f"model {pipeline.detector.description}",
+        f"model {view.model_description}",
     ]
     if not h.connected:
         lines.append("waiting for publisher…")
     return lines
 
 
-def run_main_loop(
-    pipeline: Pipeline,
-    headless: bool,
-    until: Callable[[], bool],
-    title: str = "detector-app",
-) -> str:
+def run_main_loop(view: LiveView, headless: bool, until: Callable[[], bool], title: str = "detector-app") -> str:
     """Block until ``until()`` is true, the window is closed, or Ctrl-C. Returns the reason."""
     if not headless:
         from detector_app.outputs.window import PreviewWindow, display_available, run_display_loop
@@ -47,24 +69,23 @@ def run_main_loop(
             logger.warning("No display available (no $DISPLAY / GUI backend): running headless")
             headless = True
         else:
-            slot = pipeline.slot
-
-            def get_frame():
-                got = slot.peek()
-                return (0, None) if got is None else (got.version, got.item.frame)
-
             try:
                 reason = run_display_loop(
-                    get_frame=get_frame,
-                    get_result=lambda: pipeline.latest_result,
-                    hud=lambda: hud_lines(pipeline),
+                    get_frame=view.latest_frame,
+                    get_result=lambda: view.latest_result,
+                    hud=lambda: hud_lines(view),
                     should_stop=until,
-                    fps_hint=lambda: pipeline.health().fps or 30.0,
+                    fps_hint=lambda: view.health().fps or 30.0,
                     window=PreviewWindow(title),
                 )
                 return "finished" if reason == "stopped" else reason  # "stopped": our own condition ended it
             except KeyboardInterrupt:
                 return "interrupted"
+    return wait_until(until)
+
+
+def wait_until(until: Callable[[], bool]) -> str:
+    """Headless: poll ``until`` (20×/s); "finished", or "interrupted" on Ctrl-C."""
     try:
         while not until():
             time.sleep(0.05)
@@ -73,26 +94,105 @@ def run_main_loop(
         return "interrupted"
 
 
-def follow_streams(
-    get_service: Callable[[], Any], headless: bool, should_stop: Callable[[], bool], title: str = "detector-app"
-) -> str:
-    """Show the newest glasses stream of a ``DetectionService``; follow it when a session's stream is
-    replaced (reconnect, resurrection, another user). ``get_service`` may return None while the model loads."""
+def follow_streams(streams: Callable[[], Sequence[LiveView]], headless: bool, should_stop: Callable[[], bool],
+                   title: str = "detector-app") -> str:
+    """Show the newest of ``streams()`` (open streams, oldest first); follow it when a session's stream
+    is replaced (reconnect, rebuilt ingest, another user)."""
     while not should_stop():
-        service = get_service()
-        streams = service.streams() if service is not None else []
-        if not streams:
+        current = list(streams())
+        if not current:
             time.sleep(0.05)
             continue
-        stream = streams[-1]
+        view = current[-1]
 
-        def until(stream: Any = stream, service: Any = service) -> bool:
-            return should_stop() or stream.closed or service.streams()[-1:] != [stream]
+        def until(view: LiveView = view) -> bool:
+            return should_stop() or list(streams())[-1:] != [view]
 
-        reason = run_main_loop(stream.pipeline, headless, until, title=title)
-        if reason in ("interrupted", "user-quit", "window-closed"):
+        reason = run_main_loop(view, headless, until, title=title)
+        if reason in _ENDED_BY_USER:
             return reason
     return "finished"
+
+
+class LoopThread:
+    """``main(stop)`` on its own asyncio loop in a daemon thread; ``request_stop`` sets ``stop`` from
+    any thread. ``code`` is what ``main`` returned (1 if it crashed)."""
+
+    def __init__(self, main: Callable[[asyncio.Event], Awaitable[int]], name: str = "miniapp-loop") -> None:
+        self._main = main
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.code: int | None = None
+        self.finished = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> LoopThread:
+        self.thread.start()
+        return self
+
+    def request_stop(self) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(stop.set)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+
+    def _run(self) -> None:
+        try:
+            self.code = asyncio.run(self._amain())
+        except UserError as exc:  # e.g. the webhook port is taken: one line, exit 2
+            logger.error(str(exc))
+            self.code = 2
+        except Exception as exc:  # noqa: BLE001 - reported; the caller exits 1
+            logger.opt(exception=exc).error("{}: event loop crashed", self.thread.name)
+            self.code = 1
+        finally:
+            self.finished.set()
+
+    async def _amain(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        return await self._main(self._stop)
+
+
+def run_with_window(
+    main: Callable[[asyncio.Event], Awaitable[int]],
+    streams: Callable[[], Sequence[LiveView]] | None,
+    *,
+    title: str,
+    until: Callable[[], bool] = lambda: False,
+    shutdown_s: float = 20.0,
+) -> tuple[int, str]:
+    """Run ``main(stop)`` on a ``LoopThread`` while the main thread shows the newest of ``streams()``
+    (None: headless, just wait). Ends on SIGINT/SIGTERM, the window closed, ``until()``, or ``main``
+    returning; then ``stop`` is set and the loop thread gets ``shutdown_s`` to finish.
+    Returns (exit code, why it ended)."""
+    stop = threading.Event()
+    previous = install_signal_handlers(stop)
+    side = LoopThread(main).start()
+
+    def should_stop() -> bool:
+        return stop.is_set() or side.finished.is_set() or until()
+
+    reason = "finished"
+    try:
+        if streams is None:
+            reason = wait_until(should_stop)
+        else:
+            reason = follow_streams(streams, False, should_stop, title=title)
+        if reason not in _ENDED_BY_USER:
+            reason = "signal" if stop.is_set() else "background loop ended" if side.finished.is_set() else "finished"
+    except KeyboardInterrupt:
+        reason = "interrupted"
+    finally:
+        side.request_stop()
+        join_bounded(side.thread, shutdown_s)
+        restore_signal_handlers(previous)
+    if side.thread.is_alive():
+        logger.error("{} did not stop within {:.0f} s", side.thread.name, shutdown_s)
+        return 1, reason
+    return (1 if side.code is None else side.code), reason
 
 
 def join_bounded(thread: threading.Thread, timeout: float) -> None:

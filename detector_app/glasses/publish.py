@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from loguru import logger
 
+from detector_app.errors import UserError
 from detector_app.procs import stop_process
 
 try:  # loaded once in the parent: dlopen() in a forked child of a threaded process can deadlock
@@ -35,7 +36,7 @@ except OSError:  # not glibc Linux: no parent-death signal, the publishers are s
     _LIBC = None
 
 
-class GlassesError(Exception):
+class GlassesError(UserError):
     """A glasses-side rejection; the real glasses report it as raw status `error`."""
 
 

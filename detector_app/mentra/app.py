@@ -3,22 +3,25 @@
 The detection service (model) is injected or built once in the background while the webhook server
 is already listening, so a port clash is reported at once and a session's ``tpa_connection_init`` is
 never delayed by model loading (the cloud allows 5–6 s from start to init, §2.1).
+
+Shutdown has one budget (``STOP_BUDGET_S``): every session's stream stop, socket close and stream
+close run in parallel inside it, then the server and the service are closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import signal
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 from loguru import logger
 
+from detector_app.errors import PortInUseError
 from detector_app.ingest.addresses import detect_lan_address
+from detector_app.main_thread import LiveView, run_with_window
 from detector_app.mentra.allowlist import check_ws_url
 from detector_app.mentra.client import SessionRunner
 from detector_app.mentra.config import MentraSettings
@@ -30,10 +33,7 @@ from detector_app.mentra.webhook import SessionRequest, StopRequest, WebhookErro
 # Cloud errors after which a resurrected session should not immediately re-request the stream
 # (it would fail the same way and loop: error → 1008 → resurrection → request → error …).
 _STREAM_BLOCKING_ERRORS = {"PERMISSION_DENIED": 600.0, "WIFI_NOT_CONNECTED": 60.0}
-
-
-class PortInUseError(RuntimeError):
-    pass
+STOP_BUDGET_S = 8.0  # stream stops, socket closes and stream closes of all sessions, in parallel
 
 
 def _lan() -> str:
@@ -85,19 +85,26 @@ class MiniApp:
         except OSError as exc:
             await self._runner.cleanup()
             self._runner = None
-            if exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
+            if exc.errno == errno.EADDRINUSE:
                 raise PortInUseError(
                     f"Port {self.settings.port} is already in use (another detector-app or SDK app?). "
-                    "Pick another with --port or PORT=…"
+                    "Pick another with --port or PORT=…", self.settings.port
                 ) from exc
-            raise PortInUseError(f"Cannot listen on {self.settings.host}:{self.settings.port}: {exc}") from exc
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
+            raise PortInUseError(f"Cannot listen on {self.settings.host}:{self.settings.port}: {exc}",
+                                 self.settings.port) from exc
+        bound = self._runner.addresses
+        self.port = int(bound[0][1]) if bound else self.settings.port
         if self._service is None:
-            assert self._service_factory is not None
-            self._service_task = asyncio.create_task(asyncio.to_thread(self._service_factory))
+            self._service_task = asyncio.create_task(asyncio.to_thread(self._build_service))
             self._service_task.add_done_callback(self._service_loaded)
+
+    def _build_service(self) -> DetectionServiceLike:
+        """Worker thread: build the service; if the app stopped meanwhile, close it here (nobody else will)."""
+        assert self._service_factory is not None
+        service = self._service_factory()
+        if self._closing:
+            service.close()
+        return service
 
     def _service_loaded(self, task: asyncio.Task[DetectionServiceLike]) -> None:
         if task.cancelled():
@@ -122,8 +129,9 @@ class MiniApp:
             urls.insert(0, self.settings.public_url.rstrip("/") + "/webhook")
         return urls
 
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Stop every stream (by streamId), close every session, stop the server, release the model."""
+    async def stop(self, timeout: float = STOP_BUDGET_S) -> None:
+        """Stop every stream (by streamId), close every session and its stream, stop the server,
+        release the model we built; all sessions in parallel within ``timeout``."""
         self._closing = True
         runners = list(self._runners.values())
         if runners:
@@ -132,18 +140,11 @@ class MiniApp:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._service_task is not None and not self._service_task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._service_task), timeout=60)
-            except Exception:  # noqa: BLE001
-                pass
-        if self._owns_service:
-            service = self._service
-            if service is None and self._service_task is not None and self._service_task.done() \
-                    and not self._service_task.cancelled() and self._service_task.exception() is None:
-                service = self._service_task.result()
-            if service is not None:
-                await asyncio.to_thread(service.close)
+        task = self._service_task
+        if self._owns_service and task is not None and task.done() and not task.cancelled() \
+                and task.exception() is None:
+            await asyncio.to_thread(task.result().close)
+        # A factory still loading closes what it builds (_build_service): nothing to wait for here.
 
     # ------------------------------------------------------------------ WebhookHandler
 
@@ -201,6 +202,8 @@ class MiniApp:
         self._all_tasks.discard(task)
         if self._runners.get(runner.session_id) is runner:
             del self._runners[runner.session_id]
+        now = self._clock()
+        self._blocked = {sid: b for sid, b in self._blocked.items() if b[1] > now}  # bounded: expired go
         end = runner.end
         if end is not None and end.error_code in _STREAM_BLOCKING_ERRORS:
             self._blocked[runner.session_id] = (end.error_code, self._clock() + _STREAM_BLOCKING_ERRORS[end.error_code])
@@ -227,55 +230,25 @@ async def serve(app: MiniApp, stop_event: asyncio.Event) -> int:
 
 
 def run_serve(
-    settings: MentraSettings | None = None,
+    settings: MentraSettings,
     *,
     service: DetectionServiceLike | None = None,
     service_factory: Callable[[], DetectionServiceLike] | None = None,
-    external_stop: threading.Event | None = None,
+    streams: Callable[[], Sequence[LiveView]] | None = None,
 ) -> int:
-    """Entry point of ``detector-app serve``: blocks until SIGINT/SIGTERM, returns the exit code
-    (0 clean, 2 configuration error or port in use). Pass the detection service, or a factory that
-    builds it (called once in a worker thread while the webhook server already listens).
-    ``external_stop`` lets a caller that runs this in a thread (the window owns the main thread)
-    ask for the same clean shutdown as a signal."""
-    settings = settings or MentraSettings()
-    if not settings.api_key.get_secret_value():
-        logger.error("MENTRAOS_API_KEY is not set (developer console → your app → API key)")
-        return 2
+    """Entry point of ``detector-app serve``: blocks until SIGINT/SIGTERM (or the window is closed),
+    returns the exit code (0 clean, 2 port in use). Pass the detection service, or a factory that
+    builds it in a worker thread while the webhook server already listens. ``streams`` (the service's
+    open streams) shows the newest in a window on the main thread; None runs headless."""
     if service is None and service_factory is None:
         raise ValueError("run_serve needs a detection service or a factory (the CLI builds it from its flags)")
 
-    async def main() -> int:
-        stop_event = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, _on_signal, sig, stop_event)
-            except (NotImplementedError, RuntimeError):  # non-main thread / Windows
-                pass
-        if external_stop is not None:
-            asyncio.create_task(_relay_stop(external_stop, stop_event))
-        app = MiniApp(settings, service, service_factory=service_factory)
-        return await serve(app, stop_event)
+    async def main(stop: asyncio.Event) -> int:
+        return await serve(MiniApp(settings, service, service_factory=service_factory), stop)
 
-    try:
-        return asyncio.run(main())
-    except KeyboardInterrupt:
-        return 130
-
-
-async def _relay_stop(external: threading.Event, stop_event: asyncio.Event) -> None:
-    while not external.is_set() and not stop_event.is_set():
-        await asyncio.sleep(0.1)
-    stop_event.set()
-
-
-def _on_signal(sig: signal.Signals, stop_event: asyncio.Event) -> None:
-    if stop_event.is_set():
-        logger.warning(f"{sig.name} again: still stopping streams (bounded by timeouts)")
-    else:
-        logger.info(f"{sig.name} received")
-    stop_event.set()
+    code, reason = run_with_window(main, streams, title="detector-app: glasses", shutdown_s=STOP_BUDGET_S + 5.0)
+    logger.info(f"serve stopped ({reason})")
+    return code
 
 
 __all__ = ["MiniApp", "PortInUseError", "run_serve", "serve"]

@@ -21,9 +21,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from detector_app.detection.types import SCHEMA_VERSION, FrameResult
+from detector_app.errors import UserError
 
 
-class FeedError(RuntimeError):
+class FeedError(UserError):
     """The feed could not start (typically: port already in use)."""
 
 

@@ -10,10 +10,15 @@ from types import TracebackType
 from loguru import logger
 
 from detector_app.detection.types import FrameResult
+from detector_app.errors import UserError
 
 
-class JsonlError(OSError):
-    """The JSONL file cannot be created or opened for writing."""
+class JsonlError(UserError):
+    """The JSONL file cannot be created or opened for writing (``errno`` says why)."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class JsonlWriter:
@@ -34,9 +39,7 @@ class JsonlWriter:
             # buffering=1: line-buffered text I/O, every '\n' reaches the OS immediately.
             self._fh = open(self.path, "a" if append else "w", buffering=1, encoding="utf-8")  # noqa: SIM115
         except OSError as e:
-            raise JsonlError(
-                e.errno, f"cannot write detections to {self.path}: {e.strerror or e}"
-            ) from e
+            raise JsonlError(f"cannot write detections to {self.path}: {e.strerror or e}", e.errno) from e
         logger.info("writing detections to {}", self.path)
 
     def write(self, result: FrameResult) -> None:

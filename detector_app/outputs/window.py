@@ -20,6 +20,7 @@ from detector_app.outputs.overlay import draw_detections, draw_hud
 from detector_app.video.convert import to_bgr
 
 _QUIT_KEYS = {ord("q"), ord("Q"), 27}
+HUD_PERIOD_S = 0.25  # HUD text is refreshed 4×/s, not on every redraw (up to 60/s)
 
 
 def _x11_reachable(display: str) -> bool:
@@ -135,14 +136,19 @@ def run_display_loop(get_frame: Callable[[], tuple[int, Any]],
 
     ``get_frame`` returns ``(version, av.VideoFrame | ndarray | None)``; a frame is converted to BGR
     only when its version changes. Boxes older than ``max_box_age_s`` are hidden so a stalled
-    detector does not leave stale boxes on a live picture. HUD is redrawn every tick.
+    detector does not leave stale boxes on a live picture. The HUD text is asked for every
+    ``HUD_PERIOD_S``, so each redraw costs the same however long the run.
     """
     win = window or PreviewWindow()
     last_version: int | None = None
     base: np.ndarray | None = None
+    hud_text: list[str] = []
+    hud_at = -HUD_PERIOD_S
     try:
         while not should_stop():
             t0 = time.monotonic()
+            if t0 - hud_at >= HUD_PERIOD_S:
+                hud_text, hud_at = hud(), t0
             version, frame = get_frame()
             if frame is not None and version != last_version:
                 base, last_version = _to_bgr(frame), version
@@ -151,7 +157,7 @@ def run_display_loop(get_frame: Callable[[], tuple[int, Any]],
                 result = get_result()
                 if result is not None and time.time() - result.done_at <= max_box_age_s:
                     draw_detections(canvas, result.detections)
-                draw_hud(canvas, hud())
+                draw_hud(canvas, hud_text)
                 if not win.show(canvas):
                     return win.stop_reason or "window-closed"
             fps = fps_hint()

@@ -48,11 +48,13 @@ class HealthMeter:
     """Thread-safe counters updated by the decode thread, read by anyone."""
 
     WINDOW_S = 2.0
+    MAX_EVENTS = 4096  # a hard cap on top of the time window (≈ 2 s of 120 fps with 16 packets a frame)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._frames: deque[float] = deque()
-        self._bytes: deque[tuple[float, int]] = deque()
+        self._frames: deque[float] = deque(maxlen=self.MAX_EVENTS)
+        self._bytes: deque[tuple[float, int]] = deque(maxlen=self.MAX_EVENTS)
+        self._bytes_sum = 0  # running sum of the window's packet sizes: snapshots are O(1)
         self.connected = False
         self.sessions = 0
         self.decoded = 0
@@ -87,7 +89,10 @@ class HealthMeter:
     def packet(self, size: int) -> None:
         now = time.monotonic()
         with self._lock:
+            if len(self._bytes) == self._bytes.maxlen:
+                self._bytes_sum -= self._bytes[0][1]  # append drops the oldest
             self._bytes.append((now, size))
+            self._bytes_sum += size
             self._trim(now)
 
     def frame(self, pts: float | None, width: int, height: int) -> None:
@@ -118,7 +123,7 @@ class HealthMeter:
         while self._frames and now - self._frames[0] > self.WINDOW_S:
             self._frames.popleft()
         while self._bytes and now - self._bytes[0][0] > self.WINDOW_S:
-            self._bytes.popleft()
+            self._bytes_sum -= self._bytes.popleft()[1]
 
     def snapshot(self) -> StreamHealth:
         now = time.monotonic()
@@ -126,7 +131,7 @@ class HealthMeter:
             self._trim(now)
             span = min(self.WINDOW_S, now - self._frames[0]) if self._frames else 0.0
             fps = (len(self._frames) - 1) / span if len(self._frames) > 1 and span > 0 else 0.0
-            nbytes = sum(b for _, b in self._bytes)
+            nbytes = self._bytes_sum
             bspan = min(self.WINDOW_S, now - self._bytes[0][0]) if self._bytes else 0.0
             kbps = nbytes * 8 / 1000 / bspan if bspan > 0.2 else 0.0
             age = None if self.last_frame_at is None else (now - self.last_frame_at) * 1000.0
