@@ -98,8 +98,48 @@ def test_advertise_host_falls_back_to_loopback_with_warning(monkeypatch, warning
     assert len(warnings_log) == 1 and "--ingest-host" in warnings_log[0]
 
 
-def test_detect_lan_address_is_never_loopback():
-    addr = addresses.detect_lan_address()  # sandbox may have no route: None is fine
+class _RouteProbe:
+    """A UDP socket whose routing answer is scripted: ``connect`` to a probe fails or picks ``routes[probe]``."""
+
+    def __init__(self, routes: dict[str, str | None]) -> None:
+        self.routes = routes
+        self.addr = "0.0.0.0"
+
+    def __call__(self, *args, **kw):  # socket.socket(AF_INET, SOCK_DGRAM)
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def connect(self, target) -> None:
+        got = self.routes.get(target[0])
+        if got is None:
+            raise OSError(101, "Network is unreachable")
+        self.addr = got
+
+    def getsockname(self):
+        return (self.addr, 40000)
+
+
+def test_detect_lan_address_skips_loopback_and_unroutable_probes(monkeypatch):
+    probe = _RouteProbe({"192.0.2.1": "127.0.0.1", "1.1.1.1": "192.168.1.7"})  # 10.255.255.255: no route
+    monkeypatch.setattr(addresses.socket, "socket", probe)
+    assert addresses.detect_lan_address() == "192.168.1.7"
+
+
+def test_detect_lan_address_falls_back_to_the_hostname_then_none(monkeypatch):
+    monkeypatch.setattr(addresses.socket, "socket", _RouteProbe({}))
+    monkeypatch.setattr(addresses.socket, "getaddrinfo", lambda *a, **k: [(2, 2, 17, "", ("10.0.0.5", 0))])
+    assert addresses.detect_lan_address() == "10.0.0.5"
+    monkeypatch.setattr(addresses.socket, "getaddrinfo", lambda *a, **k: [(2, 2, 17, "", ("127.0.1.1", 0))])
+    assert addresses.detect_lan_address() is None
+
+
+def test_detect_lan_address_here_is_never_loopback():
+    addr = addresses.detect_lan_address()  # this machine's real answer (None where it has no route)
     assert addr is None or not is_loopback(addr)
 
 

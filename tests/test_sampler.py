@@ -190,9 +190,17 @@ def test_pts_with_nonzero_origin_and_timebase_rounding():
     assert picks[0] is True
 
 
-def test_pts_selection_is_deterministic():
-    pts = [k / 29.97 for k in range(500)]
-    assert select_all(PtsSampler(10.0), pts) == select_all(PtsSampler(10.0), pts)
+def test_pts_selection_depends_only_on_the_timestamps():
+    """Same frames whatever the machine: a reset sampler repeats itself exactly, a stream starting at
+    another pts picks the same frames, and the count is one per 0.1 s slot."""
+    pts = [k / 29.97 for k in range(500)]  # 16.65 s of 29.97 fps
+    s = PtsSampler(10.0)
+    first = select_all(s, pts)
+    s.reset()
+    assert select_all(s, pts) == first, "reset() must forget the previous session's origin and slot"
+    assert select_all(PtsSampler(10.0), [1234.5 + p for p in pts]) == first
+    assert sum(first) == 167
+    assert [k for k, picked in enumerate(first) if picked][:4] == [0, 3, 6, 9]
 
 
 def test_none_pts_is_always_selected_and_does_not_disturb_schedule():
