@@ -169,3 +169,18 @@ def test_to_json_and_summary(clock):
     d = snap.to_json()
     assert d["fps"] == round(snap.fps, 3) and d["codec"] == "h264" and d["frames_decoded"] == 90
     assert "1280x720 h264" in snap.summary() and "decoded 90" in snap.summary()
+
+
+def test_windows_are_capped_and_bitrate_stays_exact(clock):
+    """A packet flood beyond the cap: memory stays bounded and the running byte sum matches what is kept."""
+    m = HealthMeter()
+    m.session_started("h264", 1280, 720)
+    for k in range(10_000):  # 10 000 packets of 100 B in 1 s: more than MAX_EVENTS inside the window
+        clock.t = 1000.0 + k / 10_000
+        m.packet(100)
+    kept = m.MAX_EVENTS
+    assert len(m._bytes) == kept
+    span = clock.t - m._bytes[0][0]
+    assert m.snapshot().bitrate_kbps == pytest.approx(kept * 100 * 8 / 1000 / span, rel=1e-6)
+    clock.t += 10  # all of it leaves the window
+    assert m.snapshot().bitrate_kbps == 0.0 and m._bytes_sum == 0
