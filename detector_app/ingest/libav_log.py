@@ -17,6 +17,7 @@ import av.logging
 from loguru import logger
 
 _UNEXPECTED = re.compile(r"Unexpected stream (\S*), expecting (\S+)")
+_MISMATCH_TTL_S = 60.0  # a listener pops its mismatch within a poll (≤ 2 s); closed listeners never do
 
 
 class _Router(logging.Handler):
@@ -29,8 +30,10 @@ class _Router(logging.Handler):
         msg = record.getMessage()
         m = _UNEXPECTED.search(msg)
         if m:
+            now = time.monotonic()
             with self._lock:
-                self._mismatch[m.group(2)] = (m.group(1), time.monotonic())
+                self._mismatch = {k: v for k, v in self._mismatch.items() if now - v[1] < _MISMATCH_TTL_S}
+                self._mismatch[m.group(2)] = (m.group(1), now)
             return
         # Our own code reports what matters (with context); FFmpeg's lines are detail for --log-level DEBUG.
         logger.debug("[{}] {}", record.name, msg.strip())
