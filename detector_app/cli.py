@@ -293,7 +293,7 @@ def serve(
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": "glasses"})
     service.sinks.extend(sinks)
     try:  # the miniapp's loop in a thread; the main thread shows the newest glasses stream (or waits)
-        code = run_serve(settings, service=service, streams=None if headless else service.streams)
+        code = run_serve(settings, service=service, streams=None if headless else service.views)
     finally:
         service.close()
         for close in closers:

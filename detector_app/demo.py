@@ -164,7 +164,7 @@ def run_demo(headless: bool, protocol: str, video: Path | None, model: str | Non
     try:
         code, reason = run_with_window(
             lambda stop: _miniapp_and_simulator(settings, service, sim_config, interactive, stop),
-            None if headless else service.streams, title="detector-app demo",
+            None if headless else service.views, title="detector-app demo",
             until=lambda: deadline is not None and time.monotonic() >= deadline, shutdown_s=SHUTDOWN_TIMEOUT_S,
         )
     finally:

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from loguru import logger
 
 from detector_app.detection.detector import Detector
-from detector_app.detection.types import FrameResult
 from detector_app.errors import PortInUseError
 from detector_app.ingest.base import IngestEndpoint
 from detector_app.ingest.factory import open_listener
+from detector_app.main_thread import LiveView
 from detector_app.pipeline import Pipeline, Sink
-from detector_app.stats import RunStats
 from detector_app.video.health import StreamHealth
 
 STREAM_CLOSE_S = 5.0  # one stream's close budget: relay stop (≤ 1.5 s) and both threads joined
@@ -44,7 +43,8 @@ class IngestConfig:
 
 
 class StreamSession:
-    """One listener + pipeline; what the miniapp (``StreamSessionLike``) and the window (``LiveView``) use."""
+    """One listener + pipeline: what the miniapp uses (``StreamSessionLike``); ``view`` is what the
+    window shows (``LiveView``)."""
 
     def __init__(self, endpoint: IngestEndpoint, pipeline: Pipeline) -> None:
         self.endpoint = endpoint
@@ -55,10 +55,6 @@ class StreamSession:
     @property
     def publish_url(self) -> str:
         return self.endpoint.publish_url
-
-    @property
-    def local_publish_url(self) -> str:
-        return self.endpoint.local_publish_url
 
     @property
     def key(self) -> str:
@@ -79,21 +75,10 @@ class StreamSession:
     def rejected_publishers(self) -> int:
         return self.pipeline.rejected_publishers
 
-    # -- LiveView (the main-thread window) ---------------------------------------------------
-    def latest_frame(self):  # noqa: ANN201 - (version, av.VideoFrame | None)
-        return self.pipeline.latest_frame()
-
     @property
-    def latest_result(self) -> FrameResult | None:
-        return self.pipeline.latest_result
-
-    @property
-    def stats(self) -> RunStats:
-        return self.pipeline.stats
-
-    @property
-    def model_description(self) -> str:
-        return self.pipeline.model_description
+    def view(self) -> LiveView:
+        """Newest frame, result, stats and health, for the main-thread window."""
+        return self.pipeline
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -170,6 +155,10 @@ class DetectionService:
         with self._lock:
             self._streams = [s for s in self._streams if not s.closed]
             return list(self._streams)
+
+    def views(self) -> list[LiveView]:
+        """What the window can show: the open streams' views, oldest first."""
+        return [s.view for s in self.streams()]
 
     def close(self, timeout: float = STREAM_CLOSE_S) -> None:
         """Close every stream (in parallel, within ``timeout``) and open no more."""

@@ -205,7 +205,7 @@ def test_killed_srt_relay_is_rebuilt_and_serve_leaves_no_thread_behind(e2e_detec
             await h.sim.start_session(USER)
             await stream_active(h.sim, 20)
             first = h.stream()
-            await until(lambda: first.stats.inferences >= 5, 20, "detections on the first ingest")
+            await until(lambda: first.view.stats.inferences >= 5, 20, "detections on the first ingest")
             n = len(h.sim.events)
             killed_at = time.monotonic()
             os.kill(first.pipeline.source.relay_pid, signal.SIGKILL)
@@ -213,7 +213,7 @@ def test_killed_srt_relay_is_rebuilt_and_serve_leaves_no_thread_behind(e2e_detec
             assert requested_url(req) != first.publish_url, "the stream must go to the new listener"
             [second] = await until(lambda: [s for s in h.service.streams() if s is not first], 5, "the new stream")
             assert requested_url(req) == second.publish_url and first.closed
-            await until(lambda: second.stats.inferences >= 5, 30, "detections resuming on the rebuilt ingest")
+            await until(lambda: second.view.stats.inferences >= 5, 30, "detections resuming on the rebuilt ingest")
             print(f"relay killed → detections again in {time.monotonic() - killed_at:.1f} s")
 
     asyncio.run(main())
