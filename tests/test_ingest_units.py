@@ -306,3 +306,20 @@ def test_stream_session_reports_a_dead_ingest():
         assert stream.failure is not None and "srt-live-transmit" in stream.failure
     finally:
         svc.close()
+
+
+def test_closed_service_closes_its_streams_and_opens_no_more():
+    """Shutdown: every stream is closed within the budget, and an open that comes late is refused."""
+    import time
+
+    from detector_app.stream_service import DetectionService, IngestConfig, ServiceClosedError
+
+    svc = DetectionService(None, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1"))  # type: ignore[arg-type]
+    a, b = svc.open_stream("rtmp"), svc.open_stream("rtmp")
+    t0 = time.monotonic()
+    svc.close(timeout=3.0)
+    assert time.monotonic() - t0 < 3.5
+    assert a.closed and b.closed and svc.streams() == []
+    assert not a.pipeline._decoder.is_alive() and not b.pipeline._decoder.is_alive()
+    with pytest.raises(ServiceClosedError):
+        svc.open_stream("rtmp")
