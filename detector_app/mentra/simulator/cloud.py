@@ -194,5 +194,9 @@ class CloudSimulator:
         if s.stream is not None and s.stream.glasses is not None:
             s.stream.glasses.drop()
 
+    def stream_drops(self) -> int:
+        """Simulated glasses-stream drops so far, over every stream of every user."""
+        return self._core.retired_drops + sum(g.drops for g in self._core.glasses)
+
     def stream_state(self, user: str | None = None) -> StreamState | None:
         return self._session(user).stream

@@ -29,7 +29,8 @@ class SimCore:
         self.port: int = config.port
         self.tasks: set[asyncio.Task[Any]] = set()
         self.sockets: set[web.WebSocketResponse] = set()
-        self.glasses: set[VirtualGlassesStream] = set()  # every publisher ever started, stopped on close
+        self.glasses: set[VirtualGlassesStream] = set()  # publishers not yet stopped; all stopped on close
+        self.retired_drops = 0  # stream drops of glasses streams already stopped and forgotten
         self.closing = False
         self._printer = printer or (lambda line: print(line, flush=True))
 
@@ -63,6 +64,13 @@ class SimCore:
         task.add_done_callback(bucket.discard)
         task.add_done_callback(_log_task_error)
         return task
+
+    async def retire(self, glasses: VirtualGlassesStream) -> None:
+        """Stop a glasses stream and forget it (keeping its drop count), so long runs stay bounded."""
+        await glasses.stop()
+        if glasses in self.glasses:
+            self.glasses.discard(glasses)
+            self.retired_drops += glasses.drops
 
     # ------------------------------------------------------------------ the socket shell
     async def send(self, s: UserSession | None, msg: dict[str, Any], ws: web.WebSocketResponse | None = None) -> bool:

@@ -115,6 +115,7 @@ class VirtualGlassesStream:
             pub = AsyncPublisher(cmd, self.name)
             self._pub = pub
             self.publisher_starts += 1
+            await self._emit("connecting")  # the glasses are (back) on the network and dial the ingest
             await pub.start()
             if await pub.wait_running_or_exit(cfg.connect_timeout_s):
                 logger.info("[{}] publishing to {}", self.name, self.url)

@@ -17,7 +17,7 @@ from pathlib import Path
 from loguru import logger
 
 from .cloud import CloudSimulator
-from .glasses import DropMode
+from .events import frame
 from .protocol import DeviceName, Generation
 from .state import Faults, SimulatorConfig, SimulatorError
 
@@ -53,6 +53,9 @@ async def simulate(config: SimulatorConfig, users: Sequence[str] = ("tester@exam
             if reader is not None:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
+            if config.faults.repeat:
+                print(f"[cloud] soak summary: stream drops {sim.stream_drops()}, "
+                      f"app socket drops {len(sim.log.find_all(frame('sim', 'drop_app_socket')))}", flush=True)
             print("[cloud] shutting down", flush=True)
     return 0
 
@@ -122,22 +125,14 @@ def run_simulate(
     device: DeviceName = "mentra_live",
     grace_s: float = 5.0,
     loop_video: bool = True,
-    drop_ws_after_s: float | None = None,
-    deny_camera: bool = False,
-    no_wifi: bool = False,
-    stream_drop_after_s: float | None = None,
-    stream_restore_after_s: float | None = None,
-    stream_drop_mode: DropMode = "reconnect",
+    faults: Faults | None = None,
     interactive: bool = True,
     start_delay_s: float = 0.0,
 ) -> int:
     """Blocking CLI entry for `detector-app simulate`; returns the process exit code."""
     config = SimulatorConfig(
         app_url=app_url, package_name=package_name, api_key=api_key, video=video, generation=generation,
-        device=device, host=host, port=port, grace_s=grace_s, loop_video=loop_video,
-        faults=Faults(drop_ws_after_s=drop_ws_after_s, deny_camera=deny_camera, no_wifi=no_wifi,
-                      stream_drop_after_s=stream_drop_after_s, stream_restore_after_s=stream_restore_after_s,
-                      stream_drop_mode=stream_drop_mode),
+        device=device, host=host, port=port, grace_s=grace_s, loop_video=loop_video, faults=faults or Faults(),
     )
     if video is not None and not Path(video).is_file():
         print(f"video not found: {video}", file=sys.stderr)
@@ -146,3 +141,13 @@ def run_simulate(
         return asyncio.run(simulate(config, users, interactive=interactive, start_delay_s=start_delay_s))
     except KeyboardInterrupt:
         return 130
+
+
+def soak_faults(every_s: float, down_s: float, *, socket: bool = False) -> Faults:
+    """The repeated real-world fault of a soak run: the glasses stream drops `every_s` seconds after
+    each (re)connect and comes back `down_s` later; with `socket`, the app WebSocket is also cut
+    (abruptly, the app sees 1006) `every_s` seconds after each ack."""
+    if every_s <= 0 or down_s < 0:
+        raise ValueError("soak needs --drop-every > 0 and --down-for >= 0")
+    return Faults(stream_drop_after_s=every_s, stream_restore_after_s=down_s,
+                  drop_ws_after_s=every_s if socket else None, repeat=True)

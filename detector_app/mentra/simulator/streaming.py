@@ -60,11 +60,15 @@ class Streaming:
         if s.stream is not stream:
             return  # stream already stopped/replaced: the cloud no longer tracks it
         mapped = map_glasses_status(raw)
-        if mapped == stream.app_status:
+        if mapped == stream.app_status:  # nothing new for the app; the operator still sees the glasses
+            core.echo(f"[glasses camera] {s.user_id}: stream {stream.stream_id} {raw}"
+                      f"{' (' + details + ')' if details else ''} (app still sees '{mapped}')")
             return
         stream.app_status = mapped
         if mapped in ("stopped", "timeout"):
             s.stream = None
+            if stream.glasses is not None:
+                core.spawn(core.retire(stream.glasses), s)
         core.echo(f"[glasses camera] {s.user_id}: stream {stream.stream_id} {raw}"
                   f"{' (' + details + ')' if details else ''} -> app sees '{mapped}'")
         await self._send_status(s, stream)
@@ -82,7 +86,7 @@ class Streaming:
             await self._send_status(s, stream)
         self.core.echo(f"[glasses camera] {s.user_id}: stream {stream.stream_id} stopped")
         if stream.glasses is not None:
-            self.core.spawn(stream.glasses.stop(), s)
+            self.core.spawn(self.core.retire(stream.glasses), s)
 
     async def stop(self, s: UserSession, data: dict[str, Any]) -> None:
         sid = data.get("streamId")
