@@ -175,14 +175,25 @@ def test_feed_stuck_client_never_blocks_the_pipeline(feed: DetectionFeed) -> Non
             _wait(lambda: got and got[-1] == 499)
             assert got == sorted(got) and len(set(got)) == len(got)  # gaps allowed, no reordering
 
-            # 2) keep sending until the stuck client's socket is full and its sender blocked
+            # 2) keep sending until the stuck client's socket is full and its sender blocked: its queue
+            #    is full and it sends nothing more for a while (a full queue alone can still be draining
+            #    into kernel buffers that autotune to megabytes)
             big = os.urandom(32000).hex()  # ~64 kB
             seq = 500
-            while stats(True).queued < feed.queue_size:
-                assert seq < 1500, "stuck client never backed up"
-                feed(make_result(seq, extra={"pad": big}))
-                seq += 1
-                time.sleep(0.002)
+
+            def stuck_for_good() -> bool:
+                if stats(True).queued < feed.queue_size:
+                    return False
+                sent = stats(True).sent
+                time.sleep(0.3)
+                return stats(True).sent == sent
+
+            while not stuck_for_good():
+                assert seq < 3000, "stuck client never backed up"
+                for _ in range(20):
+                    feed(make_result(seq, extra={"pad": big}))
+                    seq += 1
+                    time.sleep(0.002)
             _wait(lambda: got[-1] == seq - 1)
 
             # 3) at a realistic pace the good client gets everything; only the stuck one drops
