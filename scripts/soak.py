@@ -29,7 +29,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,8 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from detector_app.ingest.addresses import free_port  # noqa: E402 - the project's one port helper
+
 PKG = "com.example.detector.soak"
-USER = "soak@example.com"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -263,12 +264,6 @@ def log_errors(path: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------ the run
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_healthy(port: int, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -7,9 +7,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import websockets
 from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 
+from detector_app.ingest.addresses import free_port
 from detector_app.mentra.simulator import CloudSimulator, Faults, SimulatorError, frame
 from detector_app.mentra.simulator.protocol import EVEN_G1_CAMERA, MENTRA_LIVE
 from detector_app.mentra.simulator.replies import UNSUPPORTED_RESOLUTION, audio_reply, resolve_stream_config
@@ -27,12 +27,6 @@ KEY = "test-key-123"
 USER = "alice-smith@example.com"  # hyphen on purpose: the session id parser must cope
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FakeApp:
@@ -124,6 +118,32 @@ async def started(app: FakeApp, sim: CloudSimulator) -> tuple[dict[str, Any], Cl
 
 def sim_for(app: FakeApp, generation: str = "D", **kw: Any) -> CloudSimulator:
     return CloudSimulator(app_url=app.url, package_name=PKG, api_key=KEY, generation=generation, echo=False, **kw)
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> Path:
+    """A 4 s H.264 test clip (the virtual glasses stream-copy it)."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not installed")
+    video = tmp_path / "clip.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=15", "-t", "4",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "15", "-pix_fmt", "yuv420p", str(video)],
+                   check=True, timeout=30)
+    return video
+
+
+@pytest.fixture
+def rtmp_receiver() -> Iterator[int]:
+    """A looping ffmpeg RTMP listener on 127.0.0.1 (accepts publisher after publisher); yields its port."""
+    port = free_port()
+    receiver = subprocess.Popen(
+        ["sh", "-c", f"while :; do ffmpeg -v error -listen 1 -i rtmp://127.0.0.1:{port}/live/k -f null -; done"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield port
+    finally:
+        os.killpg(receiver.pid, signal.SIGKILL)
+        receiver.wait(5)
 
 
 def test_wrong_key_gets_invalid_api_key_and_1008() -> None:
@@ -305,16 +325,9 @@ def test_say_and_button_reach_subscribers() -> None:
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
-def test_stream_active_then_glasses_drop_and_reconnect(tmp_path: Path) -> None:
+def test_stream_active_then_glasses_drop_and_reconnect(clip: Path, rtmp_receiver: int) -> None:
     """Real publisher into a looping ffmpeg RTMP receiver: initializing -> active -> (drop) initializing -> active."""
-    video = tmp_path / "clip.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=15", "-t", "4",
-                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "15", "-pix_fmt", "yuv420p", str(video)],
-                   check=True, timeout=30)
-    port = free_port()
-    receiver = subprocess.Popen(
-        ["sh", "-c", f"while :; do ffmpeg -v error -listen 1 -i rtmp://127.0.0.1:{port}/live/k -f null -; done"],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    video, port = clip, rtmp_receiver
 
     async def body() -> None:
         faults = Faults(stream_drop_after_s=1.0, stream_restore_after_s=0.5)
@@ -332,11 +345,7 @@ def test_stream_active_then_glasses_drop_and_reconnect(tmp_path: Path) -> None:
             assert (await recv_until(ws, lambda m: m["type"] == "rtmp_stream_status"))["status"] == "stopped"
             await ws.close()
 
-    try:
-        run(body)
-    finally:
-        os.killpg(receiver.pid, signal.SIGKILL)
-        receiver.wait(5)
+    run(body)
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
@@ -465,16 +474,9 @@ def test_glasses_refusing_the_video_config_end_the_stream() -> None:
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
-def test_soak_faults_repeat_stream_and_socket_drops(tmp_path: Path) -> None:
+def test_soak_faults_repeat_stream_and_socket_drops(clip: Path, rtmp_receiver: int) -> None:
     """Faults.repeat: the stream drops after every reconnect and the app socket after every ack."""
-    video = tmp_path / "clip.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=15", "-t", "4",
-                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "15", "-pix_fmt", "yuv420p", str(video)],
-                   check=True, timeout=30)
-    port = free_port()
-    receiver = subprocess.Popen(
-        ["sh", "-c", f"while :; do ffmpeg -v error -listen 1 -i rtmp://127.0.0.1:{port}/live/k -f null -; done"],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    video, port = clip, rtmp_receiver
 
     async def body() -> None:
         faults = Faults(stream_drop_after_s=0.8, stream_restore_after_s=0.3, drop_ws_after_s=1.0, drop_ws_code=1011,
@@ -497,12 +499,7 @@ def test_soak_faults_repeat_stream_and_socket_drops(tmp_path: Path) -> None:
                 assert (await expect_close(ws2, 5))[0] == 1011  # ...and is dropped again: the fault repeats
             assert len(sim.log.find_all(frame("sim", "drop_app_socket"))) == 2
 
-    try:
-        run(body)
-    finally:
-        os.killpg(receiver.pid, signal.SIGKILL)
-        receiver.wait(5)
-
+    run(body)
 
 def test_event_log_is_bounded_and_keeps_absolute_positions() -> None:
     from detector_app.mentra.simulator import EventLog, SimEvent
