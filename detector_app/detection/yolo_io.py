@@ -45,17 +45,24 @@ class RawDetections:
 
 
 def letterbox(bgr: np.ndarray, input_hw: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
-    """``(1, 3, H, W)`` float32 RGB blob in 0..1 for a static ``input_hw`` export, and how to undo it."""
+    """``(1, 3, H, W)`` float32 RGB blob in 0..1 for a static ``input_hw`` export, and how to undo it.
+
+    Written straight into the padded blob with NumPy: ``cv2.dnn.blobFromImage`` took ~10 ms for 384×640 here,
+    this ~1 ms. A new blob per call, so streams can letterbox concurrently.
+    """
     h, w = bgr.shape[:2]
     in_h, in_w = input_hw
     r = min(in_h / h, in_w / w)
     new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
     dw, dh = (in_w - new_w) / 2, (in_h - new_h) / 2
-    top, bottom = round(dh - 0.1), round(dh + 0.1)
-    left, right = round(dw - 0.1), round(dw + 0.1)
+    top, left = round(dh - 0.1), round(dw - 0.1)
     img = bgr if (w, h) == (new_w, new_h) else cv2.resize(bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
-    blob = cv2.dnn.blobFromImage(img, scalefactor=1 / 255.0, swapRB=True)
+    blob = np.empty((1, 3, in_h, in_w), np.float32)
+    if (new_w, new_h) != (in_w, in_h):
+        blob.fill(np.float32(PAD_VALUE) / np.float32(255))
+    rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    np.divide(rgb.transpose(2, 0, 1), np.float32(255), out=blob[0, :, top : top + new_h, left : left + new_w],
+              casting="unsafe")
     return blob, Letterbox((h, w), new_w / w, new_h / h, left, top)
 
 
@@ -111,7 +118,7 @@ def _decode_nms(pred: np.ndarray, lb: Letterbox, conf: float, iou: float, max_de
     xywh = np.concatenate([cxcywh[:, :2] - wh / 2, wh], axis=1)  # top-left x, y, w, h for OpenCV
     confs = best[cand]
     classes = cls[cand]
-    kept = cv2.dnn.NMSBoxesBatched(xywh.tolist(), confs.tolist(), classes.tolist(), conf, iou)
+    kept = cv2.dnn.NMSBoxesBatched(xywh.astype(np.float64), confs.astype(np.float32), classes.astype(np.int32), conf, iou)
     kept = np.asarray(kept, dtype=np.int64).reshape(-1)[:max_det]
     if not kept.size:
         return _empty()
