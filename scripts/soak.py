@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rss-budget-mb", type=float, default=10.0, help="allowed RSS growth per 30 min after warm-up")
     ap.add_argument("--rss-floor-mb", type=float, default=3.0, help="the budget never goes below this (noise)")
     ap.add_argument("--recovery-p95", type=float, default=3.0, help="seconds")
+    ap.add_argument("--startup-timeout", type=float, default=600.0, help="seconds for serve to load and listen")
     ap.add_argument("--json", type=Path, default=None, help="also write the measurements as JSON")
     args = ap.parse_args(argv)
     warmup = args.warmup if args.warmup is not None else args.drop_every + args.down_for + 10.0
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             serve = subprocess.Popen(cli + ["serve", "--model", str(args.model), "--headless", "--feed-port", "0",
                                             "--protocol", args.protocol, "--out", str(results_path)],
                                      env=env, cwd=work, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        wait_healthy(port, serve, 120)
+        wait_healthy(port, serve, args.startup_timeout)  # a first run may export/quantise the model
         sim_cmd = cli + ["simulate", "--app-url", f"http://127.0.0.1:{port}", "--video", str(args.video),
                          "--port", str(sim_port), "--package-name", PKG, "--api-key", key, "--generation", "D",
                          "--soak", "--drop-every", str(args.drop_every), "--down-for", str(args.down_for),
