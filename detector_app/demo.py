@@ -26,7 +26,7 @@ from loguru import logger
 from detector_app.detection.detector import FIXTURE_MODEL, PROJECT_ROOT
 from detector_app.errors import UserError
 from detector_app.ingest.addresses import free_port
-from detector_app.main_thread import run_with_window
+from detector_app.main_thread import RunEnd, run_with_window
 from detector_app.video.probe import video_size
 
 DEMO_PACKAGE = "com.example.detector.demo"
@@ -169,9 +169,8 @@ def run_demo(headless: bool, protocol: str, video: Path | None, model: str | Non
         )
     finally:
         service.close()
-    if reason == "finished" and deadline is not None:
-        reason = f"--duration {duration:g} s reached"
-    logger.info("demo: stopped ({})", reason)
+    why = f"--duration {duration:g} s reached" if reason is RunEnd.FINISHED and deadline is not None else reason.value
+    logger.info("demo: stopped ({})", why)
     if code == 0:
         print("[demo] stopped cleanly.", flush=True)
     return code

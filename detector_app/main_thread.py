@@ -9,6 +9,7 @@ predicate, the window closed, Ctrl-C/SIGTERM) and every join is bounded.
 from __future__ import annotations
 
 import asyncio
+import enum
 import signal
 import threading
 import time
@@ -23,7 +24,19 @@ from detector_app.errors import UserError
 from detector_app.stats import RunStats
 from detector_app.video.health import StreamHealth
 
-_ENDED_BY_USER = ("interrupted", "user-quit", "window-closed")
+
+class RunEnd(str, enum.Enum):
+    """Why the main thread's wait ended (the window's own reasons keep their names)."""
+
+    FINISHED = "finished"  # the caller's condition: source ended, --duration, a stream replaced
+    INTERRUPTED = "interrupted"  # Ctrl-C as KeyboardInterrupt (off the main thread)
+    USER_QUIT = "user-quit"  # q / Esc in the window
+    WINDOW_CLOSED = "window-closed"
+    SIGNAL = "signal"  # SIGINT/SIGTERM caught by our handler
+    LOOP_ENDED = "background loop ended"
+
+
+_ENDED_BY_USER = frozenset({RunEnd.INTERRUPTED, RunEnd.USER_QUIT, RunEnd.WINDOW_CLOSED})
 
 
 class LiveView(Protocol):
@@ -60,7 +73,7 @@ def hud_lines(view: LiveView) -> list[str]:
     return lines
 
 
-def run_main_loop(view: LiveView, headless: bool, until: Callable[[], bool], title: str = "detector-app") -> str:
+def run_main_loop(view: LiveView, headless: bool, until: Callable[[], bool], title: str = "detector-app") -> RunEnd:
     """Block until ``until()`` is true, the window is closed, or Ctrl-C. Returns the reason."""
     if not headless:
         from detector_app.outputs.window import PreviewWindow, display_available, run_display_loop
@@ -78,24 +91,24 @@ def run_main_loop(view: LiveView, headless: bool, until: Callable[[], bool], tit
                     fps_hint=lambda: view.health().fps or 30.0,
                     window=PreviewWindow(title),
                 )
-                return "finished" if reason == "stopped" else reason  # "stopped": our own condition ended it
+                return RunEnd.FINISHED if reason == "stopped" else RunEnd(reason)  # "stopped": `until` ended it
             except KeyboardInterrupt:
-                return "interrupted"
+                return RunEnd.INTERRUPTED
     return wait_until(until)
 
 
-def wait_until(until: Callable[[], bool]) -> str:
-    """Headless: poll ``until`` (20×/s); "finished", or "interrupted" on Ctrl-C."""
+def wait_until(until: Callable[[], bool]) -> RunEnd:
+    """Headless: poll ``until`` (20×/s); FINISHED, or INTERRUPTED on Ctrl-C."""
     try:
         while not until():
             time.sleep(0.05)
-        return "finished"
+        return RunEnd.FINISHED
     except KeyboardInterrupt:
-        return "interrupted"
+        return RunEnd.INTERRUPTED
 
 
 def follow_streams(streams: Callable[[], Sequence[LiveView]], headless: bool, should_stop: Callable[[], bool],
-                   title: str = "detector-app") -> str:
+                   title: str = "detector-app") -> RunEnd:
     """Show the newest of ``streams()`` (open streams, oldest first); follow it when a session's stream
     is replaced (reconnect, rebuilt ingest, another user)."""
     while not should_stop():
@@ -111,7 +124,7 @@ def follow_streams(streams: Callable[[], Sequence[LiveView]], headless: bool, sh
         reason = run_main_loop(view, headless, until, title=title)
         if reason in _ENDED_BY_USER:
             return reason
-    return "finished"
+    return RunEnd.FINISHED
 
 
 class LoopThread:
@@ -163,7 +176,7 @@ def run_with_window(
     title: str,
     until: Callable[[], bool] = lambda: False,
     shutdown_s: float = 20.0,
-) -> tuple[int, str]:
+) -> tuple[int, RunEnd]:
     """Run ``main(stop)`` on a ``LoopThread`` while the main thread shows the newest of ``streams()``
     (None: headless, just wait). Ends on SIGINT/SIGTERM, the window closed, ``until()``, or ``main``
     returning; then ``stop`` is set and the loop thread gets ``shutdown_s`` to finish.
@@ -175,16 +188,16 @@ def run_with_window(
     def should_stop() -> bool:
         return stop.is_set() or side.finished.is_set() or until()
 
-    reason = "finished"
+    reason = RunEnd.FINISHED
     try:
         if streams is None:
             reason = wait_until(should_stop)
         else:
             reason = follow_streams(streams, False, should_stop, title=title)
         if reason not in _ENDED_BY_USER:
-            reason = "signal" if stop.is_set() else "background loop ended" if side.finished.is_set() else "finished"
+            reason = RunEnd.SIGNAL if stop.is_set() else RunEnd.LOOP_ENDED if side.finished.is_set() else RunEnd.FINISHED
     except KeyboardInterrupt:
-        reason = "interrupted"
+        reason = RunEnd.INTERRUPTED
     finally:
         side.request_stop()
         join_bounded(side.thread, shutdown_s)

@@ -19,7 +19,7 @@ from detector_app.glasses.publish import Publisher
 from detector_app.ingest.addresses import listening
 from detector_app.ingest.base import VideoSource
 from detector_app.ingest.factory import open_listener
-from detector_app.main_thread import run_main_loop
+from detector_app.main_thread import RunEnd, run_main_loop
 from detector_app.pipeline import Pipeline, Sink
 from detector_app.stats import percentile
 
@@ -163,12 +163,11 @@ def replay(
                 done_at.append(time.time())
             return done_at[0]
 
-        ended_by = run_main_loop(pipeline, headless, finished, title=f"detector-app replay: {video.name}")
+        ended = run_main_loop(pipeline, headless, finished, title=f"detector-app replay: {video.name}")
         if publisher.done.is_set() and not publisher.ok:
             tail = publisher.stderr_tail[-1] if publisher.stderr_tail else f"exit code {publisher.returncode}"
             errors.append(f"publisher failed: {tail}")
-        if ended_by == "finished":
-            ended_by = "video ended"
+        ended_by = "video ended" if ended is RunEnd.FINISHED else ended.value
     finally:
         if publisher is not None:
             publisher.stop()
@@ -192,9 +191,8 @@ def detect_source(
     pipeline.start()
     t0 = time.time()
     try:
-        ended_by = run_main_loop(pipeline, headless, lambda: pipeline.done.is_set(), title=f"detector-app: {source.name}")
-        if ended_by == "finished":
-            ended_by = "source ended"
+        ended = run_main_loop(pipeline, headless, lambda: pipeline.done.is_set(), title=f"detector-app: {source.name}")
+        ended_by = "source ended" if ended is RunEnd.FINISHED else ended.value
     finally:
         pipeline.stop()
     errors = [str(pipeline.fatal_error)] if pipeline.fatal_error else []

@@ -247,7 +247,7 @@ def run_serve(
         return await serve(MiniApp(settings, service, service_factory=service_factory), stop)
 
     code, reason = run_with_window(main, streams, title="detector-app: glasses", shutdown_s=STOP_BUDGET_S + 5.0)
-    logger.info(f"serve stopped ({reason})")
+    logger.info(f"serve stopped ({reason.value})")
     return code
 
 
