@@ -110,7 +110,7 @@ class _LeanRunner:
         from detector_app.detection.engines import open_engine
 
         try:
-            self.engine = open_engine(path)
+            self.engine = open_engine(path, compiled_cache=cfg.cache_dir / ".openvino-compiled")
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - a corrupt export raises the runtime's own errors

@@ -204,10 +204,12 @@ class _LaneEngine:
 class OpenVinoEngine(_LaneEngine):
     backend = "openvino"
 
-    def __init__(self, path: Path, cores: int | None = None) -> None:
+    def __init__(self, path: Path, cores: int | None = None, compiled_cache: Path | None = None) -> None:
         import openvino as ov
 
         self._core = ov.Core()
+        if compiled_cache is not None:  # OpenVINO's own blob cache: a repeat compile takes ~0.1 s instead of ~1 s
+            self._core.set_property({"CACHE_DIR": str(compiled_cache)})
         xml = _model_file(path)
         meta_file = xml.parent / "metadata.yaml"
         meta = yaml.safe_load(meta_file.read_text()) if meta_file.exists() else {}
@@ -266,12 +268,12 @@ class OnnxEngine(_LaneEngine):
         return "int8" if self.info.int8 else "f32"
 
 
-def open_engine(path: str | Path, cores: int | None = None) -> OpenVinoEngine | OnnxEngine:
+def open_engine(path: str | Path, cores: int | None = None, compiled_cache: Path | None = None) -> OpenVinoEngine | OnnxEngine:
     """The lean engine for an OpenVINO directory/.xml or an .onnx file."""
     p = Path(path)
     kind = detect_backend(p)
     if kind == "openvino":
-        return OpenVinoEngine(p, cores)
+        return OpenVinoEngine(p, cores, compiled_cache)
     if kind == "onnx":
         return OnnxEngine(p, cores)
     raise BackendError(f"{p} is not an OpenVINO or ONNX export")

@@ -280,7 +280,7 @@ def cached_int8(fp32_artifact: Path, stem: str) -> Path | None:
 
 
 def ensure_int8(
-    fp32_artifact: Path, stem: str, calib: list[Path], cache_dir: Path, progress_bar: bool, frames: int = 300,
+    fp32_artifact: Path, stem: str, calib: list[Path], cache_dir: Path, progress_bar: bool, frames: int = 160,
 ) -> tuple[Path, bool]:
     """Cached NNCF INT8 version of an OpenVINO fp32 export, calibrated on frames of ``calib``."""
     if detect_backend(fp32_artifact) != "openvino":

@@ -65,7 +65,7 @@ def _quantize(req: dict[str, Any]) -> dict[str, Any]:
     from detector_app.detection.int8 import quantize_openvino
 
     return quantize_openvino(Path(req["fp32"]), Path(req["out_dir"]), [Path(v) for v in req["calib"]],
-                             frames=int(req.get("frames", 300)))
+                             frames=int(req.get("frames", 160)))
 
 
 OPS = {"download": _download, "inspect": _inspect, "export": _export, "quantize": _quantize}

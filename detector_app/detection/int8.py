@@ -113,11 +113,14 @@ class Int8Report:
     boxes_int8: int
 
     @property
-    def passed(self) -> bool:
+    def passed(self) -> bool | None:
+        """True/False from the check; None when fp32 found nothing to compare (e.g. random weights)."""
+        if self.boxes_fp32 == 0:
+            return None
         ok = (abs(self.int8.recall - self.fp32.recall) <= TOLERANCE
               and abs(self.int8.precision - self.fp32.precision) <= TOLERANCE)
         iou = self.int8.median_iou
-        return ok and (iou is None or iou >= MIN_MEDIAN_IOU) and (self.boxes_fp32 == 0 or self.agreement_recall >= 0.9)
+        return ok and (iou is None or iou >= MIN_MEDIAN_IOU) and self.agreement_recall >= 0.9
 
     def to_text(self) -> str:
         def iou(v: float | None) -> str:
@@ -129,12 +132,12 @@ class Int8Report:
             f"  int8: recall {self.int8.recall:.3f}  precision {self.int8.precision:.3f}  median IoU {iou(self.int8.median_iou)}",
             f"  box agreement int8↔fp32: recall {self.agreement_recall:.3f}  precision {self.agreement_precision:.3f}"
             f"  median IoU {iou(self.agreement_median_iou)}  ({self.boxes_int8} vs {self.boxes_fp32} boxes)",
-            f"  verdict: {'PASS' if self.passed else 'FAIL'} (recall/precision within {TOLERANCE} of fp32, "
+            f"  verdict: {({True: 'PASS', False: 'FAIL', None: 'INCONCLUSIVE'})[self.passed]} (recall/precision within {TOLERANCE} of fp32, "
             f"median IoU ≥ {MIN_MEDIAN_IOU})",
         ]
         if self.boxes_fp32 == 0:
-            lines.append("  note: fp32 found no animals here (random weights or a model that does not know these animals),"
-                         " so this comparison says nothing about accuracy")
+            lines.append("  note: fp32 found no animals here (random weights, or a model that does not know these animals),"
+                         " so this says nothing about accuracy; --precision auto stays fp32 for this model")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:

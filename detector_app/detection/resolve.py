@@ -110,12 +110,16 @@ def _int8_for(fp32: Path, stem: str, cache_dir: Path, progress: bool, calib: lis
         return None, f"fp32 (INT8 not available: {exc})"
     acc = validate_int8(fp32, art)
     if required:
-        return art, f"int8 (requested; held-out check {'passed' if acc.get('passed') else 'FAILED' if acc.get('passed') is False else 'not run'})"
+        verdict = {True: "passed", False: "FAILED", None: "inconclusive"}[acc.get("passed")]
+        return art, f"int8 (requested; held-out accuracy check against fp32: {verdict})"
     if acc.get("passed"):
         return art, "int8 (auto: passed the held-out accuracy check against fp32)"
     if acc.get("passed") is False:
         logger.warning("INT8 failed the accuracy check against fp32 ({}); using fp32", acc)
         return None, "fp32 (auto: INT8 failed the held-out accuracy check)"
+    if "fp32" in acc:
+        logger.info("INT8 export exists but could not be validated (fp32 finds no animals on the held-out fixture); "
+                    "auto uses fp32 — pass --precision int8 to use it anyway")
     return None, f"fp32 (auto: INT8 not validated: {acc.get('why')})"
 
 
