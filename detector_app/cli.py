@@ -64,7 +64,7 @@ ModelOpt = Annotated[
         "(.onnx, *_openvino_model/). Default: yolo11n.pt, or the bundled test model when offline.",
     ),
 ]
-ConfOpt = Annotated[float, typer.Option("--conf", min=0.01, max=1.0, help="Confidence threshold.")]
+ConfOpt = Annotated[float, typer.Option("--conf", min=1e-6, max=1.0, help="Confidence threshold (random-weight architecture models need ~1e-4).")]
 ImgszOpt = Annotated[int | None, typer.Option("--imgsz", min=32, help="Network input long side (default: the model's).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:0, …")]
 ClassesOpt = Annotated[
