@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -224,6 +225,31 @@ def test_killed_srt_relay_is_rebuilt_and_serve_leaves_no_thread_behind(e2e_detec
             break
         time.sleep(0.05)
     assert not left, f"threads left after serve stopped: {[t.name for t in left]}"
+
+
+def test_rtmp_port_lost_while_streaming_is_rebuilt_on_another_port(e2e_detector, cat_video):
+    """(k) FFmpeg's RTMP listener gives its listening socket up while a publisher is connected; another
+    program takes the port, the glasses drop and come back: our listener cannot listen again, so the
+    miniapp opens one on another port and requests the stream there."""
+    async def main() -> None:
+        async with harness(e2e_detector, cat_video, device="mentra_live") as h:
+            await h.sim.start_session(USER)
+            await stream_active(h.sim, 20)
+            first = h.stream()
+            await until(lambda: first.view.stats.inferences >= 5, 20, "detections on the first ingest")
+            with socket.socket() as squatter:
+                squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # beside the live connection
+                squatter.bind(("127.0.0.1", first.endpoint.port))  # nobody listens while the publisher is connected
+                squatter.listen()
+                n = len(h.sim.events)
+                h.sim.drop_stream(USER)
+                req = await h.sim.wait_for(stream_request, 25, start=n)
+                [second] = await until(lambda: [s for s in h.service.streams() if s is not first], 5, "new stream")
+                assert requested_url(req) == second.publish_url and second.endpoint.port != first.endpoint.port
+                assert first.closed and "taken" in str(first.failure or first.pipeline.fatal_error)
+                await until(lambda: second.view.stats.inferences >= 5, 30, "detections on the new port")
+
+    asyncio.run(main())
 
 
 def test_1008_after_permission_denied_releases_ingest_without_reconnect(e2e_detector, cat_video):
