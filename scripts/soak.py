@@ -41,6 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from detector_app.glasses.publish import die_with_parent  # noqa: E402 - children never outlive the soak
 from detector_app.ingest.addresses import free_port  # noqa: E402 - the project's one port helper
 
 PKG = "com.example.detector.soak"
@@ -341,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         with serve_log.open("wb") as out:
             serve = subprocess.Popen(cli + ["serve", "--model", str(args.model), "--headless", "--feed-port", "0",
                                             "--protocol", args.protocol, "--out", str(results_path)],
-                                     env=env, cwd=work, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                     env=env, cwd=work, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     preexec_fn=die_with_parent)
         wait_healthy(port, serve, args.startup_timeout)  # a first run may export/quantise the model
         sim_cmd = cli + ["simulate", "--app-url", f"http://127.0.0.1:{port}", "--video", str(args.video),
                          "--port", str(sim_port), "--package-name", PKG, "--api-key", key, "--generation", "D",
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                          "--log-level", "WARNING"] + (["--soak-ws"] if args.soak_ws else [])
         with sim_log.open("wb") as err:
             sim = subprocess.Popen(sim_cmd, env=env, cwd=work, stdout=subprocess.PIPE, stderr=err,
-                                   stdin=subprocess.DEVNULL, text=True, bufsize=1)
+                                   stdin=subprocess.DEVNULL, text=True, bufsize=1, preexec_fn=die_with_parent)
         threading.Thread(target=pump_simulator, args=(sim.stdout, obs, sim_view), daemon=True).start()
         threading.Thread(target=tail_results, args=(results_path, obs, stop_tail), daemon=True).start()
 

@@ -40,8 +40,9 @@ class GlassesError(UserError):
     """A glasses-side rejection; the real glasses report it as raw status `error`."""
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM the publisher if we die, so a crashed simulator leaves no orphans."""
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM this child if its parent dies (preexec_fn), so a crashed simulator or a
+    killed soak run leaves no orphans."""
     if _LIBC is not None:
         _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -185,7 +186,7 @@ class PublisherProcess:
         self._proc = proc = subprocess.Popen(
             self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True,  # Ctrl-C in the terminal must not kill it behind our back
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         err = threading.Thread(target=self._read_stderr, args=(proc,), name=f"{self.name}-stderr", daemon=True)
         out = threading.Thread(target=self._read_progress, args=(proc, err), name=f"{self.name}-progress", daemon=True)
