@@ -324,7 +324,6 @@ def test_say_and_button_reach_subscribers() -> None:
     run(body)
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 def test_stream_active_then_glasses_drop_and_reconnect(clip: Path, rtmp_receiver: int) -> None:
     """Real publisher into a looping ffmpeg RTMP receiver: initializing -> active -> (drop) initializing -> active."""
     video, port = clip, rtmp_receiver
@@ -473,7 +472,6 @@ def test_glasses_refusing_the_video_config_end_the_stream() -> None:
     run(body)
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 def test_soak_faults_repeat_stream_and_socket_drops(clip: Path, rtmp_receiver: int) -> None:
     """Faults.repeat: the stream drops after every reconnect and the app socket after every ack."""
     video, port = clip, rtmp_receiver

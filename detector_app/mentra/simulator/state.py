@@ -26,11 +26,11 @@ class SimulatorError(RuntimeError):
 class Faults:
     """Fault switches; each mirrors a failure the real cloud/glasses can produce."""
 
-    drop_ws_after_s: float | None = None  # abort the app socket this long after the first ack (once per user)
+    drop_ws_after_s: float | None = None  # abort the app socket this long after the first ack (once, or see repeat)
     drop_ws_code: int | None = None  # None: abrupt TCP abort (app sees 1006); else a close frame with this code
     deny_camera: bool = False  # app lacks CAMERA permission -> PERMISSION_DENIED + 1008 on stream requests
     no_wifi: bool = False  # glasses not on WiFi -> WIFI_NOT_CONNECTED + 1008 on stream requests
-    stream_drop_after_s: float | None = None  # glasses publisher killed this long after it runs (once)
+    stream_drop_after_s: float | None = None  # glasses publisher killed this long after it runs (once, or see repeat)
     stream_restore_after_s: float | None = None  # ... and restarted this long after the drop
     stream_drop_mode: DropMode = "reconnect"  # "reconnect": initializing -> active; "error": stopped
     repeat: bool = False  # soak: the stream and app-socket drops above recur after every (re)connect
