@@ -46,7 +46,8 @@ FAST = {"reconnect_delays": (0.1, 0.2, 0.4), "stop_close_grace_s": 0.5}
 # ------------------------------------------------------------------------------------ fakes
 
 class FakeStream:
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, close_delay_s: float = 0.0) -> None:
+        self.close_delay_s = close_delay_s
         self.key = f"key{n}"
         self.publish_url = f"rtmp://192.168.1.20:{19350 + n}/live/{self.key}"
         self.listeners: list[Callable[[FrameResult], None]] = []
@@ -60,6 +61,7 @@ class FakeStream:
         return {"fps": 10.0}
 
     def close(self, timeout: float = 5.0) -> None:
+        time.sleep(min(timeout, self.close_delay_s))  # e.g. a decoder waiting out its read timeout
         self.closed.set()
 
     def emit_from_thread(self, results: list[FrameResult]) -> None:
@@ -78,7 +80,8 @@ class FakeService:
     """``fail_after``: opens that many streams, then raises (a port lost for good); ``open_delay_s``:
     each open takes that long (a slow relay start)."""
 
-    def __init__(self, fail_after: int | None = None, open_delay_s: float = 0.0) -> None:
+    def __init__(self, fail_after: int | None = None, open_delay_s: float = 0.0, close_delay_s: float = 0.0) -> None:
+        self.close_delay_s = close_delay_s
         self.streams: list[FakeStream] = []
         self.closed = False
         self.attempts = 0
@@ -91,7 +94,7 @@ class FakeService:
         time.sleep(self.open_delay_s)
         if self.fail_after is not None and len(self.streams) >= self.fail_after:
             raise IngestError("no free ingest port")
-        stream = FakeStream(len(self.streams))
+        stream = FakeStream(len(self.streams), self.close_delay_s)
         self.streams.append(stream)
         return stream
 
@@ -294,6 +297,21 @@ def test_dead_ingest_is_rebuilt_and_the_stream_requested_again():
         assert not [t for t in spoken(cloud) if "failed" in t]
 
     asyncio.run(scenario(body, feedback_config=FeedbackConfig(speech_gap_s=0.0)))
+
+
+def test_rebuilt_ingest_that_dies_while_the_dead_one_still_closes_is_rebuilt_again():
+    async def body(cloud, app, http, service):
+        await start_session(cloud, http)
+        service.streams[0].failure = "SRT relay (srt-live-transmit) exited with code 1"
+        await until(lambda: len(service.streams) == 2, 3.0, "the first rebuild")
+        service.streams[1].failure = "SRT relay (srt-live-transmit) exited with code 1"  # stream 0 still closing
+        requests = await until(lambda: cloud.of_type("rtmp_stream_request")[2:], 3.0, "a third stream request")
+        assert requests[0]["rtmpUrl"] == service.streams[2].publish_url
+        assert not service.streams[0].closed.is_set(), "the test needs the first close still running"
+        await until(lambda: service.streams[0].closed.is_set() and service.streams[1].closed.is_set(), 5.0,
+                    "both dead streams closed")
+
+    asyncio.run(scenario(body, FakeService(close_delay_s=1.5)))
 
 
 def test_ingest_that_cannot_be_rebuilt_gives_up_with_one_notice():

@@ -71,6 +71,7 @@ class SessionRunner:
         self._lost: StreamSessionLike | None = None  # the dead stream already reported to the session
         self._stream_close_s = stream_close_s
         self._closing_pipeline = False
+        self._retiring: set[asyncio.Task[None]] = set()  # closes of replaced (dead) streams
         self._task: asyncio.Task[SessionEnded | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.end: SessionEnded | None = None
@@ -233,8 +234,8 @@ class SessionRunner:
                 self._ended.set()
 
     async def _start_pipeline(self, protocol: str) -> None:
-        """Open and adopt a new stream, then close the (dead) one it replaces. New first: a dead
-        stream's close waits for its decoder's read timeout, which would only delay the recovery."""
+        """Open and adopt a new stream, then retire the (dead) one it replaces in the background. New
+        first: a dead stream's close waits for its decoder's read timeout, which would delay recovery."""
         with self._stream_lock:
             old = self._stream
         try:
@@ -251,7 +252,9 @@ class SessionRunner:
                 with self._stream_lock:
                     if self._stream is old:
                         self._stream = None
-                await self._close_stream(old)
+                task = asyncio.create_task(self._close_stream(old))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
 
     def _open_and_adopt(self, service: DetectionServiceLike, protocol: str) -> StreamSessionLike | None:
         """Worker thread: open a stream and hand it to this runner — or, if the session stopped
@@ -295,6 +298,6 @@ class SessionRunner:
         if task is not None and not task.done():
             task.cancel()  # an open in progress finishes in its thread and closes what it opened
             await asyncio.gather(task, return_exceptions=True)
-        if stream is not None:
-            await self._close_stream(stream)
+        closes = [*self._retiring, *([asyncio.create_task(self._close_stream(stream))] if stream is not None else [])]
+        await asyncio.gather(*closes, return_exceptions=True)  # each bounded by the close budget
 
