@@ -398,6 +398,7 @@ ROWS: list[tuple[str, str, str]] = [  # (key, label, number format)
     ("dropped_frames", "dropped frames (sent, never decoded)", "d"),
     ("boxes_per_result", "boxes per result, before the animal filter", ".1f"),
     ("process_cpu_cores", "process CPU (cores)", ".2f"),
+    ("others_cpu_cores", "rest of the machine meanwhile (cores; noise)", ".2f"),
     ("cpu_ms_per_detection", "CPU ms per detection", ".1f"),
     ("raw_wall_ms_p50", "raw runtime, same export: ms per call p50", ".1f"),
     ("raw_cpu_ms_per_call", "raw runtime: CPU ms per call", ".1f"),

@@ -76,6 +76,16 @@ def proc_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks  # fields 14 and 15 of proc(5)
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all cores spent busy since boot (``/proc/stat``: everything but idle and iowait)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_vm_hwm_kb(pid: int) -> int | None:
     from detector_app.bench.worker import vm_hwm_kb
 
@@ -234,7 +244,7 @@ def run_side(name: str, worker_args: list[str], cfg: BenchConfig, publish_urls_o
                 for i in range(len(urls))]
         for url, sp, lp in zip(urls, sends_paths, logs, strict=True):
             publishers.append(_publish(cfg.video, url, cfg.duration, sp, lp))
-        cpu0, t0 = proc_cpu_seconds(worker.proc.pid), time.time()
+        cpu0, t0, busy0 = proc_cpu_seconds(worker.proc.pid), time.time(), machine_busy_seconds()
         for pub in publishers:
             _go(pub)
         deadline = time.monotonic() + cfg.duration + 30.0
@@ -244,7 +254,7 @@ def run_side(name: str, worker_args: list[str], cfg: BenchConfig, publish_urls_o
                 rcs.append(pub.wait(max(0.1, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:
                 raise BenchError(f"{name}: publisher did not finish within {cfg.duration + 30:.0f} s") from None
-        cpu1, t1 = proc_cpu_seconds(worker.proc.pid), time.time()
+        cpu1, t1, busy1 = proc_cpu_seconds(worker.proc.pid), time.time(), machine_busy_seconds()
         for rc, lp in zip(rcs, logs, strict=True):
             if rc != 0:
                 tail = lp.read_text(errors="replace").strip().splitlines()[-1:]
@@ -254,8 +264,11 @@ def run_side(name: str, worker_args: list[str], cfg: BenchConfig, publish_urls_o
         worker.stop()
         raw = json.loads(raw_path.read_text())
         raw["ready"] = ready
-        raw["cpu_window"] = {"cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
-                             "wall_s": t1 - t0, "vm_hwm_kb": rss_kb}
+        cpu_s = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None
+        raw["cpu_window"] = {"cpu_s": cpu_s, "wall_s": t1 - t0, "vm_hwm_kb": rss_kb,
+                             # everything else on the machine meanwhile (publishers, nginx, other users' jobs)
+                             "others_cpu_s": (busy1 - busy0 - (cpu_s or 0.0)) if busy0 is not None and busy1 is not None
+                             else None}
         raw["sends"] = [[json.loads(ln) for ln in sp.read_text().splitlines() if ln.strip()] for sp in sends_paths]
         return raw
     finally:
@@ -363,6 +376,8 @@ def _metrics(raw: dict, floor: dict | None = None, fps: float = 10.0) -> tuple[d
     sends = [report.Sends.parse(lines) for lines in raw["sends"]]
     cw = raw["cpu_window"]
     m = report.side_metrics(raw, sends, cw["cpu_s"], cw["wall_s"], cw["vm_hwm_kb"], floor=floor, fps=fps)
+    if cw.get("others_cpu_s") is not None and cw["wall_s"]:
+        m["others_cpu_cores"] = round(max(0.0, cw["others_cpu_s"]) / cw["wall_s"], 2)
     return m, sends
 
 
