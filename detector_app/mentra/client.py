@@ -72,6 +72,7 @@ class SessionRunner:
         self._stream_close_s = stream_close_s
         self._closing_pipeline = False
         self._retiring: set[asyncio.Task[None]] = set()  # closes of replaced (dead) streams
+        self._start_again: str | None = None  # a StartPipeline that came while one was opening
         self._task: asyncio.Task[SessionEnded | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.end: SessionEnded | None = None
@@ -229,6 +230,8 @@ class SessionRunner:
             elif isinstance(action, StartPipeline):
                 if self._pipeline_task is None or self._pipeline_task.done():
                     self._pipeline_task = asyncio.create_task(self._start_pipeline(action.protocol))
+                else:  # the stream being opened died at once: open another when this open is done
+                    self._start_again = action.protocol
             elif isinstance(action, SessionEnded):
                 self.end = action
                 self._ended.set()
@@ -255,6 +258,9 @@ class SessionRunner:
                 task = asyncio.create_task(self._close_stream(old))
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
+            again, self._start_again = self._start_again, None
+            if again is not None and not self._ended.is_set():
+                self._pipeline_task = asyncio.create_task(self._start_pipeline(again))
 
     def _open_and_adopt(self, service: DetectionServiceLike, protocol: str) -> StreamSessionLike | None:
         """Worker thread: open a stream and hand it to this runner — or, if the session stopped
