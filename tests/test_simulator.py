@@ -169,8 +169,10 @@ def test_message_before_init_is_session_not_found(generation: str, closes: bool)
                 assert (err["type"], err["code"]) == ("tpa_connection_error", "SESSION_NOT_FOUND")
                 if closes:
                     assert (await expect_close(ws))[0] == 1008
-                else:
-                    await ws.send(json.dumps({"type": "ping"}))  # socket still open in D
+                else:  # D keeps the socket open: the next frame is answered (still unbound: the same error)
+                    await ws.send(json.dumps({"type": "ping"}))
+                    again = await recv_json(ws)
+                    assert (again["type"], again["code"]) == ("tpa_connection_error", "SESSION_NOT_FOUND")
     run(body)
 
 
