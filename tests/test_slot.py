@@ -19,6 +19,28 @@ def _start(target, *args) -> threading.Thread:
     return t
 
 
+def _produce_and_drain(slot: LatestSlot[int], n: int) -> list[int]:
+    """A producer thread puts 0..n-1 then closes; the primary consumer takes until closed. Versions
+    only ever grow; returns what was taken."""
+    def producer() -> None:
+        for i in range(n):
+            slot.put(i)
+        slot.close()
+
+    t = _start(producer)
+    seen, last = [], 0
+    while True:
+        got = slot.take_newer(last, timeout=UPPER)
+        if got is None:
+            break
+        assert got.version > last
+        seen.append(got.item)
+        last = got.version
+    t.join(UPPER)
+    assert not t.is_alive()
+    return seen
+
+
 def test_latest_wins_and_overwritten_counts_misses():
     slot: LatestSlot[int] = LatestSlot()
     for i in range(100):
@@ -156,21 +178,7 @@ def test_blocking_producer_waits_until_consumed():
 def test_blocking_mode_delivers_every_item_in_order():
     slot: LatestSlot[int] = LatestSlot(blocking=True)
     n = 200
-
-    def producer():
-        for i in range(n):
-            slot.put(i)
-        slot.close()
-
-    t = _start(producer)
-    seen, last = [], 0
-    while True:
-        got = slot.take_newer(last, timeout=UPPER)
-        if got is None:
-            break
-        seen.append(got.item)
-        last = got.version
-    t.join(UPPER)
+    seen = _produce_and_drain(slot, n)
     assert seen == list(range(n))
     assert slot.overwritten == 0
 
@@ -239,24 +247,6 @@ def test_stop_event_ignored_when_not_blocking():
 def test_threaded_fast_producer_slow_consumer_never_queues():
     slot: LatestSlot[int] = LatestSlot()
     n = 1000
-    produced = threading.Event()
-
-    def producer():
-        for i in range(n):
-            slot.put(i)
-        produced.set()
-        slot.close()
-
-    t = _start(producer)
-    seen, last = [], 0
-    while True:
-        got = slot.take_newer(last, timeout=UPPER)
-        if got is None:
-            break
-        assert got.version > last
-        seen.append(got.item)
-        last = got.version
-    t.join(UPPER)
-    assert produced.is_set()
+    seen = _produce_and_drain(slot, n)
     assert seen == sorted(seen) and seen[-1] == n - 1  # the newest always arrives, in order
     assert slot.overwritten == n - len(seen)  # every item either taken or counted as a miss

@@ -47,6 +47,13 @@ class IngestEndpoint:
     publish_url: str
     local_publish_url: str
 
+    @classmethod
+    def build(cls, protocol: Protocol_, key: str, port: int, bind_host: str, advertise: str, tail: str) -> IngestEndpoint:
+        """``tail`` is what follows ``host:port`` in the URL (``/live/KEY``, ``?streamid=…``)."""
+        return cls(protocol, key, port, bind_host, advertise,
+                   publish_url=f"{protocol}://{advertise}:{port}{tail}",
+                   local_publish_url=f"{protocol}://127.0.0.1:{port}{tail}")
+
     def redacted(self) -> str:
         """The publish URL with the key masked, for logs."""
         return self.publish_url.replace(self.key, self.key[:4] + "…")

@@ -24,15 +24,7 @@ from detector_app.ingest.base import PROBE_OPTIONS, IngestEndpoint, IngestError,
 
 
 def rtmp_endpoint(key: str, port: int, bind_host: str, advertise: str, app: str = "live") -> IngestEndpoint:
-    return IngestEndpoint(
-        protocol="rtmp",
-        key=key,
-        port=port,
-        bind_host=bind_host,
-        advertise_host=advertise,
-        publish_url=f"rtmp://{advertise}:{port}/{app}/{key}",
-        local_publish_url=f"rtmp://127.0.0.1:{port}/{app}/{key}",
-    )
+    return IngestEndpoint.build("rtmp", key, port, bind_host, advertise, f"/{app}/{key}")
 
 
 class RtmpListener:

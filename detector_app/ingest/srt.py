@@ -30,15 +30,7 @@ SRT_LATENCY_MS = 20  # receiver latency; 120 ms default doubles frame age (field
 def srt_endpoint(key: str, port: int, bind_host: str, advertise: str) -> IngestEndpoint:
     # ffmpeg/StreamPack take latency in microseconds in the URL; srt-live-transmit in ms.
     query = f"streamid={key}&passphrase={key}&pbkeylen=16&latency={SRT_LATENCY_MS * 1000}"
-    return IngestEndpoint(
-        protocol="srt",
-        key=key,
-        port=port,
-        bind_host=bind_host,
-        advertise_host=advertise,
-        publish_url=f"srt://{advertise}:{port}?{query}",
-        local_publish_url=f"srt://127.0.0.1:{port}?{query}",
-    )
+    return IngestEndpoint.build("srt", key, port, bind_host, advertise, f"?{query}")
 
 
 def require_relay() -> str:
