@@ -80,6 +80,8 @@ def test_distractor_only_video_yields_no_animals(fixture_videos, detector):
 
 
 def _listen(protocol: str, detector, sink, fps: float = 10.0):
+    if protocol == "srt":
+        need("srt-live-transmit", "apt-get install srt-tools")
     endpoint, source = open_listener(protocol, port=0, bind_host="127.0.0.1", advertise="127.0.0.1", for_glasses=False)
     pipe = Pipeline(source, detector, fps=fps, sinks=[sink], source_label="test").start()
     wait_listening(endpoint.port, udp=protocol == "srt")
@@ -88,8 +90,6 @@ def _listen(protocol: str, detector, sink, fps: float = 10.0):
 
 @pytest.mark.parametrize("protocol", ["rtmp", "srt"])
 def test_publisher_drop_then_reconnect_resumes_detection(protocol, fixture_videos, detector):
-    if protocol == "srt":
-        need("srt-live-transmit", "apt-get install srt-tools")
     sink = Collect()
     endpoint, source, pipe = _listen(protocol, detector, sink)
     video = fixture_videos["cat_480p15"]  # cat in view from ~2.5 s to ~7.5 s
@@ -111,8 +111,6 @@ def test_publisher_drop_then_reconnect_resumes_detection(protocol, fixture_video
 
 @pytest.mark.parametrize("protocol", ["rtmp", "srt"])
 def test_wrong_key_publisher_is_rejected(protocol, fixture_videos, detector):
-    if protocol == "srt":
-        need("srt-live-transmit", "apt-get install srt-tools")
     sink = Collect()
     endpoint, source, pipe = _listen(protocol, detector, sink)
     video = fixture_videos["cat_480p15"]
