@@ -92,7 +92,7 @@ def y_plane_counter(frame) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------- introspection
-def find_runtimes(root: object, max_depth: int = 6, max_nodes: int = 20000) -> list[object]:
+def find_runtimes(root: object, max_depth: int = 9, max_nodes: int = 20000) -> list[object]:
     """The OpenVINO ``CompiledModel`` / ``InferRequest`` and ONNX Runtime ``InferenceSession`` objects reachable
     from ``root``.
 
@@ -224,9 +224,9 @@ def run_ours(args: argparse.Namespace) -> None:
     setup_logging(args.log_level)
     from detector_app.detection.detector import Detector
     from detector_app.fixtures.scene import frame_counter_probe
+    from detector_app.ingest.addresses import wait_listening
     from detector_app.ingest.factory import open_listener
     from detector_app.pipeline import Pipeline
-    from detector_app.replay import wait_listening
 
     frame_size = tuple(int(v) for v in args.frame_size.lower().split("x"))
     det = Detector(make_detector_config(args), frame_size=frame_size, progress=False)  # type: ignore[arg-type]
