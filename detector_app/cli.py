@@ -192,7 +192,7 @@ def replay(
     setup_logging(log_level)
     if not video.exists():
         raise _fail(f"video not found: {video}")
-    from detector_app.replay import replay as run_replay
+    from detector_app.commands.replay import replay as run_replay
     from detector_app.video.probe import video_size
 
     det = _detector(model, conf, imgsz, device, classes, backend, video_size(video), precision)
@@ -230,8 +230,8 @@ def detect(
 ) -> None:
     """Run the same pipeline on a file or stream URL, without an ingest listener."""
     setup_logging(log_level)
+    from detector_app.commands.replay import detect_source
     from detector_app.ingest.url import UrlSource
-    from detector_app.replay import detect_source
 
     src = UrlSource(source, live=realtime)
     from detector_app.video.probe import video_size
@@ -359,7 +359,7 @@ def demo(
     """Offline demo, no hardware, no internet: simulator + miniapp + ingest + detection. The window shows
     the video with boxes; the terminal shows the glasses' text walls and speech."""
     setup_logging(log_level)
-    from detector_app.demo import run_demo
+    from detector_app.commands.demo import run_demo
 
     raise typer.Exit(run_demo(headless=headless, protocol=protocol.value, video=video, model=model,
                               duration=duration, glasses=device_profile))

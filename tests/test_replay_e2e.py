@@ -12,12 +12,13 @@ import time
 
 import pytest
 
+from detector_app.commands.replay import replay
 from detector_app.fixtures.evaluate import score
 from detector_app.fixtures.scene import frame_counter_probe
 from detector_app.glasses.publish import Publisher
+from detector_app.ingest.addresses import wait_listening
 from detector_app.ingest.factory import open_listener
 from detector_app.pipeline import Pipeline
-from detector_app.replay import replay, wait_listening
 
 from .conftest import MODEL, ROOT, need
 

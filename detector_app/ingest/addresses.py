@@ -12,6 +12,7 @@ import random
 import secrets
 import socket
 import string
+import time
 
 from loguru import logger
 
@@ -113,3 +114,16 @@ def listening(port: int, udp: bool = False) -> bool | None:
             if int(local.rsplit(":", 1)[1], 16) == port and (udp or state == "0A"):
                 return True
     return False if found_any else None
+
+
+def wait_listening(port: int, udp: bool, timeout: float = 5.0) -> None:
+    """Until something listens on ``port`` (bounded); on systems without /proc, a short pause."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = listening(port, udp=udp)
+        if state is None:  # cannot tell (non-Linux): give the listener a moment
+            time.sleep(0.3)
+            return
+        if state:
+            return
+        time.sleep(0.02)
