@@ -251,7 +251,9 @@ def judge(samples: list[ProcSample], warm_from: float, outages: list[Outage], lo
     v.lines.append(f"serve log         {len(log_errors)} error/traceback lines; exit code {serve_rc}")
     if log_errors:
         v.failures.append(f"serve log has errors, first: {log_errors[0][:160]}")
-    if serve_rc != 0:
+    if serve_rc is None:
+        v.failures.append("serve did not stop within 40 s of SIGTERM (killed)")
+    elif serve_rc != 0:
         v.failures.append(f"serve exited with {serve_rc}")
     return v
 
@@ -295,7 +297,7 @@ def fmt_clock(seconds: float) -> str:
     return f"{int(seconds // 60):2d}:{int(seconds % 60):02d}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=1800.0, help="seconds of soak after the first result")
     ap.add_argument("--drop-every", type=float, default=60.0, help="seconds of streaming between drops")
@@ -315,13 +317,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--startup-timeout", type=float, default=600.0, help="seconds for serve to load and listen")
     ap.add_argument("--json", type=Path, default=None, help="also write the measurements as JSON")
     args = ap.parse_args(argv)
-    warmup = args.warmup if args.warmup is not None else args.drop_every + args.down_for + 10.0
-    for need in (args.video, args.model):
-        if not need.exists():
-            print(f"soak: missing {need} (run scripts/setup.sh)", file=sys.stderr)
-            return 2
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="detector-soak-"))
-    work.mkdir(parents=True, exist_ok=True)
+    if args.warmup is None:
+        args.warmup = args.drop_every + args.down_for + 10.0
+    return args
+
+
+@dataclass
+class Children:
+    serve: subprocess.Popen
+    sim: subprocess.Popen
+
+
+def start_children(args: argparse.Namespace, work: Path, obs: Observations, stop_tail: threading.Event,
+                   started: list[subprocess.Popen]) -> Children:
+    """serve (waits for /health), then the simulator in soak mode; readers for its view and the JSONL.
+    Each child is appended to `started` as soon as it exists, so the caller can always stop it."""
     results_path, serve_log, sim_log, sim_view = (work / n for n in ("results.jsonl", "serve.log", "sim.log", "sim-view.log"))
     results_path.unlink(missing_ok=True)
     key = "soak-" + secrets.token_hex(8)
@@ -330,96 +340,127 @@ def main(argv: list[str] | None = None) -> int:
            "WEBHOOK_HOST": "127.0.0.1", "INGEST_HOST": "127.0.0.1", "MENTRAOS_WS_ALLOWLIST": "127.0.0.1,localhost",
            "PYTHONUNBUFFERED": "1"}
     cli = [sys.executable, "-m", "detector_app.cli"]
-    obs = Observations()
-    stop_tail = threading.Event()
+    with serve_log.open("wb") as out:
+        serve = subprocess.Popen(cli + ["serve", "--model", str(args.model), "--headless", "--feed-port", "0",
+                                        "--protocol", args.protocol, "--out", str(results_path)],
+                                 env=env, cwd=work, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 preexec_fn=die_with_parent)
+    started.append(serve)
+    wait_healthy(port, serve, args.startup_timeout)  # a first run may export/quantise the model
+    sim_cmd = cli + ["simulate", "--app-url", f"http://127.0.0.1:{port}", "--video", str(args.video),
+                     "--port", str(sim_port), "--package-name", PKG, "--api-key", key, "--generation", "D",
+                     "--soak", "--drop-every", str(args.drop_every), "--down-for", str(args.down_for),
+                     "--log-level", "WARNING"] + (["--soak-ws"] if args.soak_ws else [])
+    with sim_log.open("wb") as err:
+        sim = subprocess.Popen(sim_cmd, env=env, cwd=work, stdout=subprocess.PIPE, stderr=err,
+                               stdin=subprocess.DEVNULL, text=True, bufsize=1, preexec_fn=die_with_parent)
+    started.append(sim)
+    threading.Thread(target=pump_simulator, args=(sim.stdout, obs, sim_view), daemon=True).start()
+    threading.Thread(target=tail_results, args=(results_path, obs, stop_tail), daemon=True).start()
+    return Children(serve, sim)
+
+
+@dataclass
+class Run:
+    t0: float  # monotonic time of the first result: the soak clock starts here
+    warm_from: float
+    judged_until: float  # wall clock: drops after this happen during shutdown (counted, not judged)
+    samples: list[ProcSample]
+
+
+def soak_loop(args: argparse.Namespace, kids: Children, obs: Observations) -> Run:
+    """Sample /proc every --sample-every s, print a line a minute and one per recovered drop."""
+    deadline = time.monotonic() + 120
+    while obs.first_result_at is None:  # session starts, stream comes up
+        if time.monotonic() > deadline or kids.serve.poll() is not None or kids.sim.poll() is not None:
+            raise RuntimeError("no detection result within 120 s of starting (see the logs in the work folder)")
+        time.sleep(0.2)
+    t0 = time.monotonic()
+    warm_from, end = t0 + args.warmup, t0 + args.duration
     samples: list[ProcSample] = []
-    serve = sim = None
+    next_print, last_printed = t0 + args.print_every, None
+    told: set[int] = set()  # outages whose recovery was printed
+    while True:
+        now = time.monotonic()
+        if kids.serve.poll() is not None:
+            raise RuntimeError(f"serve exited with {kids.serve.returncode} during the soak")
+        if now >= end and (not obs.open_outages() or now > end + args.down_for + 20):
+            return Run(t0, warm_from, time.time(), samples)  # done, and not in the middle of a drop
+        samples.append(read_proc(kids.serve.pid))
+        s = samples[-1]
+        with obs.lock:
+            outages = list(enumerate(obs.outages))
+            results = obs.results
+        for i, o in outages:
+            if i not in told and o.recovery_s is not None:
+                told.add(i)
+                n = sum(1 for _, x in outages[: i + 1] if x.kind == o.kind)
+                what = "first result" if o.kind == "stream" else "app acked again"
+                down = f"down {o.back_at - o.down_at:.1f} s, " if o.kind == "stream" and o.back_at else ""
+                print(f"[soak {fmt_clock(now - t0)}] {o.kind} drop {n}: {down}{what} after {o.recovery_s:.2f} s",
+                      flush=True)
+        if now >= next_print:
+            prev = last_printed or samples[0]
+            cpu = (s.cpu_s - prev.cpu_s) / max(1e-9, s.t - prev.t)
+            drops = [o for _, o in outages if o.kind == "stream"]
+            print(f"[soak {fmt_clock(now - t0)}] rss {s.rss_mb:6.1f} MB  threads {s.threads:3d}  fds {s.fds:4d}  "
+                  f"cpu {100 * cpu:4.0f}%  results {results}  stream drops {len(drops)}"
+                  f"{'  (warm-up)' if now < warm_from else ''}", flush=True)
+            last_printed, next_print = s, next_print + args.print_every
+        time.sleep(min(args.sample_every, max(0.05, end - now)) if now < end else 0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for need in (args.video, args.model):
+        if not need.exists():
+            print(f"soak: missing {need} (run scripts/setup.sh)", file=sys.stderr)
+            return 2
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="detector-soak-"))
+    work.mkdir(parents=True, exist_ok=True)
+    obs, stop_tail = Observations(), threading.Event()
+    started: list[subprocess.Popen] = []
     serve_rc: int | None = None
     print(f"soak: {args.duration:.0f} s, stream drops every {args.drop_every:g} s for {args.down_for:g} s"
-          f"{', app socket drops too' if args.soak_ws else ''}; {args.protocol}; warm-up {warmup:.0f} s; files in {work}",
-          flush=True)
+          f"{', app socket drops too' if args.soak_ws else ''}; {args.protocol}; warm-up {args.warmup:.0f} s; "
+          f"files in {work}", flush=True)
     try:
-        with serve_log.open("wb") as out:
-            serve = subprocess.Popen(cli + ["serve", "--model", str(args.model), "--headless", "--feed-port", "0",
-                                            "--protocol", args.protocol, "--out", str(results_path)],
-                                     env=env, cwd=work, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     preexec_fn=die_with_parent)
-        wait_healthy(port, serve, args.startup_timeout)  # a first run may export/quantise the model
-        sim_cmd = cli + ["simulate", "--app-url", f"http://127.0.0.1:{port}", "--video", str(args.video),
-                         "--port", str(sim_port), "--package-name", PKG, "--api-key", key, "--generation", "D",
-                         "--soak", "--drop-every", str(args.drop_every), "--down-for", str(args.down_for),
-                         "--log-level", "WARNING"] + (["--soak-ws"] if args.soak_ws else [])
-        with sim_log.open("wb") as err:
-            sim = subprocess.Popen(sim_cmd, env=env, cwd=work, stdout=subprocess.PIPE, stderr=err,
-                                   stdin=subprocess.DEVNULL, text=True, bufsize=1, preexec_fn=die_with_parent)
-        threading.Thread(target=pump_simulator, args=(sim.stdout, obs, sim_view), daemon=True).start()
-        threading.Thread(target=tail_results, args=(results_path, obs, stop_tail), daemon=True).start()
-
-        deadline = time.monotonic() + 120
-        while obs.first_result_at is None:  # model loads, session starts, stream comes up
-            if time.monotonic() > deadline or serve.poll() is not None or sim.poll() is not None:
-                raise RuntimeError("no detection result within 120 s of starting (see the logs in the work folder)")
-            time.sleep(0.2)
-        t0 = time.monotonic()
-        warm_from = t0 + warmup
-        next_print = t0 + args.print_every
-        last_print_sample: ProcSample | None = None
-        end = t0 + args.duration
-        while True:
-            now = time.monotonic()
-            if serve.poll() is not None:
-                raise RuntimeError(f"serve exited with {serve.returncode} during the soak")
-            if now >= end and (not obs.open_outages() or now > end + args.down_for + 20):
-                judged_until = time.time()  # drops after this happen during shutdown: counted, not judged
-                break  # done, and not in the middle of a drop (bounded wait for its recovery)
-            samples.append(read_proc(serve.pid))
-            s = samples[-1]
-            if now >= next_print:
-                prev = last_print_sample or samples[0]
-                cpu = (s.cpu_s - prev.cpu_s) / max(1e-9, s.t - prev.t)
-                with obs.lock:
-                    drops = [o for o in obs.outages if o.kind == "stream"]
-                    rec = [o.recovery_s for o in drops if o.recovery_s is not None]
-                    results = obs.results
-                print(f"[soak {fmt_clock(now - t0)}] rss {s.rss_mb:6.1f} MB  threads {s.threads:3d}  fds {s.fds:4d}  "
-                      f"cpu {100 * cpu:4.0f}%  results {results}  drops {len(drops)} (recovered {len(rec)}"
-                      f"{f', last {rec[-1]:.2f} s' if rec else ''}){'  (warm-up)' if now < warm_from else ''}",
-                      flush=True)
-                last_print_sample, next_print = s, next_print + args.print_every
-            time.sleep(min(args.sample_every, max(0.05, end - now)) if now < end else 0.2)
+        run = soak_loop(args, start_children(args, work, obs, stop_tail, started), obs)
     except RuntimeError as exc:
         print(f"soak: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if serve is not None:
-            serve_rc = stop(serve, signal.SIGTERM, 40)
-        if sim is not None:
-            stop(sim, signal.SIGINT, 20)
+    finally:  # serve first (it stops its stream, as a user stopping the server would), then the cloud
+        for i, proc in enumerate(started):
+            rc = stop(proc, signal.SIGTERM if i == 0 else signal.SIGINT, 40 if i == 0 else 20)
+            serve_rc = rc if i == 0 else serve_rc
         stop_tail.set()
         time.sleep(0.3)  # the reader threads take the simulator's last lines
 
-    errors = log_errors(serve_log)
-    targets = Targets(rss_mb_per_30min=args.rss_budget_mb, rss_floor_mb=args.rss_floor_mb,
-                      recovery_p95_s=args.recovery_p95)
     with obs.lock:
         outages = list(obs.outages)
-    judged = [o for o in outages if o.down_at <= judged_until]
-    verdict = judge(samples, warm_from, judged, errors, serve_rc, targets)
-    sim_said = f" (the simulator counted {obs.sim_reported[0]} stream, {obs.sim_reported[1]} socket)" if obs.sim_reported else ""
+    judged = [o for o in outages if o.down_at <= run.judged_until]
+    targets = Targets(rss_mb_per_30min=args.rss_budget_mb, rss_floor_mb=args.rss_floor_mb,
+                      recovery_p95_s=args.recovery_p95)
+    verdict = judge(run.samples, run.warm_from, judged, log_errors(work / "serve.log"), serve_rc, targets)
+    said = f" (the simulator counted {obs.sim_reported[0]} stream, {obs.sim_reported[1]} socket drops)" \
+        if obs.sim_reported else ""
+    each = [f"{o.recovery_s:.2f}" for o in judged if o.kind == "stream" and o.recovery_s is not None]
     print("── soak summary " + "─" * 44)
-    print(f"run               {fmt_clock(samples[-1].t - t0) if samples else '0:00'} after the first result; stream "
-          f"drops every {args.drop_every:g} s for {args.down_for:g} s{' + app socket drops' if args.soak_ws else ''}"
-          f"; {args.protocol}; warm-up {warmup:.0f} s")
-    print(f"results           {obs.results} detection results{sim_said}")
+    print(f"run               {fmt_clock(run.samples[-1].t - run.t0) if run.samples else ' 0:00'} after the first "
+          f"result; stream drops every {args.drop_every:g} s for {args.down_for:g} s"
+          f"{' + app socket drops' if args.soak_ws else ''}; {args.protocol}; warm-up {args.warmup:.0f} s")
+    print(f"results           {obs.results} detection results{said}")
     for line in verdict.lines:
         print(line)
+    if each:
+        print(f"stream recoveries {' '.join(each)} s (publisher back → first result, each drop)")
     print(f"result            {'PASS' if verdict.ok else 'FAIL'}")
     for f in verdict.failures:
         print(f"  missed: {f}")
     if args.json is not None:
         args.json.write_text(json.dumps({
             "ok": verdict.ok, "failures": verdict.failures, "summary": verdict.lines,
-            "samples": [s.__dict__ for s in samples], "warm_from": warm_from, "t0": t0,
+            "samples": [s.__dict__ for s in run.samples], "warm_from": run.warm_from, "t0": run.t0,
             "outages": [{**o.__dict__, "recovery_s": o.recovery_s, "judged": o in judged} for o in outages],
             "results": obs.results, "simulator_counted": obs.sim_reported, "serve_exit": serve_rc,
         }, indent=1))

@@ -54,7 +54,8 @@ def test_a_flat_recovered_run_passes() -> None:
     ({"outages": drops([0.5] * 18 + [4.0, 5.0])}, "stream recovery p95"),
     ({"outages": []}, "no stream drop happened"),
     ({"log_errors": ["12:00:00.000 ERROR   x boom"]}, "serve log has errors"),
-    ({"serve_rc": None}, "serve exited with None"),
+    ({"serve_rc": None}, "serve did not stop"),
+    ({"serve_rc": 1}, "serve exited with 1"),
     ({"samples": samples(n=4)}, "too few samples"),
 ])
 def test_each_missed_target_fails_the_run(kw: dict, missed: str) -> None:
