@@ -48,28 +48,14 @@ class CloudSimulator:
         self._media = GlassesMedia(core)
         self._connections = AppConnections(core, self._lifecycle, self._streaming, self._media)
         self._server = CloudHttpServer(core, self._connections.handle)
+        # What tests and operators read (the same objects the parts use; replace nothing in them).
+        self.config: SimulatorConfig = core.config
+        self.gen: GenerationProfile = core.gen
+        self.device: DeviceProfile = core.device
+        self.log: EventLog = core.log
+        self.sessions: dict[str, UserSession] = core.sessions
 
-    # ------------------------------------------------------------------ state, read-only for callers
-    @property
-    def config(self) -> SimulatorConfig:
-        return self._core.config
-
-    @property
-    def gen(self) -> GenerationProfile:
-        return self._core.gen
-
-    @property
-    def device(self) -> DeviceProfile:
-        return self._core.device
-
-    @property
-    def log(self) -> EventLog:
-        return self._core.log
-
-    @property
-    def sessions(self) -> dict[str, UserSession]:
-        return self._core.sessions
-
+    # ------------------------------------------------------------------ addresses and recorded events
     @property
     def port(self) -> int:
         return self._core.port
