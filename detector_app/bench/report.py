@@ -87,8 +87,8 @@ class _Series:
     unmatched: int
     t_ref: float
     last_send: float | None
-    ages: list[tuple[float, float]]  # (sample time, display frame age ms)
-    since_send: list[float]
+    ages: list[tuple[float, float]]  # (sample time, display frame age ms: now − decoded at)
+    since_send: list[tuple[float, float]]  # (sample time, ms: now − when the publisher sent that frame)
 
     @property
     def lats_ms(self) -> list[float]:
@@ -107,11 +107,14 @@ class _Series:
         last = [lat * 1000 for t, lat, _ in self.pts if t >= self.last_send - AGE_WINDOW_S]
         return first, last
 
-    def age_first_last(self) -> tuple[list[float], list[float]]:
+    def age_first_last(self, since_send: bool = False) -> tuple[list[float], list[float]]:
+        """Display frame ages (ms) of the first and last ``AGE_WINDOW_S``; ``since_send``: counted from the send
+        time, so frames queued before decoding (socket, demuxer: a decoder that cannot keep up) count too."""
         if self.last_send is None:
             return [], []
-        first = [v for t, v in self.ages if t - self.t_ref <= AGE_WINDOW_S]
-        last = [v for t, v in self.ages if t >= self.last_send - AGE_WINDOW_S]
+        rows = self.since_send if since_send else self.ages
+        first = [v for t, v in rows if t - self.t_ref <= AGE_WINDOW_S]
+        last = [v for t, v in rows if t >= self.last_send - AGE_WINDOW_S]
         return first, last
 
 
@@ -119,7 +122,7 @@ def _series(results: list[dict], display: list[list], sends: Sends) -> _Series:
     pts, unmatched = latency_points(results, sends)
     t_ref = sends.connected or sends.connect_start
     ages: list[tuple[float, float]] = []
-    since: list[float] = []
+    since: list[tuple[float, float]] = []
     end = sends.last_send
     if end is not None:
         for row in display:
@@ -127,22 +130,30 @@ def _series(results: list[dict], display: list[list], sends: Sends) -> _Series:
             if t_ref <= t <= end:
                 ages.append((t, (t - rec) * 1000))
                 if fid in sends.times and t >= sends.times[fid]:
-                    since.append((t - sends.times[fid]) * 1000)
+                    since.append((t, (t - sends.times[fid]) * 1000))
     return _Series(pts, unmatched, t_ref, end, ages, since)
 
 
-def no_backlog(first: float | None, last: float | None) -> bool | None:
-    """Frame age of the last 10 s no worse than the first 10 s (tolerance for a shared, noisy box)."""
+def no_backlog(first: float | None, last: float | None, first_sent: float | None = None,
+               last_sent: float | None = None) -> bool | None:
+    """Frame age of the last 10 s no worse than the first 10 s (tolerance for a shared, noisy box), both as
+    decoded-to-now and, where the frame counter was read, sent-to-now (a decoder falling behind the stream only
+    shows in the latter: its frames are fresh once decoded but old when they are)."""
     if first is None or last is None:
         return None
     k, c = AGE_TOLERANCE
-    return last <= first * k + c
+    ok = last <= first * k + c
+    if first_sent is not None and last_sent is not None:
+        ok = ok and last_sent <= first_sent * k + c
+    return ok
 
 
 def _series_metrics(s: _Series, sends: Sends, frames_decoded: int | None) -> dict:
     lats = s.lats_ms
     first, last = s.first_last()
     afirst, alast = s.age_first_last()
+    sfirst, slast = s.age_first_last(since_send=True)
+    since = [v for _, v in s.since_send]
     done = [t for t, _, _ in s.pts]
     a = [v for _, v in s.ages]
     n_all = [r["n_all"] for _, _, r in s.pts if r.get("n_all") is not None]
@@ -168,10 +179,13 @@ def _series_metrics(s: _Series, sends: Sends, frames_decoded: int | None) -> dic
             "display_age_ms_p95": _r(percentile(a, 95)),
             "display_age_ms_p50_first10s": _r(percentile(afirst, 50)),
             "display_age_ms_p50_last10s": _r(percentile(alast, 50)),
-            "display_age_since_send_ms_p50": _r(percentile(s.since_send, 50)),
-            "display_age_since_send_ms_p95": _r(percentile(s.since_send, 95)),
+            "display_age_since_send_ms_p50": _r(percentile(since, 50)),
+            "display_age_since_send_ms_p95": _r(percentile(since, 95)),
+            "display_age_since_send_ms_p50_first10s": _r(percentile(sfirst, 50)),
+            "display_age_since_send_ms_p50_last10s": _r(percentile(slast, 50)),
         })
-        m["no_backlog"] = no_backlog(m["display_age_ms_p50_first10s"], m["display_age_ms_p50_last10s"])
+        m["no_backlog"] = no_backlog(m["display_age_ms_p50_first10s"], m["display_age_ms_p50_last10s"],
+                                     m["display_age_since_send_ms_p50_first10s"], m["display_age_since_send_ms_p50_last10s"])
     return m
 
 
@@ -256,7 +270,9 @@ def side_metrics(
     if ages:
         afirst = [v for s in series for v in s.age_first_last()[0]]
         alast = [v for s in series for v in s.age_first_last()[1]]
-        since = [v for s in series for v in s.since_send]
+        since = [v for s in series for _, v in s.since_send]
+        sfirst = [v for s in series for v in s.age_first_last(since_send=True)[0]]
+        slast = [v for s in series for v in s.age_first_last(since_send=True)[1]]
         m.update({
             "display_samples": len(ages),
             "display_age_ms_p50": _r(percentile(ages, 50)),
@@ -265,6 +281,8 @@ def side_metrics(
             "display_age_ms_p50_last10s": _r(percentile(alast, 50)),
             "display_age_since_send_ms_p50": _r(percentile(since, 50)),
             "display_age_since_send_ms_p95": _r(percentile(since, 95)),
+            "display_age_since_send_ms_p50_first10s": _r(percentile(sfirst, 50)),
+            "display_age_since_send_ms_p50_last10s": _r(percentile(slast, 50)),
         })
         verdicts = [p.get("no_backlog") for p in per]
         m["backlog_streams"] = [i for i, v in enumerate(verdicts) if v is False]
@@ -339,7 +357,8 @@ def targets_for(streams: int) -> dict[str, Target]:
     """Issue 7's targets. One stream: latency, CPU, memory and start-up against the baseline and the floor.
     Several: the per-stream ones (every stream ≥ 9.5/s and p95 ≤ 150 ms while the machine can serve them,
     i.e. up to 3 streams on 2 cores), fair shares and no backlog on any stream."""
-    backlog = Target("display_age_ms_p50_last10s", "≤ first 10 s (no backlog, every stream)", lambda o, b: o.get("no_backlog"))
+    backlog = Target("display_age_since_send_ms_p50_last10s", "≤ first 10 s, also decoded-to-now (no backlog, every stream)",
+                     lambda o, b: o.get("no_backlog"))
     if streams <= 1:
         ts = [
             Target("detections_per_s_min", "≥ 9.5", _ge("detections_per_s_min", 9.5)),
@@ -395,6 +414,8 @@ ROWS: list[tuple[str, str, str]] = [  # (key, label, number format)
     ("latency_ms_p50_first10s", "latency p50, first 10 s (ms)", ".1f"),
     ("latency_ms_p50_last10s", "latency p50, last 10 s (ms)", ".1f"),
     ("display_age_since_send_ms_p50", "display frame age since sent p50 (ms)", ".1f"),
+    ("display_age_since_send_ms_p50_first10s", "frame age since sent p50, first 10 s (ms)", ".1f"),
+    ("display_age_since_send_ms_p50_last10s", "frame age since sent p50, last 10 s (ms)", ".1f"),
     ("dropped_frames", "dropped frames (sent, never decoded)", "d"),
     ("boxes_per_result", "boxes per result, before the animal filter", ".1f"),
     ("process_cpu_cores", "process CPU (cores)", ".2f"),
@@ -446,8 +467,8 @@ def table_rows(ours: dict, baseline: dict | None, verdicts: dict[str, bool | Non
 
 
 HEADER = ["metric", "ours", "baseline", "ours/baseline", "target", ""]
-STREAM_HEADER = ["stream", "det/s", "latency p50", "p95", "frame age p50 first 10 s", "last 10 s", "backlog",
-                 "dropped", "first detection s"]
+STREAM_HEADER = ["stream", "det/s", "latency p50", "p95", "frame age since sent p50 first 10 s", "last 10 s",
+                 "backlog", "dropped", "first detection s"]
 
 
 def stream_rows(ours: dict) -> list[list[str]]:
@@ -456,15 +477,15 @@ def stream_rows(ours: dict) -> list[list[str]]:
     for i, p in enumerate(ours.get("per_stream") or []):
         nb = p.get("no_backlog")
         rows.append([f"#{i}", _fmt(p.get("detections_per_s"), ".2f"), _fmt(p.get("latency_ms_p50"), ".1f"),
-                     _fmt(p.get("latency_ms_p95"), ".1f"), _fmt(p.get("display_age_ms_p50_first10s"), ".1f"),
-                     _fmt(p.get("display_age_ms_p50_last10s"), ".1f"),
+                     _fmt(p.get("latency_ms_p95"), ".1f"), _fmt(p.get("display_age_since_send_ms_p50_first10s"), ".1f"),
+                     _fmt(p.get("display_age_since_send_ms_p50_last10s"), ".1f"),
                      "none" if nb else "GROWING" if nb is False else "n/a",
                      _fmt(p.get("dropped_frames"), "d"), _fmt(p.get("time_to_first_detection_s"), ".2f")])
     if rows:
         nb = ours.get("no_backlog")
         rows.append([f"all {len(rows)}", _fmt(ours.get("detections_per_s"), ".2f"), _fmt(ours.get("latency_ms_p50"), ".1f"),
-                     _fmt(ours.get("latency_ms_p95"), ".1f"), _fmt(ours.get("display_age_ms_p50_first10s"), ".1f"),
-                     _fmt(ours.get("display_age_ms_p50_last10s"), ".1f"),
+                     _fmt(ours.get("latency_ms_p95"), ".1f"), _fmt(ours.get("display_age_since_send_ms_p50_first10s"), ".1f"),
+                     _fmt(ours.get("display_age_since_send_ms_p50_last10s"), ".1f"),
                      "none" if nb else "GROWING" if nb is False else "n/a",
                      _fmt(ours.get("dropped_frames"), "d"), _fmt(ours.get("time_to_first_detection_s"), ".2f")])
     return rows
