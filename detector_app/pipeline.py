@@ -29,6 +29,7 @@ from detector_app.video.sampler import PtsSampler, Sampler
 from detector_app.video.slot import LatestSlot
 
 Sink = Callable[[FrameResult], None]
+FRESH_FRAME_WAIT_S = 0.07  # about one frame interval of a 15 fps stream (Mentra Live's default)
 
 
 class Pipeline:
@@ -132,14 +133,24 @@ class Pipeline:
     def _infer_loop(self) -> None:
         sampler = Sampler(self.fps)
         last_version = 0
+        rested = False
         try:
             while not self.stop_event.is_set():
+                got = None
                 if self.live:
                     wait = sampler.wait_time(time.monotonic())
                     if wait > 0:
                         self.stop_event.wait(wait)
+                        rested = True
                         continue
-                got = self.slot.take_newer(last_version, timeout=0.25)
+                    if rested:
+                        # On schedule: take the first frame that arrives from now on rather than one that has
+                        # waited up to a frame interval in the slot (the 10 Hz ticks then lock to arrivals).
+                        # Behind schedule (inference slower than the rate), never wait: take the newest.
+                        got = self.slot.take_newer(max(last_version, self.slot.version), timeout=FRESH_FRAME_WAIT_S)
+                    rested = False
+                if got is None:
+                    got = self.slot.take_newer(last_version, timeout=0.25)
                 if got is None:
                     if self.slot.closed and self.slot.version <= last_version:
                         break
