@@ -512,19 +512,20 @@ def render_markdown(rows: list[list[str]], header: list[str] | None = None) -> s
 
 # ------------------------------------------------------------------------------------------------- plot
 def plot_series(raw: dict, sends: list[Sends]) -> list[tuple[list[tuple[float, float, dict]], float, list]]:
-    """Per stream: (latency points, time origin, display ages) for ``plot``."""
+    """Per stream: (latency points, time origin, display frame ages since sent) for ``plot``."""
     n = len(sends)
     results = _by_stream(raw.get("results", []), n, lambda r: int(r.get("stream", 0)))
     display = _by_stream(raw.get("display") or [], n, lambda d: int(d[3]) if len(d) > 3 else 0)
     out = []
     for i in range(n):
         s = _series(results[i], display[i], sends[i])
-        out.append((s.pts, s.t_ref, s.ages))
+        out.append((s.pts, s.t_ref, s.since_send or s.ages))
     return out
 
 
 def plot(path, sides: dict[str, tuple[list[tuple[float, float, dict]], float, list]], title: str) -> None:
-    """Latency over time (top) and ours' display frame age (bottom); ``sides``: name → (points, t_ref, display)."""
+    """Latency over time (top) and ours' display frame age since the publisher sent it (bottom: a backlog anywhere,
+    socket or decoder included, shows as a rising line); ``sides``: name → (points, t_ref, display ages)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -556,12 +557,12 @@ def plot(path, sides: dict[str, tuple[list[tuple[float, float, dict]], float, li
             xs = sorted(bins)
             c = colors.get(name)
             ax2.plot([x + 0.5 for x in xs], [percentile(bins[x], 50) for x in xs], "-", color=c, lw=1.2,
-                     label=f"{name} display frame age p50 per s")
+                     label=f"{name} frame age since sent, p50 per s")
             if len(sides) <= 2:  # one stream of ours: its p95 too; with several only the p50s stay readable
                 ax2.plot([x + 0.5 for x in xs], [percentile(bins[x], 95) for x in xs], ":", color=c, lw=1.0,
                          label=f"{name} p95 per s")
     ax2.set_ylim(bottom=0)
-    ax2.set_ylabel("frame age (ms)")
+    ax2.set_ylabel("display frame age\nsince sent (ms)")
     ax2.set_xlabel("seconds since the publisher connected")
     ax2.grid(True, alpha=0.3)
     if ax2.lines:
