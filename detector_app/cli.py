@@ -100,7 +100,7 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _detector(model, conf, imgsz, device, classes, backend, frame_size=None, precision=Precision.auto):
+def _detector(model, conf, imgsz, device, classes, backend, frame_size=None, precision=Precision.auto, streams=1):
     from detector_app.detection.detector import DEFAULT_MODEL, Detector, DetectorConfig
     from detector_app.errors import UserError
 
@@ -110,7 +110,7 @@ def _detector(model, conf, imgsz, device, classes, backend, frame_size=None, pre
     )
     try:
         det = Detector(cfg, frame_size=frame_size)
-        det.warmup(frame_size or (1280, 720))
+        det.warmup(frame_size or (1280, 720), streams=streams)
         return det
     except UserError:
         raise
@@ -288,7 +288,7 @@ def serve(
     # before the webhook server announces itself (the cloud only calls it when a user starts the app).
     from detector_app.stream_service import DetectionService, IngestConfig
 
-    det = _detector(model, conf, imgsz, device, classes, backend, precision=precision)
+    det = _detector(model, conf, imgsz, device, classes, backend, precision=precision, streams=2)  # several wearers
     service = DetectionService(det, IngestConfig(advertise_host=settings.ingest_host, port=settings.ingest_port or 0, fps=fps))
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": "glasses"})
     service.sinks.extend(sinks)

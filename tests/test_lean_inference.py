@@ -168,6 +168,9 @@ def test_streams_infer_in_parallel_not_behind_one_lock(exports):
     for t in threads:
         t.join(60)
     assert eng.calls[Lane.THROUGHPUT] > 0 and overlap[0] == 2, (eng.calls, overlap)
+    latency_before = eng.calls[Lane.LATENCY]
+    eng.infer(blob)  # the two stream threads ended: a lone caller is back on all cores at once
+    assert eng.calls[Lane.LATENCY] == latency_before + 1
     solo = open_engine(exports["openvino"], cores=2)
     for _ in range(3):
         solo.infer(blob)

@@ -185,13 +185,22 @@ class Detector:
         self.names: dict[int, str] = runner.names
         self.model_name = Path(model_ref).name
 
-    def warmup(self, frame_size: tuple[int, int] = (1280, 720), runs: int = 2) -> float:
-        """Run the model on a blank frame so the first real frame is not slow (exports: compile once)."""
+    def warmup(self, frame_size: tuple[int, int] = (1280, 720), runs: int = 2, streams: int = 1) -> float:
+        """Run the model on a blank frame so the first real frame is not slow (exports: compile once).
+
+        ``streams > 1`` (``serve``: several wearers) also compiles the lean engine's throughput shape now, so the
+        second wearer's first inferences do not wait for it.
+        """
         w, h = frame_size
         blank = np.zeros((h, w, 3), np.uint8)
         t0 = time.perf_counter()
         for _ in range(runs):
             self._runner(blank, count=False)  # the warming thread is not a stream
+        if streams > 1 and isinstance(self._runner, _LeanRunner):
+            from detector_app.detection.tuning import Lane
+
+            blob, _ = letterbox(blank, self._runner.imgsz)
+            self._runner.engine.warm(blob, (Lane.THROUGHPUT,))
         dt = time.perf_counter() - t0
         logger.info("Warm-up done in {:.2f} s", dt)
         return dt

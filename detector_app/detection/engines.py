@@ -127,24 +127,29 @@ class _Pool:
 
 
 class _Callers:
-    """How many threads called within the last ``ACTIVE_WINDOW_S`` (bounded by the threads alive)."""
+    """How many live threads called within the last ``ACTIVE_WINDOW_S`` (bounded by the threads alive).
+
+    A thread that ended (a stream closed, or replaced after its ingest died) stops counting at once.
+    """
 
     def __init__(self) -> None:
-        self._last: dict[int, float] = {}
+        self._last: dict[int, tuple[threading.Thread, float]] = {}
         self._lock = threading.Lock()
 
+    def _prune(self, now: float) -> None:
+        for tid in [t for t, (th, at) in self._last.items() if now - at > ACTIVE_WINDOW_S or not th.is_alive()]:
+            del self._last[tid]
+
     def active(self) -> int:
-        now = time.monotonic()
         with self._lock:
-            return sum(1 for at in self._last.values() if now - at <= ACTIVE_WINDOW_S)
+            self._prune(time.monotonic())
+            return len(self._last)
 
     def touch(self) -> int:
         now = time.monotonic()
-        me = threading.get_ident()
         with self._lock:
-            self._last[me] = now
-            for tid in [t for t, at in self._last.items() if now - at > ACTIVE_WINDOW_S]:
-                del self._last[tid]
+            self._last[threading.get_ident()] = (threading.current_thread(), now)
+            self._prune(now)
             return len(self._last)
 
 
