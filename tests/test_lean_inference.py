@@ -137,6 +137,23 @@ def test_a_lean_run_never_imports_torch(tmp_path, fixture_videos, exports):
     assert wall < 60
 
 
+@pytest.mark.slow
+def test_a_cold_cache_exports_in_a_child_and_stays_torch_free(tmp_path):
+    """First use of a .pt: checkpoint facts and the export come from the child; this process never imports torch."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from detector_app.detection.detector import Detector, DetectorConfig\n"
+        f"d = Detector(DetectorConfig(model={str(MODEL)!r}, cache_dir=Path({str(tmp_path)!r}), precision='fp32'),"
+        " frame_size=(854, 480), progress=False)\n"
+        "d.warmup((854, 480))\n"
+        "print('COLD', d.backend, d.resolved.exported, 'torch' in sys.modules, 'ultralytics' in sys.modules)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("COLD ")), "")
+    assert line == "COLD openvino True False False", p.stdout[-1500:] + p.stderr[-1500:]
+
+
 def test_streams_infer_in_parallel_not_behind_one_lock(exports):
     """Two threads calling one engine get the throughput shape and are inside the runtime at the same time."""
     eng = open_engine(exports["openvino"], cores=2)

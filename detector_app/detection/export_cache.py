@@ -125,7 +125,7 @@ def progress(desc: str, enabled: bool) -> Iterator[None]:
 
 def run_child(op: str, timeout: float = EXPORT_TIMEOUT_S, **request: Any) -> dict[str, Any]:
     """Run one ``export_worker`` operation in a fresh interpreter; its ``RESULT`` or an ``ExportError``."""
-    if not importable("ultralytics") and op != "quantize":
+    if not installed("ultralytics") and op != "quantize":  # not imported here: it imports torch
         raise BackendError(f"{op} needs Ultralytics (pip install ultralytics); the streaming process itself does not")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
