@@ -175,13 +175,17 @@ class _LaneEngine:
             return Lane.LATENCY, self._pools[Lane.LATENCY]
         pool = self._pools.get(Lane.THROUGHPUT)
         if pool is None:
-            with self._compile_lock:  # one thread compiles (~0.5 s); the others keep using the latency shape
+            if not self._compile_lock.acquire(blocking=False):  # another thread is compiling it (~0.5 s)
+                return Lane.LATENCY, self._pools[Lane.LATENCY]
+            try:
                 pool = self._pools.get(Lane.THROUGHPUT)
                 if pool is None:
                     t0 = time.perf_counter()
                     pool = self._pools[Lane.THROUGHPUT] = self._build(Lane.THROUGHPUT)
                     logger.info("{}: several streams, compiled the throughput shape ({} parallel requests) in {:.2f} s",
                                 self.backend, pool.size, time.perf_counter() - t0)
+            finally:
+                self._compile_lock.release()
         return Lane.THROUGHPUT, pool
 
     def warm(self, blob: np.ndarray, lanes: tuple[Lane, ...] = (Lane.LATENCY,)) -> None:
