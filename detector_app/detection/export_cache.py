@@ -29,7 +29,6 @@ from loguru import logger
 
 from detector_app.detection.formats import (
     EXPORT_TARGETS,
-    STRIDE,
     BackendError,
     ModelNotFoundError,
     detect_backend,
@@ -273,12 +272,6 @@ def calib_fingerprint(videos: list[Path], frames: int) -> str:
     return h.hexdigest()[:10]
 
 
-def cached_int8(fp32_artifact: Path, stem: str) -> Path | None:
-    """The newest INT8 entry made from this fp32 export (any calibration), or None."""
-    found = sorted(fp32_artifact.parent.parent.glob(f"{fp32_artifact.parent.name}-int8-*/{stem}_int8_openvino_model"))
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
-
 def ensure_int8(
     fp32_artifact: Path, stem: str, calib: list[Path], cache_dir: Path, progress_bar: bool, frames: int = 160,
 ) -> tuple[Path, bool]:
@@ -306,13 +299,7 @@ def ensure_int8(
     return artifact, True
 
 
-def check_stride(imgsz: tuple[int, int]) -> None:
-    h, w = imgsz
-    if h % STRIDE or w % STRIDE:
-        raise ValueError(f"imgsz {imgsz} must be multiples of {STRIDE}")
-
-
 __all__ = [
-    "ExportError", "ModelFacts", "atomic_write_text", "cache_key", "cached_int8", "check_stride",
+    "ExportError", "ModelFacts", "atomic_write_text", "cache_key",
     "ensure_export", "ensure_int8", "file_lock", "file_sha256", "local_model", "model_facts", "progress", "run_child",
 ]
