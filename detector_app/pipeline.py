@@ -21,6 +21,7 @@ from loguru import logger
 from detector_app.detection.detector import Detector
 from detector_app.detection.types import FrameResult
 from detector_app.ingest.base import VideoSource
+from detector_app.procs import name_os_thread
 from detector_app.stats import RunStats
 from detector_app.video.convert import to_bgr
 from detector_app.video.decoder import DecodedFrame, DecodeThread
@@ -131,6 +132,7 @@ class Pipeline:
 
     # -- inference thread --------------------------------------------------------------------
     def _infer_loop(self) -> None:
+        name_os_thread("inference")
         sampler = Sampler(self.fps)
         last_version = 0
         rested = False

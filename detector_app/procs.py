@@ -1,10 +1,30 @@
-"""Stopping child processes (publishers, relays, servers) so that nothing is left behind or hangs."""
+"""Stopping child processes (publishers, relays, servers) so that nothing is left behind or hangs; naming threads."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import threading
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not glibc Linux
+    _LIBC = None
+_PR_SET_NAME = 15
+
+
+def name_os_thread(name: str | None = None) -> None:
+    """Give the calling thread its Python name in the kernel too (``top -H``, ``/proc/PID/task/*/comm``).
+
+    Python threads all show the process name there, which makes a per-thread CPU reading of a running
+    ``serve`` useless; the kernel keeps 15 bytes.
+    """
+    if _LIBC is None:
+        return
+    raw = (name or threading.current_thread().name).encode("utf-8", "replace")[:15]
+    _LIBC.prctl(_PR_SET_NAME, ctypes.c_char_p(raw), 0, 0, 0)
 
 
 def stop_process(proc: subprocess.Popen, grace: float = 3.0, group: bool = False, kill_wait: float = 5.0) -> int | None:

@@ -17,6 +17,7 @@ import av.container
 from loguru import logger
 
 from detector_app.ingest.base import IngestError, VideoSource
+from detector_app.procs import name_os_thread
 from detector_app.video.health import HealthMeter
 from detector_app.video.sampler import PtsSampler
 from detector_app.video.slot import LatestSlot
@@ -53,6 +54,7 @@ class DecodeThread(threading.Thread):
         self._index = 0
 
     def run(self) -> None:
+        name_os_thread("decode")
         try:
             while not self.stop_event.is_set():
                 try:
