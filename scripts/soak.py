@@ -11,8 +11,9 @@ Two child processes: ``detector-app serve --headless --out results.jsonl`` and `
 - drops and returns come from the simulator's printed glasses view (``… reconnecting -> app sees
   'initializing'`` is a drop; the next ``… connecting`` is the publisher back, dialling the ingest);
 - the recovery of a drop is *publisher back → the first detection result* (a JSONL line, animals or
-  not) on a frame decoded after it (``received_at``): connect, handshake, first keyframe, decode and
-  inference, i.e. the pipeline working again. App-socket drops (``--soak-ws``) count from "dropping app
+  not) on a frame of the new stream (decoded after it, ``received_at``, and not the old stream's tail by
+  ``extra.session``/``frame_index``): connect, handshake, first keyframe, decode and inference, i.e. the
+  pipeline working again. App-socket drops (``--soak-ws``) count from "dropping app
   WebSocket" to the app's acked reconnect.
 
 Every minute one line; at the end a summary, and the exit code says whether the targets held:
@@ -75,7 +76,8 @@ class Outage:
     kind: str  # "stream" | "socket"
     down_at: float  # wall clock (time.time), when the simulator printed the drop
     back_at: float | None = None  # publisher (or app socket) back
-    result_at: float | None = None  # received_at of the first detection result after back_at
+    result_at: float | None = None  # received_at of the first detection result of the new stream
+    last_frame: tuple[int, int] | None = None  # (publisher session, frame index) of the last result before it
 
     @property
     def recovery_s(self) -> float | None:
@@ -106,6 +108,7 @@ class Observations:
         self.results = 0
         self.first_result_at: float | None = None
         self.last_result_at: float | None = None
+        self.last_frame: tuple[int, int] | None = None
         self.sim_reported: tuple[int, int] | None = None
         self.sim_lines = 0
 
@@ -113,7 +116,7 @@ class Observations:
         with self.lock:
             self.sim_lines += 1
             if DROP.search(line):
-                self.outages.append(Outage("stream", now))
+                self.outages.append(Outage("stream", now, last_frame=self.last_frame))
             elif ACTIVE.search(line):
                 self.first_active_at = self.first_active_at or now
             elif BACK.search(line):
@@ -129,18 +132,34 @@ class Observations:
             elif m := SIM_SUMMARY.search(line):
                 self.sim_reported = (int(m.group(1)), int(m.group(2)))
 
-    def result(self, received_at: float) -> None:
+    def result(self, received_at: float, frame: tuple[int, int] | None = None) -> None:
+        """One JSONL result; `frame` is (extra.session, frame_index) when serve writes them.
+
+        A drop is recovered by a result of the *new* stream: decoded after the publisher came back and,
+        when frames are identified, not the old stream's tail. (An MPEG-TS demuxer releases the last
+        frames of a dropped SRT stream only when the next bytes arrive, i.e. after the reconnect.)"""
         with self.lock:
             self.results += 1
             self.first_result_at = self.first_result_at or received_at
             self.last_result_at = received_at
             for o in self.outages:
-                if o.back_at is not None and o.result_at is None and received_at >= o.back_at:
+                if o.back_at is not None and o.result_at is None and received_at >= o.back_at \
+                        and not _continues(o.last_frame, frame):
                     o.result_at = received_at
+            if frame is not None:
+                self.last_frame = frame
 
     def open_outages(self) -> list[Outage]:
         with self.lock:
             return [o for o in self.outages if o.recovery_s is None]
+
+
+def _continues(before: tuple[int, int] | None, frame: tuple[int, int] | None) -> bool:
+    """Is `frame` a later frame of the same publisher session as `before` (the old stream's tail)?
+    A new session, or a frame counter that restarted (a rebuilt ingest), is a new stream."""
+    if before is None or frame is None:
+        return False
+    return frame[0] == before[0] and frame[1] > before[1]
 
 
 def pump_simulator(stream, obs: Observations, echo_to: Path) -> None:
@@ -174,7 +193,9 @@ def tail_results(path: Path, obs: Observations, stop: threading.Event) -> None:
                 msg = {}
             buf = ""
             if msg.get("type") == "detections" and isinstance(msg.get("received_at"), (int, float)):
-                obs.result(float(msg["received_at"]))
+                session, index = (msg.get("extra") or {}).get("session"), msg.get("frame_index")
+                frame = (session, index) if isinstance(session, int) and isinstance(index, int) else None
+                obs.result(float(msg["received_at"]), frame)
 
 
 # ------------------------------------------------------------------ verdict (pure: plain inputs)

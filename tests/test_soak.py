@@ -85,11 +85,25 @@ def test_observations_pair_drops_with_returns_and_results() -> None:
     assert obs.outages[0].recovery_s is None
     obs.result(13.8)
     assert [o.recovery_s for o in obs.outages] == [pytest.approx(0.8)] and not obs.open_outages()
+    # SRT's MPEG-TS tail: the old stream's last frames are decoded only once new bytes arrive
+    obs.result(14.9, (1, 300))
+    obs.sim_line("[glasses camera] u@x: stream s1 reconnecting -> app sees 'initializing'\n", 15.0)
+    obs.sim_line("[glasses camera] u@x: stream s1 connecting (app still sees 'initializing')\n", 18.0)
+    obs.result(18.05, (1, 301))  # the old session's tail, after the reconnect: not a recovery
+    assert obs.outages[1].recovery_s is None
+    obs.result(18.5, (2, 302))
+    assert obs.outages[1].recovery_s == pytest.approx(0.5)
     obs.sim_line("[cloud] dropping app WebSocket for u@x (abrupt)\n", 20.0)
     obs.sim_line("[cloud] com.x connected for u@x (reconnect); glasses: Mentra Live\n", 21.2)
-    assert obs.outages[1].kind == "socket" and obs.outages[1].recovery_s == pytest.approx(1.2)
-    obs.sim_line("[cloud] soak summary: stream drops 1, app socket drops 1\n", 30.0)
-    assert obs.sim_reported == (1, 1) and obs.results == 4
+    assert obs.outages[2].kind == "socket" and obs.outages[2].recovery_s == pytest.approx(1.2)
+    obs.sim_line("[cloud] soak summary: stream drops 2, app socket drops 1\n", 30.0)
+    assert obs.sim_reported == (2, 1) and obs.results == 7
+
+
+def test_a_rebuilt_ingest_restarting_its_counters_is_a_new_stream() -> None:
+    assert soak._continues((3, 500), (3, 501)) and not soak._continues((3, 500), (4, 501))
+    assert not soak._continues((1, 500), (1, 2))  # new pipeline: session and frame counter restarted
+    assert not soak._continues(None, (1, 1)) and not soak._continues((1, 1), None)
 
 
 @pytest.mark.slow
