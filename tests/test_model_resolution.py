@@ -229,10 +229,16 @@ def test_int8_needs_openvino(tmp_path, monkeypatch, child):
         resolve_model(str(onnx), precision="int8", cache_dir=tmp_path / "c")
 
 
-@pytest.mark.parametrize(("passed", "want"), [(True, "int8"), (False, "fp32"), (None, "fp32")])
-def test_auto_precision_uses_int8_only_where_it_passed_the_check(tmp_path, monkeypatch, child, passed, want):
-    """auto: INT8 when the held-out comparison passed; failed or inconclusive (nothing found) keeps fp32."""
+@pytest.mark.parametrize(("passed", "trained", "want"), [
+    (True, True, "int8"), (False, True, "fp32"), (None, True, "fp32"),
+    (None, False, "int8"),  # random weights: nothing to compare and nothing to lose
+    (False, False, "fp32"),
+])
+def test_auto_precision_uses_int8_only_where_it_passed_the_check(tmp_path, monkeypatch, passed, trained, want):
+    """auto: INT8 when the held-out comparison passed (or the checkpoint was never trained); else fp32."""
     _avail(monkeypatch)
+    child = FakeChild(facts={"train_imgsz": 320, "end2end": False, "trained": trained})
+    monkeypatch.setattr(ec, "run_child", child)
     videos = [_fake_pt(tmp_path / f"v{i}.mp4", b"video") for i in range(2)]
     monkeypatch.setattr(rs, "default_calibration", lambda: videos)
     monkeypatch.setattr(rs, "validate_int8", lambda fp32, q, conf=0.35: {"passed": passed, "fp32": {}})

@@ -52,6 +52,7 @@ class ModelFacts:
 
     train_imgsz: int | None
     end2end: bool
+    trained: bool = True  # False: random weights (e.g. scripts/make_arch_model.py), nothing to lose to INT8
 
 
 def file_sha256(path: Path) -> str:
@@ -171,16 +172,17 @@ def model_facts(pt: Path, sha: str, cache_dir: Path) -> ModelFacts:
     meta = cache_dir / ".meta" / f"{sha[:16]}.json"
     with contextlib.suppress(OSError, ValueError, KeyError):
         d = json.loads(meta.read_text())
-        return ModelFacts(d["train_imgsz"], bool(d["end2end"]))
+        return ModelFacts(d["train_imgsz"], bool(d["end2end"]), bool(d["trained"]))
     try:
         got = run_child("inspect", timeout=120.0, pt=str(pt))
     except BackendError as exc:  # unreadable checkpoint: defaults; the export will say what is wrong
         logger.warning("could not read {}: {}", pt, exc)
         return ModelFacts(None, False)
-    facts = ModelFacts(got.get("train_imgsz"), bool(got.get("end2end")))
+    facts = ModelFacts(got.get("train_imgsz"), bool(got.get("end2end")), bool(got.get("trained", True)))
     with contextlib.suppress(OSError):
         meta.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(meta, json.dumps({"train_imgsz": facts.train_imgsz, "end2end": facts.end2end, "model": str(pt)}))
+        atomic_write_text(meta, json.dumps({"train_imgsz": facts.train_imgsz, "end2end": facts.end2end,
+                                            "trained": facts.trained, "model": str(pt)}))
     return facts
 
 

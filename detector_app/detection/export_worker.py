@@ -29,7 +29,7 @@ def _download(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def _inspect(req: dict[str, Any]) -> dict[str, Any]:
-    """Training image size and whether the head has an NMS-free (one-to-one) branch."""
+    """Training image size, whether the head has an NMS-free (one-to-one) branch, whether it was ever trained."""
     from ultralytics.nn.tasks import torch_safe_load
 
     ckpt, _ = torch_safe_load(req["pt"])
@@ -45,6 +45,9 @@ def _inspect(req: dict[str, Any]) -> dict[str, Any]:
         "train_imgsz": int(raw) if raw else None,
         "end2end": bool(getattr(head, "end2end", False)),
         "task": getattr(model, "task", None),
+        # Ultralytics' trainer saves its metrics in every checkpoint it writes (released weights keep them);
+        # a model built from YAML and saved (architecture-true benchmark models) has none.
+        "trained": bool(ckpt.get("train_metrics") or ckpt.get("train_results")),
     }
 
 

@@ -4,7 +4,8 @@
 stream's aspect. Precision ``auto`` uses INT8 where it was measured not to cost accuracy: the first time, the
 fp32 export is quantised with NNCF on the bundled fixture videos and both are scored on a held-out fixture
 (``int8.compare``); INT8 is used only if it passed (recall/precision within 0.02 of fp32, median IoU ≥ 0.9),
-otherwise fp32, and the numbers are logged either way and kept next to the export (``int8.json``).
+or where there is no accuracy to lose (an untrained checkpoint: architecture-true benchmark models), otherwise
+fp32; the numbers are logged either way and kept next to the export (``int8.json``).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def validate_int8(fp32: Path, int8: Path, conf: float = 0.35) -> dict:
 
 
 def _int8_for(fp32: Path, stem: str, cache_dir: Path, progress: bool, calib: list[Path] | None,
-              required: bool) -> tuple[Path | None, str]:
+              required: bool, trained: bool = True) -> tuple[Path | None, str]:
     """The INT8 export for ``fp32`` (made if needed) and a note; ``None`` when auto should stay fp32."""
     videos = calib or default_calibration()
     if not all(v.is_file() for v in videos):
@@ -117,6 +118,8 @@ def _int8_for(fp32: Path, stem: str, cache_dir: Path, progress: bool, calib: lis
     if acc.get("passed") is False:
         logger.warning("INT8 failed the accuracy check against fp32 ({}); using fp32", acc)
         return None, "fp32 (auto: INT8 failed the held-out accuracy check)"
+    if "fp32" in acc and not trained:
+        return art, "int8 (auto: an untrained checkpoint, random weights have no accuracy to lose; it runs as fast as the real weights)"
     if "fp32" in acc:
         logger.info("INT8 export exists but could not be validated (fp32 finds no animals on the held-out fixture); "
                     "auto uses fp32 — pass --precision int8 to use it anyway")
@@ -193,7 +196,8 @@ def resolve_model(
     prec_note = "fp32"
     used = art
     if chosen == "openvino" and precision in ("auto", "int8") and not _is_gpu(device):
-        q, prec_note = _int8_for(art, pt.stem, cache_dir, progress, calib, required=precision == "int8")
+        q, prec_note = _int8_for(art, pt.stem, cache_dir, progress, calib, required=precision == "int8",
+                                 trained=facts.trained)
         used = q or art
     aspect = f"{frame_size[0]}x{frame_size[1]}" if frame_size else "16:9 (frame size not known yet)"
     state = "exported now" if exported else "export cached"

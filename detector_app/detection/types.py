@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: pts counts from the session's first frame on every transport; stream_pts added
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,8 @@ class Detection:
 class FrameResult:
     """One inference: what was seen in one sampled frame, and how late we saw it.
 
-    ``pts`` is the stream presentation time of the frame (seconds, as decoded);
+    ``pts`` is media time: seconds since the first frame of the publisher session, the same for a
+    file and for an RTMP or SRT replay of it; ``stream_pts`` is the raw timestamp the transport carried;
     ``received_at`` is the wall clock (``time.time()``) when the decoder produced the frame and
     ``done_at`` when inference finished, so ``latency_ms`` covers queueing + conversion + inference.
     """
@@ -86,6 +87,7 @@ class FrameResult:
     model: str = ""
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    stream_pts: float | None = None
 
     @property
     def latency_ms(self) -> float:
@@ -105,6 +107,7 @@ class FrameResult:
             "seq": self.seq,
             "frame_index": self.frame_index,
             "pts": None if self.pts is None else round(self.pts, 4),
+            "stream_pts": None if self.stream_pts is None else round(self.stream_pts, 4),
             "frame_size": [self.width, self.height],
             "received_at": round(self.received_at, 4),
             "done_at": round(self.done_at, 4),
