@@ -176,6 +176,7 @@ class Pipeline:
             seq=self._seq,
             frame_index=item.index,
             pts=item.pts,
+            stream_pts=item.stream_pts,
             width=item.frame.width,
             height=item.frame.height,
             received_at=item.received_at,

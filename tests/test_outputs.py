@@ -45,7 +45,7 @@ def test_schema_accepts_real_messages_and_rejects_bad_ones() -> None:
     assert validate(make_result(0).to_json()) == []
     assert validate(make_result(1, dets=(), extra={"note": 1}).to_json()) == []
     assert validate(FrameResult(2, 0, None, 1, 1, 0.0, 0.0, 0.0, ()).to_json()) == []
-    assert validate({"type": "hello", "schema": 1, "model": "m", "source": "s", "extra": 1}) == []
+    assert validate({"type": "hello", "schema": 2, "model": "m", "source": "s", "extra": 1}) == []
 
     bad = make_result(3).to_json()
     bad["detections"][0]["box"] = [1, 2, 3]
@@ -116,7 +116,7 @@ def test_feed_two_clients_get_hello_and_every_message_in_order(feed: DetectionFe
     with connect(url) as a, connect(url) as b:
         for c in (a, b):
             hello = json.loads(c.recv(timeout=5))
-            assert hello == {"type": "hello", "schema": 1, "model": "fixture-animals-yolo11n",
+            assert hello == {"type": "hello", "schema": 2, "model": "fixture-animals-yolo11n",
                              "source": "rtmp"}
             assert validate(hello) == []
         _wait(lambda: feed.clients == 2)

@@ -16,7 +16,7 @@ _NUMBER = {"type": "number"}
 
 MESSAGE_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": "https://detector-app.local/schema/message-v1.json",
+    "$id": "https://detector-app.local/schema/message-v2.json",
     "title": "detector-app feed / JSONL message",
     "description": "One JSON object per WebSocket text message or per JSONL line; dispatch on 'type'.",
     "oneOf": [{"$ref": "#/$defs/detections"}, {"$ref": "#/$defs/hello"}],
@@ -25,7 +25,7 @@ MESSAGE_SCHEMA: dict[str, Any] = {
             "description": "One inference on one sampled video frame.",
             "type": "object",
             "required": [
-                "type", "schema", "seq", "frame_index", "pts", "frame_size", "received_at",
+                "type", "schema", "seq", "frame_index", "pts", "stream_pts", "frame_size", "received_at",
                 "done_at", "latency_ms", "inference_ms", "model", "source", "detections",
             ],
             "additionalProperties": False,
@@ -37,7 +37,11 @@ MESSAGE_SCHEMA: dict[str, Any] = {
                 "frame_index": {"type": "integer", "minimum": 0,
                                 "description": "Index of the decoded frame in the stream."},
                 "pts": {"type": ["number", "null"],
-                        "description": "Stream presentation time in seconds, null if unknown."},
+                        "description": "Media time in seconds since the first frame of this publisher session; "
+                                       "the same for a file, RTMP and SRT replay of one recording. Null if unknown."},
+                "stream_pts": {"type": ["number", "null"],
+                               "description": "Raw presentation time as the transport carried it (MPEG-TS over "
+                                              "SRT starts at ~1.4 s, FLV at 0), null if unknown."},
                 "frame_size": {"type": "array", "prefixItems": [
                     {"type": "integer", "minimum": 1}, {"type": "integer", "minimum": 1}],
                     "minItems": 2, "maxItems": 2,

@@ -29,9 +29,10 @@ MAX_CONSECUTIVE_DECODE_ERRORS = 150  # ~5 s of 30 fps garbage ends the session
 class DecodedFrame:
     frame: av.VideoFrame
     index: int  # decoded-frame counter across all sessions
-    pts: float | None  # seconds, stream clock of its session
+    pts: float | None  # seconds since the first frame of its publisher session (same on every transport)
     received_at: float  # time.time() when decoding finished
     session: int
+    stream_pts: float | None = None  # the raw timestamp as the transport delivered it (MPEG-TS starts ~1.4 s)
 
 
 class DecodeThread(threading.Thread):
@@ -52,6 +53,7 @@ class DecodeThread(threading.Thread):
         self.finished = threading.Event()
         self.fatal: BaseException | None = None
         self._index = 0
+        self._origin: float | None = None  # raw pts of the session's first frame
 
     def run(self) -> None:
         name_os_thread("decode")
@@ -91,6 +93,7 @@ class DecodeThread(threading.Thread):
         )
         if self.pts_sampler is not None:
             self.pts_sampler.reset()
+        self._origin = None
         error: str | None = None
         bad_in_a_row = 0
         try:
@@ -130,9 +133,22 @@ class DecodeThread(threading.Thread):
             logger.info("{}: session {} ended", self.source.name, session)
 
     def _emit(self, frame: av.VideoFrame, session: int) -> None:
-        pts = float(frame.time) if frame.time is not None else None
-        self.health.frame(pts, frame.width, frame.height)
+        raw = float(frame.time) if frame.time is not None else None
+        self.health.frame(raw, frame.width, frame.height)
         self._index += 1
+        pts = self._media_time(raw)
         if self.pts_sampler is not None and not self.pts_sampler.select(pts):
             return
-        self.slot.put(DecodedFrame(frame, self._index, pts, time.time(), session), self.stop_event)
+        self.slot.put(DecodedFrame(frame, self._index, pts, time.time(), session, raw), self.stop_event)
+
+    def _media_time(self, raw: float | None) -> float | None:
+        """One clock for every transport: seconds since the session's first frame.
+
+        FLV (RTMP) starts at 0, MPEG-TS (SRT) at the muxer's offset (~1.4 s), an MP4 wherever its
+        edit list says; outputs that compare runs must not see that difference.
+        """
+        if raw is None:
+            return None
+        if self._origin is None:
+            self._origin = raw
+        return raw - self._origin
