@@ -246,6 +246,66 @@ def detect(
     )
 
 
+# -- eval (compare models) ---------------------------------------------------------------------
+class Via(str, Enum):
+    file = "file"
+    rtmp = "rtmp"
+    srt = "srt"
+
+
+@app.command("eval")
+def eval_(
+    videos: Annotated[list[Path], typer.Argument(help="Recorded videos (one --truth each, in the same order).")],
+    truth: Annotated[list[Path], typer.Option("--truth", "-t", help="Ground truth per video: MOT gt.txt, COCO JSON or fixture JSON.")],
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Model to compare (repeat): a name, .pt, export dir/file; "
+                                             "MODEL@int8 for one variant.")],
+    precision: Annotated[list[str] | None, typer.Option("--precision", help="Run every model at each of these (repeat): auto, fp32, int8.")] = None,
+    via: Annotated[Via, typer.Option("--via", help="file: deterministic, the video's own timestamps; rtmp/srt: the real "
+                                     "ingest in real time, as the glasses send.")] = Via.file,
+    out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Where eval.json, eval.md, PNGs and per-run detections go (default eval-results/<time>/).")] = None,
+    conf: Annotated[float, typer.Option("--conf", min=1e-6, max=1.0, help="Operating threshold for precision/recall/IoU/presence "
+                                        "(AP uses every box down to 0.01; random-weight models: 1e-4).")] = 0.35,
+    truth_labels: Annotated[str | None, typer.Option("--truth-labels", help="MOT class ids to names: 1=cat,2=dog.")] = None,
+    truth_label: Annotated[str | None, typer.Option("--truth-label", help="Every truth box is this class (MOT/COCO).")] = None,
+    fps: FpsOpt = 10.0,
+    imgsz: ImgszOpt = None,
+    device: DeviceOpt = "cpu",
+    classes: Annotated[str | None, typer.Option("--classes", help="Classes the models report (default: the truth's labels).")] = None,
+    backend: BackendOpt = Backend.auto,
+    frame_counter: CounterOpt = False,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PR-curve and timeline PNGs.")] = True,
+    log_level: LogOpt = "WARNING",
+) -> None:
+    """Compare models on recorded videos against ground truth: per class precision, recall, AP50,
+    AP50–95 (pycocotools), median IoU and per-second presence; per model inference time, CPU, peak RSS,
+    rate and size. Each model runs in its own process. Writes eval.md, eval.json and PNGs."""
+    setup_logging(log_level)
+    import time as _time
+
+    from detector_app.evaluation.models import parse_models
+    from detector_app.evaluation.runner import EvalConfig, run_eval
+    from detector_app.evaluation.truth import parse_label_map
+
+    cfg = EvalConfig(
+        videos=list(videos), truths=list(truth), models=parse_models(list(model), precision),
+        out_dir=out_dir or Path("eval-results") / _time.strftime("%Y%m%d-%H%M%S"), via=via.value, conf=conf, fps=fps,
+        imgsz=imgsz, backend=backend.value, device=device, classes=classes,
+        truth_labels=parse_label_map(truth_labels), truth_label=truth_label, frame_counter=frame_counter,
+        progress=sys.stderr.isatty(),
+    )
+    results = run_eval(cfg)
+    from detector_app.evaluation import report
+
+    table, path = report.write(cfg, results)
+    print(table)
+    if plots:
+        from detector_app.evaluation.plots import plot_all
+
+        for png in plot_all(cfg, results):
+            print(f"plot: {png}")
+    print(f"eval.json: {path}")
+
+
 # -- serve (the MentraOS miniapp) ----------------------------------------------------------------
 @app.command()
 def serve(
