@@ -144,8 +144,9 @@ def _sinks(out: Path | None, feed_port: int, info: dict):
     return sinks, closers
 
 
-def _run_and_report(run, closers, summary_json: Path | None) -> None:
-    """Run a pipeline, always close the outputs, print the summary; exit 0 only if the run had no errors."""
+def _run_and_report(run, closers, summary_json: Path | None, check=None) -> None:
+    """Run a pipeline, always close the outputs, print the summary; exit 0 only if the run had no errors
+    and ``check(summary)`` (``replay --expect``) found no failed expectation (else one line, exit 1)."""
     try:
         summary = run()
     finally:
@@ -154,7 +155,12 @@ def _run_and_report(run, closers, summary_json: Path | None) -> None:
     print(summary.to_text())
     if summary_json:
         summary_json.write_text(json.dumps(summary.to_json(), indent=2))
-    raise typer.Exit(1 if summary.errors else 0)
+    if summary.errors:
+        raise typer.Exit(1)
+    failed = check(summary) if check is not None else None
+    if failed:
+        raise _fail(f"expectation failed: {failed}", code=1)
+    raise typer.Exit(0)
 
 
 @app.callback(invoke_without_command=True)
@@ -185,22 +191,35 @@ def replay(
     feed_port: FeedPortOpt = 8765,
     summary_json: Annotated[Path | None, typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
     frame_counter: CounterOpt = False,
+    truth: Annotated[Path | None, typer.Option("--truth", help="Ground truth for --expect (MOT gt.txt, COCO JSON, fixture JSON).")] = None,
+    truth_labels: Annotated[str | None, typer.Option("--truth-labels", help="MOT class ids to names: 1=cat,2=dog.")] = None,
+    truth_label: Annotated[str | None, typer.Option("--truth-label", help="Every truth box is this class.")] = None,
+    expect: Annotated[str | None, typer.Option("--expect", help="Exit 1 unless these hold, e.g. 'recall>=0.9,precision>=0.9' "
+                                               "(needs --truth for recall, precision, box_recall, box_precision, iou, ap50, ap50_95; "
+                                               "rate, detections without).")] = None,
+    expect_labels: Annotated[str | None, typer.Option("--expect-labels", help="Exit 1 unless exactly these labels were detected (cat,dog).")] = None,
+    expect_none: Annotated[bool, typer.Option("--expect-none", help="Exit 1 if anything was detected (distractor videos).")] = False,
     log_level: LogOpt = "INFO",
 ) -> None:
     """Push VIDEO into the real ingest exactly as Mentra Live would (a separate ffmpeg process, real
-    time, RTMP/FLV or SRT/MPEG-TS), detect animals, and print a summary when the video ends."""
+    time, RTMP/FLV or SRT/MPEG-TS), detect animals, and print a summary when the video ends.
+    With --expect/--expect-labels/--expect-none it is a test: exit 1 with a one-line reason."""
     setup_logging(log_level)
     if not video.exists():
         raise _fail(f"video not found: {video}")
     from detector_app.commands.replay import replay as run_replay
+    from detector_app.evaluation.expect import ReplayCheck
     from detector_app.video.probe import video_size
 
+    check = ReplayCheck.build(video, conf, truth, truth_labels, truth_label, expect, expect_labels, expect_none)
     det = _detector(model, conf, imgsz, device, classes, backend, video_size(video), precision)
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": str(video)})
+    if check is not None:
+        sinks.append(check.collect)
     _run_and_report(
         lambda: run_replay(video, det, protocol=protocol.value, fps=fps, sinks=sinks, headless=headless,
                            port=ingest_port, frame_probe=_probe(frame_counter)),
-        closers, summary_json,
+        closers, summary_json, check=check,
     )
 
 

@@ -42,10 +42,12 @@ class ClassScore:
     seconds_precision: float | None
     pr_recall: list[float] = field(default_factory=list)  # COCO's 101 recall points, IoU 0.5
     pr_precision: list[float] = field(default_factory=list)
+    match_ious: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items() if not k.startswith("pr_")}
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()
+                if not k.startswith(("pr_", "match_"))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +153,39 @@ def score_model(runs: list[VideoRun], conf: float, labels: list[str]) -> list[Cl
             statistics.median(ious) if ious else None, *sec,
             pr_recall=[round(float(r), 3) for r in np.linspace(0, 1, 101)] if pr is not None else [],
             pr_precision=[round(max(0.0, float(v)), 4) for v in pr] if pr is not None else [],
+            match_ious=ious,
         ))
     return out
+
+
+def overall(runs: list[VideoRun], conf: float, labels: list[str] | None = None) -> dict[str, float | None]:
+    """One number per metric over all classes: what ``replay --expect`` and ``detector_app.testing`` check.
+
+    ``recall``/``precision`` are per-second presence of any scored animal (``fixtures.evaluate.score``);
+    the box metrics pool every class; ``ap50``/``ap50_95`` are the mean over classes with truth boxes.
+    """
+    labels = labels or sorted({b.label for r in runs for f in r.truth.frames for b in f if b.scored})
+    per = score_model(runs, conf, labels) if labels else []
+    tp, fp, gt = sum(c.tp for c in per), sum(c.fp for c in per), sum(c.truth_boxes for c in per)
+    ious = [v for c in per for v in c.match_ious]
+    aps = [c.ap50 for c in per if c.ap50 is not None]
+    aps_all = [c.ap50_95 for c in per if c.ap50_95 is not None]
+    ptp = pfp = pfn = ptn = 0
+    for run in runs:
+        kept = [{**r, "detections": [d for d in r.get("detections", []) if d["confidence"] >= conf]}
+                for r in run.results]
+        sc = score(run.truth.as_fixture(run.fps), kept, min_results_per_second=max(1, int(_rate(run.results) * 0.3)))
+        ptp, pfp, pfn, ptn = ptp + sc.tp, pfp + sc.fp, pfn + sc.fn, ptn + sc.tn
+    return {
+        "recall": ptp / (ptp + pfn) if ptp + pfn else None,
+        # No second predicted positive but some scored: nothing claimed wrongly (as fixtures.evaluate.Score).
+        "precision": ptp / (ptp + pfp) if ptp + pfp else (1.0 if ptn + pfn else None),
+        "box_recall": tp / gt if gt else None,
+        "box_precision": tp / (tp + fp) if tp + fp else None,
+        "iou": statistics.median(ious) if ious else None,
+        "ap50": sum(aps) / len(aps) if aps else None,
+        "ap50_95": sum(aps_all) / len(aps_all) if aps_all else None,
+    }
 
 
 def _presence(runs: list[VideoRun], label: str, conf: float) -> tuple[float | None, float | None]:

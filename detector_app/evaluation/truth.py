@@ -1,7 +1,8 @@
 """Ground truth in the formats people already have, read into one shape and checked against the video.
 
 Three formats: MOT Challenge ``gt.txt`` (``frame,id,x,y,w,h,conf,class,visibility``, frame 1-based),
-COCO-style JSON (one image per frame, found by ``frame_index`` or by the number in ``file_name``) and
+COCO-style JSON (one image per frame, found by ``frame_index`` or by the number in ``file_name``;
+``iscrowd`` boxes are don't-care regions; frames without an image are not scored) and
 the project's fixture truth (``data/fixtures/*.json``). Everything a user can get wrong (unreadable
 file, unknown class ids, a truth file for another video) is a one-line ``TruthError``.
 """
@@ -184,12 +185,11 @@ def _mot(path: Path, text: str, labels: dict[int, str], label: str | None, frame
             f"{path}: MOT class id(s) {', '.join(map(str, sorted(unknown)))} have no name: "
             f"pass --truth-labels ID=NAME,… or --truth-label NAME"
         )
-    if not rows:
-        raise TruthError(f"{path}: no boxes read (empty file, or every box has conf 0)")
-    n_frames = max(frames or 0, max(rows) + 1)
+    n_frames = max(frames or 0, max(rows, default=-1) + 1)  # empty gt.txt: a video without objects
     return Truth(path, "mot", tuple(tuple(rows.get(i, ())) for i in range(n_frames)))
 
 
+CROWD_VISIBLE = 0.3  # COCO iscrowd = "don't care": scored like a partly visible fixture object
 _NUMBER = re.compile(r"(\d+)(?!.*\d)")
 
 
@@ -216,14 +216,13 @@ def _coco(path: Path, data: dict[str, Any], label: str | None) -> Truth:
             base = 0
         per: dict[int, list[TruthBox]] = {}
         for a in data["annotations"]:
-            if a.get("iscrowd"):
-                continue
             x, y, w, h = map(float, a["bbox"])
             name = label or cats.get(int(a["category_id"]))
             if name is None:
                 raise TruthError(f"{path}: annotation {a.get('id')} has category {a['category_id']} not in categories")
             per.setdefault(index[int(a["image_id"])] - base, []).append(
-                TruthBox(name, (x, y, x + w, y + h), a.get("track_id") or a.get("instance_id")))
+                TruthBox(name, (x, y, x + w, y + h), a.get("track_id") or a.get("instance_id"),
+                         CROWD_VISIBLE if a.get("iscrowd") else 1.0))
         n = max(index.values()) - base + 1
         w, h = sizes.pop() if len(sizes) == 1 else (None, None)
         return Truth(path, "coco", tuple(tuple(per.get(i, ())) for i in range(n)), w, h,
