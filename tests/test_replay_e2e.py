@@ -12,9 +12,7 @@ import time
 
 import pytest
 
-from detector_app.commands.replay import replay
 from detector_app.fixtures.evaluate import score
-from detector_app.fixtures.scene import frame_counter_probe
 from detector_app.glasses.publish import Publisher
 from detector_app.ingest.addresses import wait_listening
 from detector_app.ingest.factory import open_listener
@@ -50,15 +48,20 @@ def wait_for(pred, timeout: float) -> bool:
 
 @pytest.mark.parametrize("protocol", ["rtmp", "srt"])
 @pytest.mark.parametrize("name", ["cat_480p15", "cat_720p30"])
-def test_replay_matches_ground_truth(protocol, name, fixture_videos, truth_for, detector):
+def test_replay_matches_ground_truth(protocol, name, fixture_videos, truth_for, detector, replay_recording):
+    """Through the public test API (``detector_app.testing``), as a user's own CI would."""
     if protocol == "srt":
         need("srt-live-transmit", "apt-get install srt-tools")
     video = fixture_videos[name]
-    sink = Collect()
-    summary = replay(video, detector, protocol=protocol, fps=10, sinks=[sink], frame_probe=frame_counter_probe)
+    run = replay_recording(video, via=protocol, detector=detector, frame_counter=True)
+    summary = run.summary
     assert not summary.errors, summary.errors
     truth = truth_for(video)
-    s = score(truth, sink.results)
+    s = score(truth, [r.to_json() for r in run.results])
+    # The same answer from the MOT copy of the truth, matched by pts alone (no frame counter needed).
+    by_pts = run.score(video.with_suffix(".mot.txt"), truth_labels="1=cat")
+    assert by_pts["recall"] == s.recall and by_pts["precision"] == s.precision, (by_pts, s)
+    assert by_pts["box_recall"] >= 0.9 and by_pts["iou"] >= 0.5, by_pts
     print(f"{protocol} {name}: {s.to_text()}; {summary.detections_per_s:.2f} inf/s; "
           f"first frame {summary.first_frame_s} s; latency p50 {summary.latency_ms['p50']} ms")
     assert s.seconds_pos >= 5 and s.seconds_neg >= 2
@@ -71,13 +74,11 @@ def test_replay_matches_ground_truth(protocol, name, fixture_videos, truth_for, 
     assert summary.frames_decoded >= truth["frames"] * 0.95
 
 
-def test_distractor_only_video_yields_no_animals(fixture_videos, detector):
-    sink = Collect()
-    summary = replay(fixture_videos["distractor_480p15"], detector, protocol="rtmp", sinks=[sink])
-    assert not summary.errors
-    assert summary.inferences > 80
-    animals = [d for r in sink.results for d in r["detections"]]
-    assert animals == [], f"animal detections on a video without animals: {animals[:3]}"
+def test_distractor_only_video_yields_no_animals(fixture_videos, detector, replay_recording):
+    run = replay_recording(fixture_videos["distractor_480p15"], via="rtmp", detector=detector)
+    assert not run.summary.errors
+    assert run.summary.inferences > 80
+    assert run.detections == [], f"animal detections on a video without animals: {run.detections[:3]}"
 
 
 def _listen(protocol: str, detector, sink, fps: float = 10.0):

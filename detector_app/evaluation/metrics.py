@@ -83,7 +83,7 @@ def _coco_inputs(runs: list[VideoRun], labels: list[str]) -> tuple[dict, list[di
             w, h = r.get("frame_size") or (run.truth.width or 1, run.truth.height or 1)
             images.append({"id": img, "width": w, "height": h})
             for b in run.truth.frames[f]:
-                if not b.scored:
+                if not b.scored or b.label not in cat_id:
                     continue
                 x1, y1, x2, y2 = b.box
                 aid = len(anns) + 1
@@ -92,6 +92,8 @@ def _coco_inputs(runs: list[VideoRun], labels: list[str]) -> tuple[dict, list[di
                              "iscrowd": int(b.visible < VISIBLE_POS)})
                 gt_boxes[aid] = b.box
             for d in r.get("detections", []):
+                if d["label"] not in cat_id:
+                    continue
                 x1, y1, x2, y2 = d["box"]
                 dets.append({"image_id": img, "category_id": cat_id[d["label"]], "score": float(d["confidence"]),
                              "bbox": [x1, y1, x2 - x1, y2 - y1]})
