@@ -3,6 +3,7 @@ its ``replay_recording`` fixture, ``replay --expect``): real ffmpeg publishers i
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -58,3 +59,19 @@ def test_cli_replay_expectations(clip, fixture_videos):
     assert bad.returncode == 1, bad.stderr[-2000:]
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "expectation failed: expected no detections, got cat" in lines[0], bad.stderr
+
+
+def test_eval_via_srt_scores_the_replay_by_pts(clip, fixture_videos, tmp_path):
+    """eval --via srt: the real ingest in real time; results find their truth frames by pts alone."""
+    need("srt-live-transmit", "apt-get install srt-tools")
+    gt = tmp_path / "gt.txt"  # the clip's truth: the first 4 s (60 frames) of the fixture's MOT truth
+    rows = mot_path(fixture_videos["cat_480p15"]).read_text().splitlines()
+    gt.write_text("\n".join(r for r in rows if int(r.split(",")[0]) <= 60) + "\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "detector_app.cli", "eval", str(clip), "--truth", str(gt), "--truth-label", "cat",
+         "--model", str(MODEL), "--via", "srt", "--out-dir", str(tmp_path / "ev"), "--no-plots"],
+        capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cat = json.loads((tmp_path / "ev" / "eval.json").read_text())["models"][0]["classes"]["cat"]
+    assert cat["truth_boxes"] >= 8 and cat["recall"] >= 0.9 and cat["precision"] >= 0.9, cat
+    assert cat["median_iou"] >= 0.7, cat
