@@ -27,8 +27,8 @@ def cat_horse(fixture_videos):
     return video, info, padded(load_truth(video.with_suffix(".json")), info)
 
 
-def _scored(truth):
-    return [sorted((b.label, tuple(round(v) for v in b.box), b.visible >= 0.5) for b in f if b.scored)
+def _scored(truth, crowd=True):
+    return [sorted((b.label, tuple(round(v) for v in b.box)) + ((b.crowd,) if crowd else ()) for b in f if b.scored)
             for f in truth.frames]
 
 
@@ -37,7 +37,10 @@ def test_mot_and_coco_truth_hold_the_fixture_boxes(cat_horse):
     mot = padded(load_truth(mot_path(video), {1: "cat", 2: "horse"}), info)
     coco = padded(load_truth(coco_path(video)), info)
     assert fixture.labels == mot.labels == coco.labels == ["cat", "horse"]
-    assert _scored(fixture) == _scored(mot) == _scored(coco)
+    assert _scored(fixture) == _scored(coco)  # COCO marks the partly visible ones iscrowd
+    assert _scored(fixture, crowd=False) == _scored(mot, crowd=False) and not any(b.crowd for f in mot.frames for b in f)
+    assert [[b.visible for b in f] for f in fixture.frames if f and all(b.scored for b in f)][:50] == \
+        [[b.visible for b in f] for f in mot.frames if f][:50]
     assert {b.track_id for f in mot.frames for b in f} == {1, 2}  # one identity per crossing
     assert MOT_LABELS == "1=cat,2=horse"
 
@@ -49,7 +52,7 @@ def _results(truth, fps, step=3, shrink=1.0, drop_every=0, conf=0.9, extra_fp=Fa
         dets = []
         if not (drop_every and (i // step) % drop_every == 0):
             for b in truth.frames[i]:
-                if b.scored and b.visible >= 0.5:
+                if b.scored and not b.crowd:
                     x1, y1, x2, y2 = b.box
                     dets.append({"label": b.label, "confidence": conf, "box": [x1, y1, x1 + (x2 - x1) * shrink, y2]})
         if extra_fp and not truth.frames[i]:
@@ -87,9 +90,10 @@ def test_truth_errors_are_one_line(fixture_videos, tmp_path):
     bad.write_text("1,1,10,10,20,20,1,1,1\nhello world\n")
     with pytest.raises(TruthError, match=r"gt.txt:2: not a MOT line"):
         load_truth(bad, {1: "cat"})
-    bad.write_text("1,1,10,10,20,20,1,7,1\n")
+    bad.write_text("1,1,10,10,20,20,1,7,1\n2,1,10,10,20,20,1,1,1\n")
     with pytest.raises(TruthError, match="class id.* 7 have no name"):
         load_truth(bad)
+    assert [len(f) for f in load_truth(bad, {1: "cat"}).frames] == [0, 1]  # a mapping scores its classes only
     (tmp_path / "t.json").write_text("{broken")
     with pytest.raises(TruthError, match="not valid JSON"):
         load_truth(tmp_path / "t.json")
@@ -140,7 +144,7 @@ def _coco_oracle(truth, fps, results, conf):
             db = Box(*d["box"])
             best, best_iou = None, 0.5
             for gi, g in enumerate(gts):
-                if gi in used or g.label != d["label"] or g.visible < 0.5:
+                if gi in used or g.label != d["label"] or g.crowd:
                     continue
                 iou = db.iou(Box(*g.box))
                 if iou >= best_iou:
@@ -149,7 +153,7 @@ def _coco_oracle(truth, fps, results, conf):
                 used.add(best)
                 tp += 1
                 continue
-            crowd = any(g.label == d["label"] and g.visible < 0.5 and db.area
+            crowd = any(g.label == d["label"] and g.crowd and db.area
                         and _inter(db, Box(*g.box)) / db.area >= 0.5 for g in gts)
             fp += not crowd
     return tp, fp

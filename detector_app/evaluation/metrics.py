@@ -2,8 +2,9 @@
 project's per-second presence score (``fixtures.evaluate.score``).
 
 Only frames the model actually analysed (10 per second by default) are images in the COCO evaluation;
-frames between them are not scored. A truth object that is mostly out of view (visible < 0.5, fixture
-and MOT visibility) is a *crowd* region: detecting it is neither a hit nor a false positive.
+frames between them are not scored. A COCO ``iscrowd`` box, and a fixture animal less than half in
+view, is a *crowd* region: detecting it is neither a hit nor a false positive. MOT boxes all count
+(visibility only feeds the per-second presence score), as MOT and COCO scorers count them.
 AP is run on every detection the model reported (the run uses a low threshold); precision, recall and
 the median IoU are taken at the operating threshold ``conf`` from COCOeval's own IoU-0.5 matching.
 """
@@ -89,7 +90,7 @@ def _coco_inputs(runs: list[VideoRun], labels: list[str]) -> tuple[dict, list[di
                 aid = len(anns) + 1
                 anns.append({"id": aid, "image_id": img, "category_id": cat_id[b.label],
                              "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                             "iscrowd": int(b.visible < VISIBLE_POS)})
+                             "iscrowd": int(b.crowd)})
                 gt_boxes[aid] = b.box
             for d in r.get("detections", []):
                 if d["label"] not in cat_id:

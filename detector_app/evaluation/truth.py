@@ -1,8 +1,9 @@
 """Ground truth in the formats people already have, read into one shape and checked against the video.
 
 Three formats: MOT Challenge ``gt.txt`` (``frame,id,x,y,w,h,conf,class,visibility``, frame 1-based),
-COCO-style JSON (one image per frame, found by ``frame_index`` or by the number in ``file_name``;
-``iscrowd`` boxes are don't-care regions; frames without an image are not scored) and
+COCO-style JSON (one image per frame, found by ``frame_index`` (0-based) or by the number in
+``file_name`` (1-based unless some file is numbered 0); ``iscrowd`` boxes are don't-care regions;
+frames without an image are not scored) and
 the project's fixture truth (``data/fixtures/*.json``). Everything a user can get wrong (unreadable
 file, unknown class ids, a truth file for another video) is a one-line ``TruthError``.
 """
@@ -12,12 +13,14 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import av
+from loguru import logger
 
+from detector_app.detection.vocab import normalize
 from detector_app.errors import UserError
 
 
@@ -30,8 +33,9 @@ class TruthBox:
     label: str
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in source pixels
     track_id: int | None = None
-    visible: float = 1.0  # fraction in view; partly visible objects are "don't care" in scoring
+    visible: float = 1.0  # fraction in view (MOT visibility, fixture truth): per-second presence uses it
     scored: bool = True  # False: a distractor the fixture records (not an animal) — never expected
+    crowd: bool = False  # "don't care" in box metrics (COCO iscrowd; fixture objects less than half in view)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,13 @@ def load_truth(path: Path, labels: dict[int, str] | None = None, label: str | No
     path = Path(path)
     if not path.exists():
         raise TruthError(f"truth file not found: {path}")
+    truth = _load(path, labels or {}, label, frames)
+    # 'Cat' / 'polar_bear' in a truth file name the classes a model calls 'cat' / 'polar bear'.
+    norm = tuple(tuple(replace(b, label=normalize(b.label)) for b in f) for f in truth.frames)
+    return replace(truth, frames=norm)
+
+
+def _load(path: Path, labels: dict[int, str], label: str | None, frames: int | None) -> Truth:
     text = path.read_text(errors="replace")
     if text.lstrip().startswith(("{", "[")):
         try:
@@ -136,7 +147,7 @@ def load_truth(path: Path, labels: dict[int, str] | None = None, label: str | No
         if isinstance(data, dict) and "images" in data and "annotations" in data:
             return _coco(path, data, label)
         raise TruthError(f"{path}: JSON but neither COCO (images/annotations) nor fixture truth (per_frame)")
-    return _mot(path, text, labels or {}, label, frames)
+    return _mot(path, text, labels, label, frames)
 
 
 def _fixture(path: Path, data: dict[str, Any]) -> Truth:
@@ -144,7 +155,8 @@ def _fixture(path: Path, data: dict[str, Any]) -> Truth:
         per = sorted(data["per_frame"], key=lambda f: f["frame"])
         frames = tuple(
             tuple(TruthBox(o["label"], tuple(map(float, o["box"])), None, float(o.get("visible", 1.0)),
-                           bool(o.get("animal", True))) for o in f["objects"])
+                           bool(o.get("animal", True)), float(o.get("visible", 1.0)) < HALF_IN_VIEW)
+                  for o in f["objects"])
             for f in per
         )
         return Truth(path, "fixture", frames, int(data["width"]), int(data["height"]), float(data["fps"]))
@@ -180,7 +192,10 @@ def _mot(path: Path, text: str, labels: dict[int, str], label: str | None, frame
             unknown.add(cls if cls is not None else -1)
             continue
         rows.setdefault(frame - 1, []).append(TruthBox(name, (x, y, x + w, y + h), tid, vis))
-    if unknown:
+    if unknown and labels:  # a mapping names the classes to score; the others (MOT17's cars, occluders) are not
+        logger.warning("{}: boxes of MOT class id(s) {} ignored (not in --truth-labels)", path.name,
+                       ", ".join(map(str, sorted(unknown))))
+    elif unknown:
         raise TruthError(
             f"{path}: MOT class id(s) {', '.join(map(str, sorted(unknown)))} have no name: "
             f"pass --truth-labels ID=NAME,… or --truth-label NAME"
@@ -189,7 +204,8 @@ def _mot(path: Path, text: str, labels: dict[int, str], label: str | None, frame
     return Truth(path, "mot", tuple(tuple(rows.get(i, ())) for i in range(n_frames)))
 
 
-CROWD_VISIBLE = 0.3  # COCO iscrowd = "don't care": scored like a partly visible fixture object
+CROWD_VISIBLE = 0.3  # COCO iscrowd = "don't care": in per-second presence, like a partly visible fixture object
+HALF_IN_VIEW = 0.5  # fixture truth: an animal less than half in view is "don't care" (as fixtures.evaluate)
 _NUMBER = re.compile(r"(\d+)(?!.*\d)")
 
 
@@ -199,8 +215,8 @@ def _coco(path: Path, data: dict[str, Any], label: str | None) -> Truth:
         index: dict[int, int] = {}
         sizes: set[tuple[int, int]] = set()
         for img in data["images"]:
-            if "frame_index" in img:
-                fi = int(img["frame_index"])
+            if "frame_index" in img or "frame_id" in img:
+                fi = int(img.get("frame_index", img.get("frame_id")))
             else:
                 m = _NUMBER.search(Path(str(img.get("file_name", ""))).stem)
                 if not m:
@@ -211,9 +227,9 @@ def _coco(path: Path, data: dict[str, Any], label: str | None) -> Truth:
                 sizes.add((int(img["width"]), int(img["height"])))
         if not index:
             raise TruthError(f"{path}: COCO JSON without images")
-        base = min(index.values())  # file_name numbering may start at 1 (frame_000001.jpg)
-        if all("frame_index" in img for img in data["images"]):
-            base = 0
+        # file_name numbers are 1-based, as ffmpeg writes extracted frames (frame_%06d.jpg), unless a 0 appears.
+        by_name = not all("frame_index" in img or "frame_id" in img for img in data["images"])
+        base = 1 if by_name and min(index.values()) >= 1 else 0
         per: dict[int, list[TruthBox]] = {}
         for a in data["annotations"]:
             x, y, w, h = map(float, a["bbox"])
@@ -222,7 +238,7 @@ def _coco(path: Path, data: dict[str, Any], label: str | None) -> Truth:
                 raise TruthError(f"{path}: annotation {a.get('id')} has category {a['category_id']} not in categories")
             per.setdefault(index[int(a["image_id"])] - base, []).append(
                 TruthBox(name, (x, y, x + w, y + h), a.get("track_id") or a.get("instance_id"),
-                         CROWD_VISIBLE if a.get("iscrowd") else 1.0))
+                         CROWD_VISIBLE if a.get("iscrowd") else 1.0, crowd=bool(a.get("iscrowd"))))
         n = max(index.values()) - base + 1
         w, h = sizes.pop() if len(sizes) == 1 else (None, None)
         return Truth(path, "coco", tuple(tuple(per.get(i, ())) for i in range(n)), w, h,
