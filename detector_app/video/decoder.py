@@ -25,6 +25,33 @@ from detector_app.video.slot import LatestSlot
 MAX_CONSECUTIVE_DECODE_ERRORS = 150  # ~5 s of 30 fps garbage ends the session
 
 
+class SessionClock:
+    """One clock for every transport: media time in seconds since the publisher session's first frame.
+
+    FLV (RTMP) starts at 0, MPEG-TS (SRT) at the muxer's offset (~1.4 s), an MP4 wherever its edit
+    list says; outputs that compare runs must not see that difference. A jump back by more than
+    ``RESTART_S`` is a new publisher behind the same socket (the SRT relay survives reconnects and the
+    new stream's timestamps start again): it counts from its own first frame.
+    """
+
+    RESTART_S = 1.0
+
+    def __init__(self) -> None:
+        self._origin: float | None = None
+        self._last: float | None = None
+
+    def reset(self) -> None:
+        self._origin = self._last = None
+
+    def __call__(self, raw: float | None) -> float | None:
+        if raw is None:
+            return None
+        if self._origin is None or (self._last is not None and raw < self._last - self.RESTART_S):
+            self._origin = raw
+        self._last = raw
+        return raw - self._origin
+
+
 @dataclass(frozen=True, slots=True)
 class DecodedFrame:
     frame: av.VideoFrame
@@ -53,7 +80,7 @@ class DecodeThread(threading.Thread):
         self.finished = threading.Event()
         self.fatal: BaseException | None = None
         self._index = 0
-        self._origin: float | None = None  # raw pts of the session's first frame
+        self._clock = SessionClock()
 
     def run(self) -> None:
         name_os_thread("decode")
@@ -93,7 +120,7 @@ class DecodeThread(threading.Thread):
         )
         if self.pts_sampler is not None:
             self.pts_sampler.reset()
-        self._origin = None
+        self._clock.reset()
         error: str | None = None
         bad_in_a_row = 0
         try:
@@ -136,19 +163,8 @@ class DecodeThread(threading.Thread):
         raw = float(frame.time) if frame.time is not None else None
         self.health.frame(raw, frame.width, frame.height)
         self._index += 1
-        pts = self._media_time(raw)
+        pts = self._clock(raw)
         if self.pts_sampler is not None and not self.pts_sampler.select(pts):
             return
         self.slot.put(DecodedFrame(frame, self._index, pts, time.time(), session, raw), self.stop_event)
 
-    def _media_time(self, raw: float | None) -> float | None:
-        """One clock for every transport: seconds since the session's first frame.
-
-        FLV (RTMP) starts at 0, MPEG-TS (SRT) at the muxer's offset (~1.4 s), an MP4 wherever its
-        edit list says; outputs that compare runs must not see that difference.
-        """
-        if raw is None:
-            return None
-        if self._origin is None:
-            self._origin = raw
-        return raw - self._origin
