@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from detector_app.fixtures.formats import mot_path
+from detector_app.fixtures.formats import coco_path, mot_path
 
 from .conftest import MODEL, ROOT, need
 
@@ -62,11 +62,15 @@ def test_cli_replay_expectations(clip, fixture_videos):
 
 
 def test_eval_via_srt_scores_the_replay_by_pts(clip, fixture_videos, tmp_path):
-    """eval --via srt: the real ingest in real time; results find their truth frames by pts alone."""
+    """eval --via srt: the real ingest in real time; results find their truth frames by pts alone (with
+    SRT's raw MPEG-TS clock they would land ~21 frames late and miss the walking cat's boxes)."""
     need("srt-live-transmit", "apt-get install srt-tools")
-    gt = tmp_path / "gt.txt"  # the clip's truth: the first 4 s (60 frames) of the fixture's MOT truth
-    rows = mot_path(fixture_videos["cat_480p15"]).read_text().splitlines()
-    gt.write_text("\n".join(r for r in rows if int(r.split(",")[0]) <= 60) + "\n")
+    gt = tmp_path / "gt.json"  # the clip's truth: the first 4 s (60 frames) of the fixture's COCO truth
+    coco = json.loads(coco_path(fixture_videos["cat_480p15"]).read_text())
+    coco["images"] = [i for i in coco["images"] if i["frame_index"] < 60]
+    keep = {i["id"] for i in coco["images"]}
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]
+    gt.write_text(json.dumps(coco))
     r = subprocess.run(
         [sys.executable, "-m", "detector_app.cli", "eval", str(clip), "--truth", str(gt), "--truth-label", "cat",
          "--model", str(MODEL), "--via", "srt", "--out-dir", str(tmp_path / "ev"), "--no-plots"],
