@@ -331,7 +331,8 @@ def serve(
     port: Annotated[int | None, typer.Option("--port", help="Webhook server port (env PORT, default 3000).")] = None,
     protocol: Annotated[Protocol | None, typer.Option("--protocol", "-p", help="Ingest protocol (env INGEST_PROTOCOL, default rtmp).")] = None,
     ingest_host: Annotated[str | None, typer.Option("--ingest-host", help="Address the glasses push to (env INGEST_HOST; default: auto-detected LAN address).")] = None,
-    ingest_port: Annotated[int | None, typer.Option("--ingest-port", help="First ingest port (env INGEST_PORT; default: a free port per session).")] = None,
+    ingest_port: Annotated[int | None, typer.Option("--ingest-port", help="Ingest port (env INGEST_PORT; nginx: the one port of every session, default 1935; embedded: the first, default a free port per session).")] = None,
+    ingest: Annotated[str | None, typer.Option("--ingest", help="RTMP ingest (env INGEST): nginx (one nginx-rtmp, one port, publish hook) or embedded (a PyAV listener per session); default nginx where installed.")] = None,
     model: ModelOpt = None,
     fps: FpsOpt = 10.0,
     conf: ConfOpt = 0.35,
@@ -355,7 +356,7 @@ def serve(
 
     overrides = {k: v for k, v in {
         "port": port, "ingest_protocol": protocol.value if protocol else None,
-        "ingest_host": ingest_host, "ingest_port": ingest_port,
+        "ingest_host": ingest_host, "ingest_port": ingest_port, "ingest": ingest,
     }.items() if v is not None}
     try:
         settings = MentraSettings(**overrides)
@@ -365,13 +366,24 @@ def serve(
         raise _fail("MENTRAOS_API_KEY is not set (developer console → your app → API key)")
     # Load the model and open the outputs first: a bad model or path ends here with a clear message,
     # before the webhook server announces itself (the cloud only calls it when a user starts the app).
+    from detector_app.ingest.factory import choose_rtmp_ingest
     from detector_app.stream_service import DetectionService, IngestConfig
 
+    mode, note = choose_rtmp_ingest(settings.ingest)
+    if note:
+        logger.info(note)
+    ingest_port = settings.ingest_port if settings.ingest_port is not None else (1935 if mode == "nginx" else 0)
     det = _detector(model, conf, imgsz, device, classes, backend, precision=precision, streams=2)  # several wearers
-    service = DetectionService(det, IngestConfig(advertise_host=settings.ingest_host, port=settings.ingest_port or 0, fps=fps))
+    service = DetectionService(det, IngestConfig(advertise_host=settings.ingest_host, port=ingest_port, fps=fps,
+                                                 mode=mode))  # type: ignore[arg-type]
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": "glasses"})
     service.sinks.extend(sinks)
     try:  # the miniapp's loop in a thread; the main thread shows the newest glasses stream (or waits)
+        if mode == "nginx":  # start it now: a taken port or a bad nginx ends here with one line (exit 2)
+            from detector_app.mentra.app import ingest_hook_url
+
+            service.attach_hooks(ingest_hook_url(settings.host, settings.port))
+            service.start_ingest()
         code = run_serve(settings, service=service, streams=None if headless else service.views)
     finally:
         service.close()

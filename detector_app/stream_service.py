@@ -4,8 +4,11 @@
     stream = service.open_stream("rtmp")      # own port, own random key, own threads
     stream.publish_url / stream.key / stream.add_listener(cb) / stream.health() / stream.close(timeout)
 
-``stream.failure`` says when a stream's ingest died (relay exited, port lost); the miniapp then
-closes it and opens a new one. Every close is bounded, and a stream that finishes opening after
+With ``IngestConfig(mode="nginx")`` every RTMP stream shares one nginx-rtmp server on one port
+(``ingest.nginx_ingest``); the miniapp's HTTP server answers its hooks (``attach_hooks``, ``on_hook``).
+
+``stream.failure`` says when a stream's ingest died (relay exited, port lost, nginx exited); the
+miniapp then closes it and opens a new one (a new nginx is started when the old one died). Every close is bounded, and a stream that finishes opening after
 the service was closed closes itself, so no listener, relay or thread outlives the service.
 """
 
@@ -14,13 +17,16 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from loguru import logger
 
 from detector_app.detection.detector import Detector
 from detector_app.errors import PortInUseError
-from detector_app.ingest.base import IngestEndpoint
+from detector_app.ingest.base import IngestEndpoint, VideoSource
 from detector_app.ingest.factory import open_listener
+from detector_app.ingest.nginx_hooks import HookCall
+from detector_app.ingest.nginx_ingest import PULLER_ATTACH_S, NginxIngest
 from detector_app.main_thread import LiveView
 from detector_app.pipeline import Pipeline, Sink
 from detector_app.video.health import StreamHealth
@@ -38,8 +44,10 @@ class IngestConfig:
 
     bind_host: str = "0.0.0.0"
     advertise_host: str | None = None  # None = auto-detect the LAN address
-    port: int = 0  # 0 = any free port per session; N = the first free of N, N+1, … (one publisher per listener)
+    port: int = 0  # embedded: 0 = any free port per session; N = the first free of N, N+1, …
+    #                nginx: the one port of every session (0 = one free port)
     fps: float = 10.0
+    mode: Literal["embedded", "nginx"] = "embedded"  # RTMP ingest: PyAV listener per session, or one nginx
 
 
 class StreamSession:
@@ -105,6 +113,34 @@ class DetectionService:
         self._lock = threading.Lock()  # guards _streams and _closed
         self._open_lock = threading.Lock()
         self.sinks: list[Sink] = []  # added to every stream (e.g. the websockets feed)
+        self._nginx: NginxIngest | None = None  # started by the first nginx-mode RTMP stream
+        self._hook_url: str | None = None
+
+    # -- the nginx ingest's hooks (answered by the miniapp's HTTP server) -------------------------
+    def attach_hooks(self, hook_url: str) -> None:
+        """``http://127.0.0.1:PORT/ingest``: nginx asks there whether a key may publish."""
+        self._hook_url = hook_url
+        if self._nginx is not None:
+            self._nginx.attach_hooks(hook_url)
+
+    def on_hook(self, call: HookCall) -> bool:
+        """Only keys of open streams may publish (may wait ≤ 1 s for the stream's puller)."""
+        ingest = self._nginx
+        return ingest.on_hook(call) if ingest is not None else False
+
+    def start_ingest(self) -> None:
+        """Start the shared nginx now (``serve``: a port clash is reported at start, not per session)."""
+        if self.ingest.mode == "nginx":
+            self._nginx_ingest().start()
+
+    def _nginx_ingest(self) -> NginxIngest:
+        with self._lock:  # close() takes it (and closes it) or no ingest is made
+            if self._closed:
+                raise ServiceClosedError("the detection service is shutting down")
+            if self._nginx is None:
+                self._nginx = NginxIngest(port=self.ingest.port, bind_host=self.ingest.bind_host,
+                                          advertise=self.ingest.advertise_host, hook_url=self._hook_url)
+            return self._nginx
 
     PORT_SPAN = 32  # with a fixed first port, concurrent sessions take the next free ones
 
@@ -115,6 +151,8 @@ class DetectionService:
         with self._open_lock:
             if self._closed:
                 raise ServiceClosedError("the detection service is shutting down")
+            if protocol.lower() == "rtmp" and self.ingest.mode == "nginx":
+                return self._open_nginx_stream()
             taken = {s.endpoint.port for s in self.streams()}
             ports = [0] if self.ingest.port == 0 else [
                 p for p in range(self.ingest.port, self.ingest.port + self.PORT_SPAN) if p not in taken
@@ -133,20 +171,35 @@ class DetectionService:
                     f"no free ingest port in {self.ingest.port}–{self.ingest.port + self.PORT_SPAN - 1}; "
                     "set another INGEST_PORT (or 0 for any free port)"
                 )
-            endpoint, source = opened
-            pipeline = Pipeline(
-                source, self.detector, fps=self.ingest.fps, sinks=list(self.sinks), source_label=endpoint.redacted()
-            )
-            pipeline.start()
-            stream = StreamSession(endpoint, pipeline)
-            with self._lock:
-                closed = self._closed
-                if not closed:
-                    self._streams.append(stream)
+            stream, closed = self._adopt(*opened)
+        return self._opened(stream, closed)
+
+    def _open_nginx_stream(self) -> StreamSession:
+        """Caller holds ``_open_lock``. The puller is waiting in nginx before the URL is handed out:
+        nginx keeps no GOP cache, so a late puller would wait a whole GOP for its first frame."""
+        endpoint, source = self._nginx_ingest().open()
+        stream, closed = self._adopt(endpoint, source)
+        if not closed and self._hook_url and not source.attached.wait(PULLER_ATTACH_S):
+            logger.warning("{}: puller not attached to nginx within {} s", source.name, PULLER_ATTACH_S)
+        return self._opened(stream, closed)
+
+    def _adopt(self, endpoint: IngestEndpoint, source: VideoSource) -> tuple[StreamSession, bool]:
+        pipeline = Pipeline(
+            source, self.detector, fps=self.ingest.fps, sinks=list(self.sinks), source_label=endpoint.redacted()
+        )
+        pipeline.start()
+        stream = StreamSession(endpoint, pipeline)
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._streams.append(stream)
+        return stream, closed
+
+    def _opened(self, stream: StreamSession, closed: bool) -> StreamSession:
         if closed:  # close() ran while this one was opening: nobody else will close it
             stream.close()
             raise ServiceClosedError("the detection service is shutting down")
-        logger.info("ingest ready: glasses publish to {}", endpoint.redacted())
+        logger.info("ingest ready: glasses publish to {}", stream.endpoint.redacted())
         return stream
 
     def streams(self) -> list[StreamSession]:
@@ -166,6 +219,15 @@ class DetectionService:
             self._closed = True
             streams = [s for s in self._streams if not s.closed]
             self._streams = []
+            nginx, self._nginx = self._nginx, None
+        try:
+            self._close_streams(streams, timeout)
+        finally:
+            if nginx is not None:
+                nginx.close()
+
+    @staticmethod
+    def _close_streams(streams: list[StreamSession], timeout: float) -> None:
         if not streams:
             return
         deadline = time.monotonic() + timeout

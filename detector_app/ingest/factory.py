@@ -4,10 +4,28 @@ from __future__ import annotations
 
 from detector_app.ingest.addresses import advertise_host, free_port, new_stream_key
 from detector_app.ingest.base import IngestEndpoint, IngestError, VideoSource
+from detector_app.ingest.nginx import missing_reason
 from detector_app.ingest.rtmp import RtmpListener, rtmp_endpoint
 from detector_app.ingest.srt import SrtRelayListener, srt_endpoint
 
 DEFAULT_PORTS = {"rtmp": 1935, "srt": 4201}
+INGEST_MODES = ("nginx", "embedded")
+
+
+def choose_rtmp_ingest(requested: str | None, missing: str | None | bool = False) -> tuple[str, str | None]:
+    """``--ingest``/``INGEST`` → (mode, a note to log once). None = nginx where it is installed, else
+    the embedded listener; an explicit ``nginx`` without nginx is the user's to fix (``IngestError``).
+    ``missing`` is ``missing_reason()`` (passed by tests; False = look it up)."""
+    reason = missing_reason() if missing is False else missing
+    if requested is not None and requested not in INGEST_MODES:
+        raise IngestError(f"unknown --ingest {requested!r}: use nginx or embedded")
+    if requested == "embedded":
+        return "embedded", None
+    if reason is None:
+        return "nginx", None
+    if requested == "nginx":
+        raise IngestError(f"--ingest nginx: {reason}")
+    return "embedded", f"RTMP ingest: embedded listener, one port per session ({reason})"
 
 
 def open_listener(

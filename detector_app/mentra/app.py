@@ -21,6 +21,7 @@ from loguru import logger
 
 from detector_app.errors import PortInUseError
 from detector_app.ingest.addresses import detect_lan_address
+from detector_app.ingest.nginx_hooks import HookCall
 from detector_app.main_thread import LiveView, run_with_window
 from detector_app.mentra.allowlist import check_ws_url
 from detector_app.mentra.client import SessionRunner
@@ -34,6 +35,12 @@ from detector_app.mentra.webhook import SessionRequest, StopRequest, WebhookErro
 # (it would fail the same way and loop: error → 1008 → resurrection → request → error …).
 _STREAM_BLOCKING_ERRORS = {"PERMISSION_DENIED": 600.0, "WIFI_NOT_CONNECTED": 60.0}
 STOP_BUDGET_S = 8.0  # stream stops, socket closes and stream closes of all sessions, in parallel
+
+
+def ingest_hook_url(bind: str, port: int) -> str:
+    """Where nginx on this machine reaches our server's ingest hooks."""
+    host = "127.0.0.1" if bind in ("0.0.0.0", "::", "", "localhost") else bind
+    return f"http://{host}:{port}/ingest"
 
 
 def _lan() -> str:
@@ -72,6 +79,7 @@ class MiniApp:
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self._closing = False
+        self._hooks_attached = False
 
     # ------------------------------------------------------------------ server lifecycle
 
@@ -115,11 +123,25 @@ class MiniApp:
             logger.info("detection service ready")
 
     async def get_service(self) -> DetectionServiceLike:
-        if self._service is not None:
-            return self._service
-        assert self._service_task is not None, "MiniApp.start() was not called"
-        self._service = await asyncio.shield(self._service_task)
+        if self._service is None:
+            assert self._service_task is not None, "MiniApp.start() was not called"
+            self._service = await asyncio.shield(self._service_task)
+        if not self._hooks_attached and self.port is not None:
+            # The nginx ingest asks our own server whether a key may publish: tell it where, before
+            # the first stream opens (a service without an nginx ingest has no attach_hooks).
+            attach = getattr(self._service, "attach_hooks", None)
+            if attach is not None:
+                attach(ingest_hook_url(self.settings.host, self.port))
+            self._hooks_attached = True
         return self._service
+
+    async def on_ingest_hook(self, call: HookCall) -> bool:
+        """nginx asks (``on_publish``/``on_play``/``…_done``); only keys of open streams get 2xx."""
+        service = self._service
+        answer = getattr(service, "on_hook", None)
+        if answer is None:
+            return False
+        return bool(await asyncio.to_thread(answer, call))  # may wait ≤ 1 s for the stream's puller
 
     @property
     def webhook_urls(self) -> list[str]:

@@ -51,6 +51,10 @@ class MentraSettings(BaseSettings):
     ingest_port: int | None = Field(
         None, validation_alias=AliasChoices("ingest_port", "INGEST_PORT")
     )
+    ingest: Literal["nginx", "embedded"] | None = Field(
+        None, validation_alias=AliasChoices("ingest", "INGEST"),
+        description="RTMP ingest: one nginx-rtmp for every session, or a PyAV listener per session; None = nginx where installed.",
+    )
 
     ws_allowlist: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_WS_ALLOWLIST),

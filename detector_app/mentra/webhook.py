@@ -1,4 +1,5 @@
-"""HTTP side: the cloud's ``POST /webhook`` (session_request / stop_request) and ``GET /health``.
+"""HTTP side: the cloud's ``POST /webhook`` (session_request / stop_request), ``GET /health``, and the
+nginx ingest's hooks (``POST /ingest/on_publish`` …, answered only to this machine).
 
 Parsing is pure (``parse_webhook``) and the decisions (allowlist, de-duplication, starting sessions)
 belong to a ``WebhookHandler`` (``MiniApp``), so this module is only the aiohttp plumbing. Every bad
@@ -7,12 +8,15 @@ request gets a 4xx JSON ``{"status":"error","message":…}`` — the server neve
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
 from loguru import logger
+
+from detector_app.ingest.nginx_hooks import HookCall, parse_hook
 
 
 class WebhookError(Exception):
@@ -78,6 +82,22 @@ class WebhookHandler(Protocol):
     def active_sessions(self) -> int: ...
 
 
+class IngestHookHandler(Protocol):
+    async def on_ingest_hook(self, call: HookCall) -> bool:
+        """True lets nginx go on (2xx); False refuses the client (403)."""
+
+
+def _same_machine(request: web.Request) -> bool:
+    """nginx runs here: a hook from any other address is somebody poking at our ingest."""
+    peer = request.remote or ""
+    sock = request.transport.get_extra_info("sockname") if request.transport else None
+    local = sock[0] if sock else None
+    try:
+        return ipaddress.ip_address(peer).is_loopback or peer == local
+    except ValueError:
+        return False
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"status": "error", "message": message}, status=status)
 
@@ -104,6 +124,26 @@ def create_web_app(handler: WebhookHandler) -> web.Application:
             return _error(500, "Internal error")
         return web.json_response({"status": "success"})
 
+    async def ingest_hook(request: web.Request) -> web.Response:
+        hooks = getattr(handler, "on_ingest_hook", None)
+        if hooks is None:
+            return web.Response(status=404)
+        if not _same_machine(request):
+            return web.Response(status=403)
+        try:
+            form = await request.post()
+        except ValueError:
+            return web.Response(status=400)
+        call = parse_hook(request.match_info["kind"], {k: str(v) for k, v in form.items()})
+        if call is None:
+            return web.Response(status=400)
+        try:
+            allowed = await hooks(call)
+        except Exception:  # noqa: BLE001 - refuse, never crash the server
+            logger.exception("ingest hook {} failed", call.kind)
+            allowed = False
+        return web.Response(status=200 if allowed else 403)
+
     async def health(_: web.Request) -> web.Response:
         return web.json_response(
             {"status": "healthy", "app": handler.package_name, "activeSessions": handler.active_sessions()}
@@ -112,4 +152,5 @@ def create_web_app(handler: WebhookHandler) -> web.Application:
     app = web.Application(client_max_size=256 * 1024)
     app.router.add_post("/webhook", webhook)
     app.router.add_get("/health", health)
+    app.router.add_post("/ingest/on_{kind}", ingest_hook)
     return app

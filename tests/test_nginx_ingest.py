@@ -1,0 +1,200 @@
+"""The nginx-rtmp ingest: one real nginx, one port, every session's key; real ffmpeg publishers, loopback.
+
+Pure parts (config, hook parsing, mode choice) run everywhere; the rest needs Debian's ``nginx`` +
+``libnginx-mod-rtmp`` (scripts/setup.sh installs them) and is skipped with the reason where missing.
+The hooks are answered by the miniapp's own HTTP server (``MiniApp``), as in ``serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from detector_app.glasses.publish import Publisher
+from detector_app.ingest.addresses import free_port
+from detector_app.ingest.base import IngestError
+from detector_app.ingest.factory import choose_rtmp_ingest
+from detector_app.ingest.nginx import NginxConf, missing_reason, render_conf
+from detector_app.ingest.nginx_hooks import parse_hook
+from detector_app.mentra.app import MiniApp
+from detector_app.mentra.config import MentraSettings
+
+from .conftest import until
+
+needs_nginx = pytest.mark.skipif(missing_reason() is not None, reason=f"nginx-rtmp not installed: {missing_reason()}")
+
+
+# ------------------------------------------------------------------------------------ pure
+
+def test_conf_has_hooks_timeouts_and_loopback_only_players(tmp_path: Path) -> None:
+    conf = render_conf(NginxConf(port=19350, bind_host="0.0.0.0", hook_url="http://127.0.0.1:3000/ingest"),
+                       tmp_path, tmp_path / "m.so")
+    for line in ("listen 0.0.0.0:19350;", "on_publish http://127.0.0.1:3000/ingest/on_publish;",
+                 "on_publish_done http://127.0.0.1:3000/ingest/on_publish_done;", "timeout 10s;",
+                 "drop_idle_publisher 5s;", "allow play 127.0.0.1;", "deny play all;", f"pid {tmp_path}/nginx.pid;",
+                 f"listen unix:{tmp_path}/control.sock;", "daemon off;"):
+        assert line in conf, line
+    bare = render_conf(NginxConf(port=1), tmp_path, tmp_path / "m.so")
+    assert "on_publish" not in bare and "allow publish 127.0.0.1;" in bare and "deny publish all;" in bare
+
+
+def test_parse_hook_and_mode_choice() -> None:
+    call = parse_hook("publish", {"name": "abcdefgh", "app": "live", "addr": "10.0.0.5", "call": "publish"})
+    assert call is not None and call.key == "abcdefgh" and call.shown_key() == "abcd…"
+    assert parse_hook("publish", {"app": "live"}) is None and parse_hook("record", {"name": "x"}) is None
+    assert choose_rtmp_ingest(None, None) == ("nginx", None)
+    mode, note = choose_rtmp_ingest(None, "nginx not found")
+    assert mode == "embedded" and note and "nginx not found" in note
+    assert choose_rtmp_ingest("embedded", None) == ("embedded", None)
+    with pytest.raises(IngestError, match="nginx not found"):
+        choose_rtmp_ingest("nginx", "nginx not found")
+    with pytest.raises(IngestError, match="unknown --ingest"):
+        choose_rtmp_ingest("mediamtx", None)
+
+
+# ------------------------------------------------------------------------------------ real nginx
+
+@asynccontextmanager
+async def nginx_app(detector: Any) -> AsyncIterator[tuple[MiniApp, Any]]:
+    """The miniapp's real HTTP server answering the hooks of a real DetectionService in nginx mode."""
+    from detector_app.stream_service import DetectionService, IngestConfig
+
+    service = DetectionService(detector, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1", mode="nginx"))
+    settings = MentraSettings(_env_file=None, api_key="k", port=free_port(), host="127.0.0.1")
+    app = MiniApp(settings, service)
+    await app.start()
+    await app.get_service()  # attaches the hooks, as the first session does
+    try:
+        yield app, service
+    finally:
+        await asyncio.wait_for(app.stop(timeout=3), 10)
+        await asyncio.wait_for(asyncio.to_thread(service.close), 15)
+
+
+async def open_stream(service: Any) -> Any:
+    return await asyncio.to_thread(service.open_stream, "rtmp")
+
+
+def publish(video: Path, url: str) -> Publisher:
+    return Publisher(video, url, loop=True, retries=0).start()
+
+
+async def first_frame_after(stream: Any, t0: float, timeout: float) -> float:
+    await until(lambda: stream.pipeline.first_frame_wall is not None, timeout, "the first frame")
+    return stream.pipeline.first_frame_wall - t0
+
+
+@pytest.fixture(scope="module")
+def cat_video(fixture_videos: dict[str, Path]) -> Path:
+    return fixture_videos["cat_480p15"]
+
+
+@needs_nginx
+@pytest.mark.timeout(60)
+def test_two_publishers_one_port_both_detected_and_wrong_key_refused(detector, cat_video) -> None:
+    async def main() -> None:
+        async with nginx_app(detector) as (_app, service):
+            a, b = await open_stream(service), await open_stream(service)
+            assert a.endpoint.port == b.endpoint.port and a.key != b.key
+            pubs = [publish(cat_video, s.endpoint.local_publish_url) for s in (a, b)]
+            wrong = publish(cat_video, a.endpoint.local_publish_url.replace(a.key, a.key[:-1] + "X"))
+            try:
+                for s in (a, b):
+                    await until(lambda s=s: s.view.stats.per_label["cat"] >= 3, 25, "cat detections on each stream")
+                assert await asyncio.to_thread(wrong.wait, 10), "the wrong-key publisher must be dropped"
+                assert wrong.returncode != 0 and wrong.frames_sent < 5
+                assert service._nginx.refused >= 1  # noqa: SLF001 - the hook said 403
+                assert a.health().publisher_sessions == 1 and b.health().publisher_sessions == 1
+            finally:
+                for p in (*pubs, wrong):
+                    p.stop()
+
+    asyncio.run(main())
+
+
+@needs_nginx
+@pytest.mark.timeout(60)
+def test_silent_client_does_not_delay_publisher_and_reconnect_works(detector, cat_video) -> None:
+    async def main() -> None:
+        async with nginx_app(detector) as (_app, service):
+            stream = await open_stream(service)
+            with socket.create_connection(("127.0.0.1", stream.endpoint.port)):  # connects, says nothing
+                t0 = time.time()
+                pub = publish(cat_video, stream.endpoint.local_publish_url)
+                try:
+                    took = await first_frame_after(stream, t0, 2.0)
+                    print(f"nginx ingest: first frame {took:.2f} s after the publisher started (silent client open)")
+                    assert took <= 2.0
+                finally:
+                    pub.stop()
+            await until(lambda: not stream.pipeline.source.publishing.is_set(), 5, "on_publish_done")
+            before = stream.view.stats.inferences
+            pub = publish(cat_video, stream.endpoint.local_publish_url)  # the glasses come back, same key
+            try:
+                await until(lambda: stream.health().publisher_sessions == 2, 5, "the second publisher session")
+                await until(lambda: stream.view.stats.inferences >= before + 5, 10, "detections after reconnect")
+            finally:
+                pub.stop()
+            stream.close(3)
+            late = publish(cat_video, stream.endpoint.local_publish_url)  # the session ended: key refused
+            assert await asyncio.to_thread(late.wait, 10) and late.returncode != 0
+
+    asyncio.run(main())
+
+
+@needs_nginx
+@pytest.mark.timeout(90)
+def test_nginx_killed_mid_session_is_replaced_and_stream_requested_again(detector, cat_video) -> None:
+    """Through the simulator: nginx dies, the session reports it, a new nginx starts on the same port,
+    the stream is requested again (new key) and detection resumes."""
+    from detector_app.mentra.simulator import CloudSimulator
+    from detector_app.stream_service import DetectionService, IngestConfig
+
+    from .test_e2e_glasses import FAST, KEY, PKG, USER, requested_url, stream_active, stream_request
+
+    async def main() -> None:
+        service = DetectionService(detector, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1", mode="nginx"))
+        port = free_port()
+        settings = MentraSettings(_env_file=None, package_name=PKG, api_key=KEY, port=port, host="127.0.0.1",
+                                  ws_allowlist=["127.0.0.1"])
+        app = MiniApp(settings, service, session_options=FAST, tick_interval=0.1)
+        sim = CloudSimulator(app_url=f"http://127.0.0.1:{port}", package_name=PKG, api_key=KEY, video=cat_video,
+                             generation="D", device="mentra_live", port=0, printer=lambda _: None)
+        await app.start()
+        try:
+            await sim.start()
+            await sim.start_session(USER)
+            await stream_active(sim, 20)
+            [first] = service.streams()
+            await until(lambda: first.view.stats.inferences >= 5, 20, "detections on the first nginx")
+            server = service._nginx.server  # noqa: SLF001
+            old_pid, n = server.proc.pid, len(sim.events)
+            killed = time.monotonic()
+            os.kill(old_pid, signal.SIGKILL)
+            req = await sim.wait_for(stream_request, 20, start=n)
+            [second] = await until(lambda: [s for s in service.streams() if s is not first], 5, "the new stream")
+            assert requested_url(req) == second.publish_url != first.publish_url
+            assert server.proc.pid != old_pid and second.endpoint.port == first.endpoint.port
+            await until(lambda: second.view.stats.inferences >= 5, 30, "detections on the new nginx")
+            print(f"nginx killed → detections again in {time.monotonic() - killed:.1f} s")
+            async with aiohttp.ClientSession() as http:  # the hooks answer this machine only, valid forms only
+                async with http.post(f"http://127.0.0.1:{port}/ingest/on_publish", data={"app": "live"}) as r:
+                    assert r.status == 400
+        finally:
+            try:
+                await asyncio.wait_for(app.stop(timeout=3), 10)
+            finally:
+                await asyncio.wait_for(sim.close(), 10)
+                await asyncio.wait_for(asyncio.to_thread(service.close), 15)
+
+    asyncio.run(main())
