@@ -58,10 +58,12 @@ def test_replay_matches_ground_truth(protocol, name, fixture_videos, truth_for, 
     assert not summary.errors, summary.errors
     truth = truth_for(video)
     s = score(truth, [r.to_json() for r in run.results])
-    # The same answer from the MOT copy of the truth, matched by pts alone (no frame counter needed).
+    # The same answer from the MOT copy of the truth, matched by pts alone (no frame counter needed)…
     by_pts = run.score(video.with_suffix(".mot.txt"), truth_labels="1=cat")
     assert by_pts["recall"] == s.recall and by_pts["precision"] == s.precision, (by_pts, s)
-    assert by_pts["box_recall"] >= 0.9 and by_pts["iou"] >= 0.5, by_pts
+    # …and box-level from the COCO copy (cats less than half in view are iscrowd there, as in the fixture truth).
+    boxes = run.score(video.with_suffix(".coco.json"))
+    assert boxes["box_recall"] >= 0.9 and boxes["box_precision"] >= 0.9 and boxes["iou"] >= 0.5, boxes
     print(f"{protocol} {name}: {s.to_text()}; {summary.detections_per_s:.2f} inf/s; "
           f"first frame {summary.first_frame_s} s; latency p50 {summary.latency_ms['p50']} ms")
     assert s.seconds_pos >= 5 and s.seconds_neg >= 2
