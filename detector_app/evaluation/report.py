@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from detector_app.evaluation.runner import EvalConfig, ModelResult
+from detector_app.evaluation.runner import RUN_CONF_FOR_AP, EvalConfig, ModelResult
 
 NO_TRACKING = "not available: detector-app reports per-frame detections and has no tracker, so no identities"
 
@@ -65,6 +65,7 @@ def eval_json(cfg: EvalConfig, results: list[ModelResult]) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "via": cfg.via,
         "conf": cfg.conf,
+        "detections_conf": min(cfg.conf, RUN_CONF_FOR_AP),  # what runs/*.jsonl hold: AP needs the low-score boxes
         "fps": cfg.fps,
         "iou_match": 0.5,
         "metrics_library": metrics_library(),
