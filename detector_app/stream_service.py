@@ -179,7 +179,7 @@ class DetectionService:
         nginx keeps no GOP cache, so a late puller would wait a whole GOP for its first frame."""
         endpoint, source = self._nginx_ingest().open()
         stream, closed = self._adopt(endpoint, source)
-        if not closed and self._hook_url and not source.attached.wait(PULLER_ATTACH_S):
+        if not closed and not source.wait_attached(PULLER_ATTACH_S):
             logger.warning("{}: puller not attached to nginx within {} s", source.name, PULLER_ATTACH_S)
         return self._opened(stream, closed)
 

@@ -25,7 +25,7 @@ if ((${#missing[@]})); then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
   else
-    die "please install: ${missing[*]} (ffmpeg with libx264, srt-tools; nginx-rtmp only for the benchmark baseline)"
+    die "please install: ${missing[*]} (ffmpeg with libx264, srt-tools; nginx-rtmp for the serve ingest and the benchmark baseline)"
   fi
 fi
 

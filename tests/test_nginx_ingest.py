@@ -24,8 +24,9 @@ from detector_app.glasses.publish import Publisher
 from detector_app.ingest.addresses import free_port
 from detector_app.ingest.base import IngestError
 from detector_app.ingest.factory import choose_rtmp_ingest
-from detector_app.ingest.nginx import NginxConf, missing_reason, render_conf
+from detector_app.ingest.nginx import NginxConf, count_players, missing_reason, render_conf
 from detector_app.ingest.nginx_hooks import parse_hook
+from detector_app.ingest.srt import cmdline_private
 from detector_app.mentra.app import MiniApp
 from detector_app.mentra.config import MentraSettings
 
@@ -60,6 +61,17 @@ def test_parse_hook_and_mode_choice() -> None:
         choose_rtmp_ingest("nginx", "nginx not found")
     with pytest.raises(IngestError, match="unknown --ingest"):
         choose_rtmp_ingest("mediamtx", None)
+
+
+def test_stat_players_and_proc_hidepid() -> None:
+    stat = (b"<rtmp><server><application><name>live</name><live>"
+            b"<stream><name>k1</name><client><id>1</id><publishing/></client><client><id>2</id></client></stream>"
+            b"<stream><name>k2</name></stream></live></application></server></rtmp>")
+    assert count_players(stat, "live", "k1") == 1 and count_players(stat, "live", "k2") == 0
+    assert count_players(stat, "other", "k1") == 0 and count_players(b"<not xml", "live", "k1") == 0
+    assert not cmdline_private("proc /proc proc rw,relatime 0 0\n")
+    assert cmdline_private("proc /proc proc rw,nosuid,relatime,hidepid=2 0 0\n")
+    assert cmdline_private("proc /proc proc rw,hidepid=invisible 0 0\n")
 
 
 # ------------------------------------------------------------------------------------ real nginx

@@ -19,6 +19,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
 from detector_app.ingest.addresses import port_is_free
 from detector_app.ingest.base import IngestError, IngestPortInUseError
@@ -92,6 +93,7 @@ http {{
     server {{
         listen unix:{workdir}/control.sock;
         location /control {{ rtmp_control all; }}
+        location /stat {{ rtmp_stat all; }}
     }}
 }}
 rtmp {{
@@ -207,19 +209,34 @@ class NginxRtmpServer:
         text = log.read_text(errors="replace").strip() if log.exists() else ""
         return text.splitlines()[-1][-300:] if text else "no error output"
 
-    def drop(self, what: str, key: str) -> bool:
-        """Disconnect the ``publisher`` or ``subscriber`` (puller) of ``key`` now; False if nginx is gone."""
-        query = urllib.parse.urlencode({"app": self.conf.app, "name": key})
-        request = f"GET /control/drop/{what}?{query} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode()
+    def _control(self, path: str) -> bytes | None:
+        """One HTTP/1.0 GET on the owner-only control socket; None if nginx is gone (bounded: 1 s)."""
+        request = f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode()
+        chunks: list[bytes] = []
         try:
             with socket.socket(socket.AF_UNIX) as s:
                 s.settimeout(1.0)
                 s.connect(str(self.workdir / "control.sock"))
                 s.sendall(request)
-                reply = s.recv(256)
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+                    if sum(map(len, chunks)) > 4 << 20:
+                        break
         except OSError:
-            return False
-        return reply.startswith(b"HTTP/1.1 200") or reply.startswith(b"HTTP/1.0 200")
+            return None
+        return b"".join(chunks)
+
+    def drop(self, what: str, key: str) -> bool:
+        """Disconnect the ``publisher`` or ``subscriber`` (puller) of ``key`` now; False if nginx is gone."""
+        reply = self._control(f"/control/drop/{what}?" + urllib.parse.urlencode({"app": self.conf.app, "name": key}))
+        return reply is not None and reply.split(b" ", 2)[1:2] == [b"200"]
+
+    def players(self, key: str) -> int:
+        """Pullers waiting on or playing ``key`` (nginx's /stat), for callers without an ``on_play`` hook."""
+        reply = self._control("/stat")
+        if reply is None or b"\r\n\r\n" not in reply:
+            return 0
+        return count_players(reply.split(b"\r\n\r\n", 1)[1], self.conf.app, key)
 
     def stop(self) -> None:
         with self._lock:
@@ -234,6 +251,21 @@ class NginxRtmpServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def count_players(stat_xml: bytes, app: str, key: str) -> int:
+    """Clients of stream ``key`` in ``app`` that are not its publisher, from nginx-rtmp's stat XML."""
+    try:
+        root = ElementTree.fromstring(stat_xml)
+    except ElementTree.ParseError:
+        return 0
+    for application in root.iter("application"):
+        if application.findtext("name") != app:
+            continue
+        for stream in application.iter("stream"):
+            if stream.findtext("name") == key:
+                return sum(1 for c in stream.iter("client") if c.find("publishing") is None)
+    return 0
 
 
 def _asdict(conf: NginxConf) -> dict[str, object]:

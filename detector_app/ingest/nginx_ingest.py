@@ -13,6 +13,7 @@ import errno
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -78,6 +79,16 @@ class NginxPullSource:
             return container
         return None
 
+    def wait_attached(self, timeout: float = PULLER_ATTACH_S) -> bool:
+        """Until our puller waits in nginx: its ``on_play`` came or, without hooks, nginx's stat lists it."""
+        deadline = time.monotonic() + timeout
+        while not self.attached.wait(0.02):
+            if not self._ingest.has_hooks and self._ingest.server.players(self.endpoint.key) > 0:
+                self.attached.set()
+            elif time.monotonic() > deadline or self._closed.is_set():
+                return False
+        return True
+
     @property
     def failure(self) -> str | None:
         """nginx exited, or was restarted since this source opened (its URL's session is gone)."""
@@ -112,6 +123,10 @@ class NginxIngest:
     def server(self) -> NginxRtmpServer:
         assert self._server is not None, "NginxIngest.open() starts the server"
         return self._server
+
+    @property
+    def has_hooks(self) -> bool:
+        return bool(self._conf.hook_url)
 
     def attach_hooks(self, hook_url: str) -> None:
         """Where nginx asks (``http://127.0.0.1:PORT/ingest``); before the first ``open``."""

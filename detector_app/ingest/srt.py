@@ -5,6 +5,14 @@ received by Debian's ``srt-live-transmit`` (package ``srt-tools``) and relayed a
 loopback UDP into PyAV. The relay survives publisher reconnects (field notes), and the per-session
 key is enforced by SRT itself: it is the stream's AES passphrase, so a caller with a wrong or
 missing key fails the handshake and never sends a byte of video.
+
+The passphrase is on the relay's command line, which every local user can read (``ps``,
+``/proc/PID/cmdline``): srt-live-transmit (1.5.1, Debian 12) takes socket options only in its URI
+arguments, with no config file, environment variable or stdin form, and never hides its argv. The
+key is random per session and dies with it; the exposure is to *local* accounts only (a reader could
+call in as the publisher while the glasses are not connected). Where that matters, mount ``/proc``
+with ``hidepid=2`` (then other users see no process of ours) or use the nginx RTMP ingest, whose
+keys are on no command line. ``cmdline_private()`` tells which case a machine is in (logged once).
 """
 
 from __future__ import annotations
@@ -31,6 +39,35 @@ def srt_endpoint(key: str, port: int, bind_host: str, advertise: str) -> IngestE
     # ffmpeg/StreamPack take latency in microseconds in the URL; srt-live-transmit in ms.
     query = f"streamid={key}&passphrase={key}&pbkeylen=16&latency={SRT_LATENCY_MS * 1000}"
     return IngestEndpoint.build("srt", key, port, bind_host, advertise, f"?{query}")
+
+
+_EXPOSURE_LOGGED = False
+
+
+def cmdline_private(mounts: str | None = None) -> bool:
+    """Whether other local users cannot read our processes' command lines (``/proc`` with hidepid)."""
+    if mounts is None:
+        try:
+            with open("/proc/self/mounts") as f:
+                mounts = f.read()
+        except OSError:
+            return False
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == "/proc" and fields[2] == "proc":
+            opts = fields[3].split(",")
+            return any(o in ("hidepid=2", "hidepid=invisible", "hidepid=1", "hidepid=noaccess") for o in opts)
+    return False
+
+
+def _log_exposure_once() -> None:
+    global _EXPOSURE_LOGGED
+    if _EXPOSURE_LOGGED:
+        return
+    _EXPOSURE_LOGGED = True
+    if not cmdline_private():
+        logger.info("SRT ingest: each session's passphrase is on srt-live-transmit's command line, readable by "
+                    "other local users (mount /proc with hidepid=2 to hide it, or use the RTMP nginx ingest)")
 
 
 def require_relay() -> str:
@@ -72,6 +109,7 @@ class SrtRelayListener:
         )
         dst = f"udp://127.0.0.1:{self._udp_port}"
         libav_log.install()
+        _log_exposure_once()
         self._proc = subprocess.Popen(
             [exe, "-a:yes", src, dst],
             stdin=subprocess.DEVNULL,
