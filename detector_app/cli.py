@@ -77,6 +77,12 @@ PrecisionOpt = Annotated[
     typer.Option("--precision", help="Weights: int8 (OpenVINO, NNCF), fp32, or auto = int8 where it passed the "
                  "accuracy check against fp32 on a held-out fixture, else fp32."),
 ]
+InferenceUrlOpt = Annotated[
+    str | None,
+    typer.Option("--inference-url", envvar="INFERENCE_URL",
+                 help="Run the network on a Triton server: http://HOST:8000/MODEL or grpc://HOST:8001/MODEL "
+                 "(detector-app inference-server prints it); pre/post-processing stay here. --model is then unused."),
+]
 FpsOpt = Annotated[float, typer.Option("--fps", min=0.1, max=60, help="Inferences per second (sampling rate).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Write one JSON line per inference to this file.")]
 HeadlessOpt = Annotated[bool, typer.Option("--headless", help="No OpenCV window.")]
@@ -100,13 +106,15 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _detector(model, conf, imgsz, device, classes, backend, frame_size=None, precision=Precision.auto, streams=1):
+def _detector(model, conf, imgsz, device, classes, backend, frame_size=None, precision=Precision.auto, streams=1,
+              inference_url=None):
     from detector_app.detection.detector import DEFAULT_MODEL, Detector, DetectorConfig
     from detector_app.errors import UserError
 
     cfg = DetectorConfig(
         model=model or DEFAULT_MODEL, conf=conf, imgsz=imgsz, device=device, classes=classes,
         backend=backend.value, precision=precision.value, fallback_to_fixture=model is None,
+        inference_url=inference_url,
     )
     try:
         det = Detector(cfg, frame_size=frame_size)
@@ -187,6 +195,7 @@ def replay(
     classes: ClassesOpt = None,
     backend: BackendOpt = Backend.auto,
     precision: PrecisionOpt = Precision.auto,
+    inference_url: InferenceUrlOpt = None,
     ingest_port: Annotated[int, typer.Option("--ingest-port", help="Listener port (0 = any free port).")] = 0,
     feed_port: FeedPortOpt = 8765,
     summary_json: Annotated[Path | None, typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
@@ -212,7 +221,7 @@ def replay(
     from detector_app.video.probe import video_size
 
     check = ReplayCheck.build(video, conf, truth, truth_labels, truth_label, expect, expect_labels, expect_none)
-    det = _detector(model, conf, imgsz, device, classes, backend, video_size(video), precision)
+    det = _detector(model, conf, imgsz, device, classes, backend, video_size(video), precision, inference_url=inference_url)
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": str(video)})
     if check is not None:
         sinks.append(check.collect)
@@ -237,6 +246,7 @@ def detect(
     classes: ClassesOpt = None,
     backend: BackendOpt = Backend.auto,
     precision: PrecisionOpt = Precision.auto,
+    inference_url: InferenceUrlOpt = None,
     realtime: Annotated[
         bool | None,
         typer.Option("--realtime/--no-realtime", help="Sample on the wall clock, dropping frames (default for URLs), "
@@ -256,7 +266,7 @@ def detect(
     from detector_app.video.probe import video_size
 
     size = None if src.is_url else video_size(Path(source))
-    det = _detector(model, conf, imgsz, device, classes, backend, size, precision)
+    det = _detector(model, conf, imgsz, device, classes, backend, size, precision, inference_url=inference_url)
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": src.name})
     _run_and_report(
         lambda: detect_source(src, det, fps=fps, sinks=sinks, headless=headless, live=realtime,
@@ -341,6 +351,7 @@ def serve(
     classes: ClassesOpt = None,
     backend: BackendOpt = Backend.auto,
     precision: PrecisionOpt = Precision.auto,
+    inference_url: InferenceUrlOpt = None,
     out: OutOpt = None,
     feed_port: FeedPortOpt = 8765,
     headless: HeadlessOpt = False,
@@ -373,7 +384,8 @@ def serve(
     if note:
         logger.info(note)
     ingest_port = settings.ingest_port if settings.ingest_port is not None else (1935 if mode == "nginx" else 0)
-    det = _detector(model, conf, imgsz, device, classes, backend, precision=precision, streams=2)  # several wearers
+    det = _detector(model, conf, imgsz, device, classes, backend, precision=precision, streams=2,  # several wearers
+                    inference_url=inference_url)
     service = DetectionService(det, IngestConfig(advertise_host=settings.ingest_host, port=ingest_port, fps=fps,
                                                  mode=mode))  # type: ignore[arg-type]
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": "glasses"})
@@ -531,9 +543,17 @@ def models_export(
         list[Path] | None,
         typer.Option("--calib", help="Calibration video (repeatable; default: the bundled fixtures)."),
     ] = None,
+    triton_repo: Annotated[
+        Path | None,
+        typer.Option("--triton-repo", help="Write a Triton model repository here instead (ONNX Runtime backend, "
+                     "dynamic batching, class names as metadata): tritonserver --model-repository DIR."),
+    ] = None,
 ) -> None:
     """Export a model once, ahead of time, into the cache the detector uses (models/cache)."""
     setup_logging("INFO")
+    if triton_repo is not None:
+        _export_triton_repo(model, triton_repo, imgsz, frame_size)
+        return
     from detector_app.detection.detector import PROJECT_ROOT, locate_model
     from detector_app.detection.resolve import resolve_model, validate_int8
     from detector_app.errors import UserError
@@ -559,6 +579,57 @@ def models_export(
 
     acc = validate_int8(Path(fp32.path), Path(q.path))
     print(Int8Report.from_json(acc).to_text() if "fp32" in acc else f"accuracy check not run: {acc.get('why')}")
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise _fail("--frame-size must look like 1280x720") from None
+    return w, h
+
+
+def _export_triton_repo(model: str, repo: Path, imgsz: int | None, frame_size: str) -> None:
+    from detector_app.inference.prepare import prepare_model
+    from detector_app.inference.repo import write_triton_repo
+
+    prepared = prepare_model(model, imgsz=imgsz, frame_size=_frame_size(frame_size))
+    model_dir = write_triton_repo(prepared, repo)
+    print(f"triton: {model_dir}  (input {'x'.join(map(str, prepared.input_dims))}, "
+          f"{'dynamic batching' if prepared.batched else 'no batch axis'}, names {prepared.metadata.get('names')})")
+    print(f"serve:  tritonserver --model-repository {repo.resolve()}   then --inference-url http://HOST:8000/{prepared.name}")
+
+
+# -- inference-server (Triton) --------------------------------------------------------------------
+@app.command("inference-server")
+def inference_server(
+    model: ModelOpt = None,
+    port: Annotated[int, typer.Option("--port", help="HTTP port; gRPC is PORT+1, metrics PORT+2 unless given.")] = 8000,
+    grpc_port: Annotated[int | None, typer.Option("--grpc-port", help="gRPC port (default PORT+1).")] = None,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Metrics port (default PORT+2).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: reachable by other machines).")] = "0.0.0.0",
+    name: Annotated[str | None, typer.Option("--name", help="Model name in the URL (default: from the file name).")] = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, max=64, help="Largest batch the dynamic batcher forms.")] = 8,
+    queue_delay_us: Annotated[int, typer.Option("--queue-delay-us", min=0, help="How long a request may wait for others to batch with.")] = 5000,
+    instances: Annotated[int, typer.Option("--instances", min=1, max=16, help="Model instances (parallel executions).")] = 1,
+    imgsz: ImgszOpt = None,
+    frame_size: Annotated[str, typer.Option("--frame-size", help="Stream size WxH, sets the export's aspect.")] = "1280x720",
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Serve a model with Triton Inference Server on this machine (PyTriton's bundled tritonserver, ONNX
+    Runtime, dynamic batching) and print the exact --inference-url to pass to replay/detect/serve.
+    Needs the Triton environment from scripts/setup.sh (.venv-triton). Ctrl-C stops it."""
+    setup_logging(log_level)
+    from detector_app.commands.inference_server import run_inference_server
+    from detector_app.detection.detector import DEFAULT_MODEL, FIXTURE_MODEL, PROJECT_ROOT
+    from detector_app.inference.server import ServerOptions, ServerPorts
+
+    ref = model or (DEFAULT_MODEL if (PROJECT_ROOT / "models" / DEFAULT_MODEL).exists() else str(FIXTURE_MODEL))
+    raise typer.Exit(run_inference_server(
+        ref, ServerPorts.from_http(port, grpc_port, metrics_port),
+        ServerOptions(host=host, max_batch=max_batch, queue_delay_us=queue_delay_us, instances=instances),
+        imgsz=imgsz, frame_size=_frame_size(frame_size), name=name,
+    ))
 
 
 def main() -> None:

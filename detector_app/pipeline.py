@@ -19,6 +19,7 @@ import numpy as np
 from loguru import logger
 
 from detector_app.detection.detector import Detector
+from detector_app.detection.triton import InferenceUnavailable
 from detector_app.detection.types import FrameResult
 from detector_app.ingest.base import VideoSource
 from detector_app.procs import name_os_thread
@@ -31,6 +32,7 @@ from detector_app.video.slot import LatestSlot
 
 Sink = Callable[[FrameResult], None]
 FRESH_FRAME_WAIT_S = 0.07  # about one frame interval of a 15 fps stream (Mentra Live's default)
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)  # remote inference down: retry after these, then every 4 s
 
 
 class Pipeline:
@@ -66,6 +68,8 @@ class Pipeline:
         self._worker = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
         self._sinks_lock = threading.Lock()
         self.done = threading.Event()
+        self.inference_paused: str | None = None  # why remote inference is down (Triton unreachable), else None
+        self._inference_failures = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Pipeline:
@@ -160,12 +164,24 @@ class Pipeline:
                 last_version = got.version
                 if self.live:
                     sampler.take(time.monotonic())
-                self._process(got.item)
+                try:
+                    self._process(got.item)
+                except InferenceUnavailable as exc:  # the stream goes on; detection pauses and retries
+                    self._inference_down(exc)
         except BaseException as exc:  # report, never die silently
             self.error = exc
             logger.exception("inference thread failed: {}", exc)
         finally:
             self.done.set()
+
+    def _inference_down(self, exc: InferenceUnavailable) -> None:
+        """Remote inference failed: say so once, wait (bounded backoff), and let the next frame try again."""
+        if self.inference_paused is None:
+            logger.warning("detection paused, inference unavailable: {} (retrying)", exc)
+        self.inference_paused = str(exc)
+        delay = RETRY_DELAYS_S[min(self._inference_failures, len(RETRY_DELAYS_S) - 1)]
+        self._inference_failures += 1
+        self.stop_event.wait(delay)
 
     def _process(self, item: DecodedFrame) -> None:
         self._sampled += 1
@@ -188,6 +204,9 @@ class Pipeline:
             source=self.source_label,
             extra={"session": item.session, **(self.frame_probe(bgr) if self.frame_probe else {})},
         )
+        if self.inference_paused is not None:
+            logger.info("detection resumed after {} failed inference(s)", self._inference_failures)
+            self.inference_paused, self._inference_failures = None, 0
         self.latest_result = result
         self.stats.add(result)
         with self._sinks_lock:

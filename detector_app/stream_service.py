@@ -80,6 +80,11 @@ class StreamSession:
         return self.pipeline.failure
 
     @property
+    def inference_paused(self) -> str | None:
+        """Why remote inference (Triton) is down while the stream goes on, or None; read every tick."""
+        return self.pipeline.inference_paused
+
+    @property
     def rejected_publishers(self) -> int:
         return self.pipeline.rejected_publishers
 

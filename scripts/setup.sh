@@ -35,7 +35,17 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 say "installing detector-app and its dependencies into $VENV (first time: several minutes, torch is large)"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,fast]"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,fast,triton]"
+
+# Shared inference (detector-app inference-server): PyPI's nvidia-pytriton bundles tritonserver but needs
+# numpy<2, which Ultralytics' environment cannot have, so it gets its own. Skipped when already complete.
+TRITON_VENV="${TRITON_VENV:-.venv-triton}"
+if ! "$TRITON_VENV/bin/python" -c 'import pytriton, onnxruntime' >/dev/null 2>&1; then
+  say "installing the Triton environment $TRITON_VENV (nvidia-pytriton, onnxruntime, numpy<2)"
+  [ -x "$TRITON_VENV/bin/python" ] || "$PY" -m venv "$TRITON_VENV"
+  "$TRITON_VENV/bin/python" -m pip install -q --disable-pip-version-check "nvidia-pytriton==0.7.0" "numpy<2" onnxruntime \
+    || say "WARNING: the Triton environment could not be installed; inference-server and its tests are unavailable"
+fi
 
 say "composing the offline fixture videos (data/fixtures)"
 "$VENV/bin/detector-app" fixtures --out-dir data/fixtures >/dev/null

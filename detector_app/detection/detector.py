@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from loguru import logger
@@ -21,6 +22,10 @@ from detector_app.detection.types import Box, Detection
 from detector_app.detection.vocab import ClassFilter, build_filter, parse_classes
 from detector_app.detection.yolo_io import RawDetections, decode, letterbox
 from detector_app.errors import UserError
+
+if TYPE_CHECKING:
+    from detector_app.detection.engines import Engine
+    from detector_app.detection.resolve import ResolvedModel
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_MODEL = PROJECT_ROOT / "models" / "fixture-animals-yolo11n.pt"
@@ -44,6 +49,7 @@ class DetectorConfig:
     calib: list[Path] | None = None  # INT8 calibration videos (default: the bundled fixtures)
     cache_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "models" / "cache")
     fallback_to_fixture: bool = False  # offline convenience for the default model only
+    inference_url: str | None = None  # http(s)/grpc://HOST:PORT/MODEL: the network runs on Triton (detection/triton.py)
 
 
 def locate_model(name: str) -> str:
@@ -106,11 +112,11 @@ class _UltralyticsRunner:
 class _LeanRunner:
     """An OpenVINO/ONNX export through ``engines``: thread-safe, parallel across streams, no torch."""
 
-    def __init__(self, path: str, cfg: DetectorConfig) -> None:
+    def __init__(self, path: str, cfg: DetectorConfig, engine: Engine | None = None) -> None:
         from detector_app.detection.engines import open_engine
 
         try:
-            self.engine = open_engine(path, compiled_cache=cfg.cache_dir / ".openvino-compiled")
+            self.engine = engine or open_engine(path, compiled_cache=cfg.cache_dir / ".openvino-compiled")
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - a corrupt export raises the runtime's own errors
@@ -133,7 +139,7 @@ class Detector:
 
     def __init__(self, cfg: DetectorConfig, frame_size: tuple[int, int] | None = None, progress: bool = True) -> None:
         self.cfg = cfg
-        model_ref = locate_model(cfg.model)
+        model_ref = cfg.inference_url or locate_model(cfg.model)
         try:
             self._load(model_ref, frame_size, progress)
         except ModelError as exc:
@@ -163,8 +169,16 @@ class Detector:
         )
 
     def _load(self, model_ref: str, frame_size: tuple[int, int] | None, progress: bool) -> None:
-        from detector_app.detection.resolve import resolve_model
+        from detector_app.detection.resolve import ResolvedModel, resolve_model
 
+        if self.cfg.inference_url:  # Triton runs the network; letterbox and NMS stay here (_LeanRunner)
+            from detector_app.detection.triton import TritonEngine
+
+            engine = TritonEngine(self.cfg.inference_url)
+            resolved = ResolvedModel(self.cfg.inference_url, "triton", engine.info.input_hw, False,
+                                     f"remote: Triton at {engine.url}", "int8" if engine.info.int8 else "fp32")
+            self._set_runner(model_ref, resolved, _LeanRunner(resolved.path, self.cfg, engine))
+            return
         try:
             resolved = resolve_model(
                 model_ref, backend=self.cfg.backend, device=self.cfg.device, imgsz=self.cfg.imgsz,
@@ -177,6 +191,9 @@ class Detector:
             raise ModelError(str(exc)) from exc
         runner = _LeanRunner(resolved.path, self.cfg) if resolved.lean else _UltralyticsRunner(
             resolved.path, self.cfg, resolved.imgsz)
+        self._set_runner(model_ref, resolved, runner)
+
+    def _set_runner(self, model_ref: str, resolved: ResolvedModel, runner: _LeanRunner | _UltralyticsRunner) -> None:
         self._runner: _LeanRunner | _UltralyticsRunner = runner
         self.resolved = resolved
         self.backend = resolved.backend

@@ -69,6 +69,7 @@ class SessionRunner:
         self._stream_lock = threading.Lock()
         self._streams_closed = False  # the session stopped: a stream that opens now closes itself
         self._lost: StreamSessionLike | None = None  # the dead stream already reported to the session
+        self._inference_paused = False  # remote inference (Triton) down: reported to the session once
         self._stream_close_s = stream_close_s
         self._closing_pipeline = False
         self._retiring: set[asyncio.Task[None]] = set()  # closes of replaced (dead) streams
@@ -196,6 +197,7 @@ class SessionRunner:
             await asyncio.sleep(self._tick_interval)
             self._dispatch(self.session.tick())
             self._check_ingest_alive()
+            self._check_inference()
             n += 1
             if self._stream is not None and n % self._health_every == 0:
                 self._log_health()
@@ -210,6 +212,15 @@ class SessionRunner:
         if failure:
             self._lost = stream
             self._dispatch(self.session.pipeline_lost(failure))
+
+    def _check_inference(self) -> None:
+        """Remote inference down (Triton unreachable) or back: told to the session once per change; the
+        stream keeps running meanwhile and the pipeline retries by itself."""
+        why = getattr(self._stream, "inference_paused", None) if self._stream is not None else None
+        if bool(why) == self._inference_paused:
+            return
+        self._inference_paused = bool(why)
+        self._dispatch(self.session.inference_paused(why) if why else self.session.inference_resumed())
 
     def _log_health(self) -> None:
         try:

@@ -356,6 +356,19 @@ class AppSession:
         self._rebuild_at = self._clock() + delay
         return [Log("INFO", f"[{self.session_id}] ingest rebuild {self._rebuilds}/{len(delays)} in {delay:g} s")]
 
+    def inference_paused(self, why: str) -> list[Action]:
+        """Remote inference is down: the stream goes on, the wearer is told once that detection paused."""
+        if self.phase is Phase.ENDED:
+            return []
+        return [Log("WARNING", f"[{self.session_id}] detection paused: {why}"),
+                *self._feedback(self.feedback.notice("Animal detection paused"))]
+
+    def inference_resumed(self) -> list[Action]:
+        if self.phase is Phase.ENDED:
+            return []
+        return [Log("INFO", f"[{self.session_id}] detection resumed"),
+                *self._feedback(self.feedback.notice("Animal detection back on"))]
+
     def frame_result(self, result: FrameResult) -> list[Action]:
         if self.phase is Phase.ENDED:
             return []
