@@ -90,11 +90,12 @@ class Harness:
 
 @asynccontextmanager
 async def harness(detector: Any, video: Path, *, device: str = "even_g1_camera", allowlist: tuple[str, ...] = ("127.0.0.1",),
-                  protocol: str = "rtmp", **sim_kw: Any) -> AsyncIterator[Harness]:
+                  protocol: str = "rtmp", ingest_mode: str = "embedded", **sim_kw: Any) -> AsyncIterator[Harness]:
     """MiniApp (real DetectionService on loopback) + simulator; everything torn down with timeouts."""
     from detector_app.stream_service import DetectionService, IngestConfig
 
-    service = DetectionService(detector, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1"))
+    service = DetectionService(detector, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1",
+                                                      mode=ingest_mode))  # type: ignore[arg-type]
     port = free_port()
     settings = MentraSettings(_env_file=None, package_name=PKG, api_key=KEY, port=port, host="127.0.0.1",
                               ws_allowlist=list(allowlist), ingest_protocol=protocol)

@@ -169,44 +169,26 @@ def test_silent_client_does_not_delay_publisher_and_reconnect_works(detector, ca
 def test_nginx_killed_mid_session_is_replaced_and_stream_requested_again(detector, cat_video) -> None:
     """Through the simulator: nginx dies, the session reports it, a new nginx starts on the same port,
     the stream is requested again (new key) and detection resumes."""
-    from detector_app.mentra.simulator import CloudSimulator
-    from detector_app.stream_service import DetectionService, IngestConfig
-
-    from .test_e2e_glasses import FAST, KEY, PKG, USER, requested_url, stream_active, stream_request
+    from .test_e2e_glasses import USER, harness, requested_url, stream_active, stream_request
 
     async def main() -> None:
-        service = DetectionService(detector, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1", mode="nginx"))
-        port = free_port()
-        settings = MentraSettings(_env_file=None, package_name=PKG, api_key=KEY, port=port, host="127.0.0.1",
-                                  ws_allowlist=["127.0.0.1"])
-        app = MiniApp(settings, service, session_options=FAST, tick_interval=0.1)
-        sim = CloudSimulator(app_url=f"http://127.0.0.1:{port}", package_name=PKG, api_key=KEY, video=cat_video,
-                             generation="D", device="mentra_live", port=0, printer=lambda _: None)
-        await app.start()
-        try:
-            await sim.start()
-            await sim.start_session(USER)
-            await stream_active(sim, 20)
-            [first] = service.streams()
+        async with harness(detector, cat_video, device="mentra_live", ingest_mode="nginx") as h:
+            await h.sim.start_session(USER)
+            await stream_active(h.sim, 20)
+            first = h.stream()
             await until(lambda: first.view.stats.inferences >= 5, 20, "detections on the first nginx")
-            server = service._nginx.server  # noqa: SLF001
-            old_pid, n = server.proc.pid, len(sim.events)
+            server = h.service._nginx.server  # noqa: SLF001
+            old_pid, n = server.proc.pid, len(h.sim.events)
             killed = time.monotonic()
             os.kill(old_pid, signal.SIGKILL)
-            req = await sim.wait_for(stream_request, 20, start=n)
-            [second] = await until(lambda: [s for s in service.streams() if s is not first], 5, "the new stream")
+            req = await h.sim.wait_for(stream_request, 20, start=n)
+            [second] = await until(lambda: [s for s in h.service.streams() if s is not first], 5, "the new stream")
             assert requested_url(req) == second.publish_url != first.publish_url
             assert server.proc.pid != old_pid and second.endpoint.port == first.endpoint.port
             await until(lambda: second.view.stats.inferences >= 5, 30, "detections on the new nginx")
             print(f"nginx killed → detections again in {time.monotonic() - killed:.1f} s")
-            async with aiohttp.ClientSession() as http:  # the hooks answer this machine only, valid forms only
-                async with http.post(f"http://127.0.0.1:{port}/ingest/on_publish", data={"app": "live"}) as r:
+            async with aiohttp.ClientSession() as http:  # the hooks answer valid forms only
+                async with http.post(f"http://127.0.0.1:{h.port}/ingest/on_publish", data={"app": "live"}) as r:
                     assert r.status == 400
-        finally:
-            try:
-                await asyncio.wait_for(app.stop(timeout=3), 10)
-            finally:
-                await asyncio.wait_for(sim.close(), 10)
-                await asyncio.wait_for(asyncio.to_thread(service.close), 15)
 
     asyncio.run(main())
