@@ -74,6 +74,19 @@ def test_stat_players_and_proc_hidepid() -> None:
     assert cmdline_private("proc /proc proc rw,hidepid=invisible 0 0\n")
 
 
+def test_hooks_are_answered_to_this_machine_only() -> None:
+    from types import SimpleNamespace
+
+    from detector_app.mentra.webhook import _same_machine
+
+    def request(peer: str, local: str = "192.168.1.20") -> Any:
+        return SimpleNamespace(remote=peer, transport=SimpleNamespace(get_extra_info=lambda _name: (local, 3000)))
+
+    assert _same_machine(request("127.0.0.1")) and _same_machine(request("::1"))
+    assert _same_machine(request("192.168.1.20"))  # nginx calling our LAN address from this machine
+    assert not _same_machine(request("192.168.1.33")) and not _same_machine(request("not-an-ip"))
+
+
 # ------------------------------------------------------------------------------------ real nginx
 
 @asynccontextmanager

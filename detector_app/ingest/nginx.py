@@ -10,6 +10,7 @@ in DIR, owner-only) lets us drop a stream's publisher or puller at once. Used by
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
-from detector_app.ingest.addresses import port_is_free
+from detector_app.ingest.addresses import free_port, port_is_free
 from detector_app.ingest.base import IngestError, IngestPortInUseError
 from detector_app.procs import stop_process
 
@@ -67,6 +68,11 @@ class NginxConf:
     idle_publisher_s: int = 5  # a publisher that sends nothing this long is dropped (frees its key)
     max_connections: int = 1024
 
+    @property
+    def local_host(self) -> str:
+        """Where a client on this machine reaches the server (and the one address that may play)."""
+        return "127.0.0.1" if self.bind_host in ("0.0.0.0", "::", "") else self.bind_host
+
 
 def render_conf(conf: NginxConf, workdir: Path, module: Path) -> str:
     """The whole nginx.conf, pure (tested without nginx)."""
@@ -75,11 +81,11 @@ def render_conf(conf: NginxConf, workdir: Path, module: Path) -> str:
                  f"            on_publish_done {conf.hook_url}/on_publish_done;\n"
                  f"            on_play {conf.hook_url}/on_play;\n"
                  "            notify_method post;\n")
-        access = "            allow play 127.0.0.1;\n            deny play all;\n"
+        access = f"            allow play {conf.local_host};\n            deny play all;\n"
     else:
         hooks = ""
-        access = ("            allow publish 127.0.0.1;\n            deny publish all;\n"
-                  "            allow play 127.0.0.1;\n            deny play all;\n")
+        access = (f"            allow publish {conf.local_host};\n            deny publish all;\n"
+                  f"            allow play {conf.local_host};\n            deny play all;\n")
     return f"""load_module {module};
 daemon off;
 master_process off;
@@ -98,7 +104,7 @@ http {{
 }}
 rtmp {{
     server {{
-        listen {conf.bind_host}:{conf.port};
+        listen {f"[{conf.bind_host}]" if ":" in conf.bind_host else conf.bind_host}:{conf.port};
         chunk_size 4096;
         timeout {conf.timeout_s}s;
         ping 10s;
@@ -113,12 +119,6 @@ rtmp {{
     }}
 }}
 """
-
-
-def _free_tcp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class NginxRtmpServer:
@@ -136,7 +136,7 @@ class NginxRtmpServer:
         self.module = find_rtmp_module()
         conf = conf or NginxConf(port=0)
         if conf.port == 0:
-            conf = NginxConf(**{**_asdict(conf), "port": _free_tcp_port(conf.bind_host)})
+            conf = dataclasses.replace(conf, port=free_port(conf.bind_host))
         self.conf = conf
         self._own_dir = runtime_dir is None
         self.workdir = Path(runtime_dir or tempfile.mkdtemp(prefix="detector-nginx-"))
@@ -151,7 +151,7 @@ class NginxRtmpServer:
 
     def url(self, key: str = "bench") -> str:
         """Where a puller on this machine reads ``key`` (and where a local publisher pushes it)."""
-        return f"rtmp://127.0.0.1:{self.conf.port}/{self.conf.app}/{key}"
+        return f"rtmp://{self.conf.local_host}:{self.conf.port}/{self.conf.app}/{key}"
 
     @property
     def running(self) -> bool:
@@ -196,8 +196,7 @@ class NginxRtmpServer:
             if self.proc.poll() is not None:
                 raise NginxError(f"nginx exited at start (code {self.proc.returncode}): {self._error_tail()}")
             try:
-                with socket.create_connection(("127.0.0.1" if self.conf.bind_host == "0.0.0.0" else self.conf.bind_host,
-                                               self.conf.port), timeout=0.2):
+                with socket.create_connection((self.conf.local_host, self.conf.port), timeout=0.2):
                     return
             except OSError:
                 time.sleep(0.02)
@@ -267,6 +266,3 @@ def count_players(stat_xml: bytes, app: str, key: str) -> int:
                 return sum(1 for c in stream.iter("client") if c.find("publishing") is None)
     return 0
 
-
-def _asdict(conf: NginxConf) -> dict[str, object]:
-    return {f: getattr(conf, f) for f in conf.__dataclass_fields__}

@@ -9,6 +9,7 @@ so that it reconnects and waits for the next publish the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import shutil
 import tempfile
@@ -133,8 +134,7 @@ class NginxIngest:
         with self._lock:
             if self._server is not None and self._server.conf.hook_url != hook_url:
                 raise IngestError("the nginx ingest is already running without these hooks")
-            self._conf = NginxConf(**{**{f: getattr(self._conf, f) for f in self._conf.__dataclass_fields__},
-                                      "hook_url": hook_url})
+            self._conf = dataclasses.replace(self._conf, hook_url=hook_url)
 
     def _ensure_running(self) -> int:
         """Start nginx (first session) or a new one (the last one died); returns its generation."""
