@@ -160,6 +160,11 @@ def test_silent_client_does_not_delay_publisher_and_reconnect_works(detector, ca
                     took = await first_frame_after(stream, t0, 2.0)
                     print(f"nginx ingest: first frame {took:.2f} s after the publisher started (silent client open)")
                     assert took <= 2.0
+                    twin = publish(cat_video, stream.endpoint.local_publish_url)  # same key, while one publishes
+                    assert await asyncio.to_thread(twin.wait, 10) and twin.returncode != 0
+                    frames = stream.health().frames_decoded
+                    await until(lambda: stream.health().frames_decoded > frames + 15, 3, "the first publisher going on")
+                    assert stream.health().publisher_sessions == 1
                 finally:
                     pub.stop()
             await until(lambda: not stream.pipeline.source.publishing.is_set(), 5, "on_publish_done")

@@ -204,6 +204,11 @@ class NginxIngest:
                 self.refused += 1
                 logger.warning("Rejected RTMP publisher from {}: unknown or ended stream key '{}'", call.addr, call.shown_key())
                 return False
+            if source.publishing.is_set():  # nginx would refuse it too; a 2xx here would end in a
+                # publish_done for the intruder, which drops our puller and stalls the real stream a GOP
+                self.refused += 1
+                logger.warning("{}: refused a second publisher from {} (one is publishing)", source.name, call.addr)
+                return False
             if not source.attached.wait(PUBLISH_WAITS_FOR_PULLER_S):
                 logger.warning("{}: puller not attached within {} s; the first frame may wait a keyframe",
                                source.name, PUBLISH_WAITS_FOR_PULLER_S)
