@@ -196,9 +196,10 @@ def test_engine_call_on_dead_server_raises_typed_error(server):
     eng.close()
 
 
-def test_concurrent_clients_are_batched(server):
-    """Several streams at once: Triton's dynamic batcher puts their requests into shared executions."""
-    eng = TritonEngine(server.grpc_url)
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_concurrent_clients_are_batched(server, scheme):
+    """Several streams (threads, one connection each) at once: Triton's dynamic batcher shares executions."""
+    eng = TritonEngine(server.http_url if scheme == "http" else server.grpc_url)
     blob = np.random.default_rng(0).random((1, 3, 192, 320), dtype=np.float32)
     before = server.batch_stats()
 

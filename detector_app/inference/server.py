@@ -22,6 +22,7 @@ from pathlib import Path
 
 from detector_app.errors import PortInUseError, UserError
 from detector_app.inference.prepare import PreparedModel
+from detector_app.ingest.addresses import port_is_free
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SERVER_MAIN = Path(__file__).with_name("server_main.py")
@@ -63,18 +64,6 @@ class ServerOptions:
     threads: int = 0  # ONNX Runtime intra-op threads per instance; 0 = its default (all cores)
 
 
-def _free(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def _ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1.0) as r:
@@ -114,7 +103,7 @@ class InferenceServer:
     def start(self, timeout: float = READY_TIMEOUT_S) -> InferenceServer:
         cmd = self.command()  # raises TritonVenvMissing first
         for port in (self.ports.http, self.ports.grpc, self.ports.metrics):
-            if not _free(self.opts.host, port):
+            if not port_is_free(port, self.opts.host):
                 raise PortInUseError(f"port {port} is in use (another Triton?): pass --port")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
