@@ -51,7 +51,7 @@ class MentraSettings(BaseSettings):
     ingest_port: int | None = Field(
         None, validation_alias=AliasChoices("ingest_port", "INGEST_PORT")
     )
-    ingest: Literal["nginx", "embedded"] | None = Field(
+    ingest: str | None = Field(  # checked by ingest.factory.choose_rtmp_ingest (one-line error)
         None, validation_alias=AliasChoices("ingest", "INGEST"),
         description="RTMP ingest: one nginx-rtmp for every session, or a PyAV listener per session; None = nginx where installed.",
     )
