@@ -612,6 +612,7 @@ def inference_server(
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, max=64, help="Largest batch the dynamic batcher forms.")] = 8,
     queue_delay_us: Annotated[int, typer.Option("--queue-delay-us", min=0, help="How long a request may wait for others to batch with.")] = 5000,
     instances: Annotated[int, typer.Option("--instances", min=1, max=16, help="Model instances (parallel executions).")] = 1,
+    device: Annotated[str, typer.Option("--device", help="cpu, or cuda[:N] (onnxruntime-gpu in .venv-triton).")] = "cpu",
     imgsz: ImgszOpt = None,
     frame_size: Annotated[str, typer.Option("--frame-size", help="Stream size WxH, sets the export's aspect.")] = "1280x720",
     log_level: LogOpt = "INFO",
@@ -627,7 +628,7 @@ def inference_server(
     ref = model or (DEFAULT_MODEL if (PROJECT_ROOT / "models" / DEFAULT_MODEL).exists() else str(FIXTURE_MODEL))
     raise typer.Exit(run_inference_server(
         ref, ServerPorts.from_http(port, grpc_port, metrics_port),
-        ServerOptions(host=host, max_batch=max_batch, queue_delay_us=queue_delay_us, instances=instances),
+        ServerOptions(host=host, max_batch=max_batch, queue_delay_us=queue_delay_us, instances=instances, device=device),
         imgsz=imgsz, frame_size=_frame_size(frame_size), name=name,
     ))
 

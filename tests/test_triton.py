@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -101,6 +102,14 @@ def test_unreachable_server_is_one_line_user_error():
                         "--feed-port", "0", "--inference-url", f"grpc://127.0.0.1:{port}/x"],
                        capture_output=True, text=True, timeout=60, cwd=REPO)
     assert p.returncode == 2 and "cannot reach Triton" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_inference_server_without_triton_venv_is_one_line(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "detector_app", "inference-server", "--port", str(_free_ports(1)[0])],
+                       capture_output=True, text=True, timeout=60, cwd=REPO,
+                       env={**os.environ, "DETECTOR_TRITON_VENV": str(tmp_path / "none")})
+    assert p.returncode == 2 and "no Triton environment" in p.stderr and "scripts/setup.sh" in p.stderr
+    assert "Traceback" not in p.stderr
 
 
 def test_triton_repo_config(tmp_path, prepared):

@@ -9,13 +9,14 @@ from pathlib import Path
 from loguru import logger
 
 from detector_app.inference.prepare import prepare_model
-from detector_app.inference.server import InferenceServer, ServerOptions, ServerPorts
+from detector_app.inference.server import InferenceServer, ServerOptions, ServerPorts, triton_python
 
 
 def run_inference_server(model: str, ports: ServerPorts, opts: ServerOptions, *, imgsz: int | None = None,
                          frame_size: tuple[int, int] | None = None, name: str | None = None,
                          log_path: Path | None = None) -> int:
     """Serve until interrupted; exit code 0 after a clean stop, 1 when Triton died by itself."""
+    triton_python()  # a missing Triton venv is said before any export work
     prepared = prepare_model(model, imgsz=imgsz, frame_size=frame_size, name=name)
     server = InferenceServer(prepared, ports, opts, log_path)
     stop = threading.Event()

@@ -62,6 +62,7 @@ class ServerOptions:
     queue_delay_us: int = 5000
     instances: int = 1
     threads: int = 0  # ONNX Runtime intra-op threads per instance; 0 = its default (all cores)
+    device: str = "cpu"  # cuda[:N]: ONNX Runtime's CUDA provider (onnxruntime-gpu in the Triton venv)
 
 
 def _ok(url: str) -> bool:
@@ -97,7 +98,7 @@ class InferenceServer:
         cmd = [str(triton_python()), str(SERVER_MAIN), "--onnx", str(m.onnx), "--name", m.name,
                "--metadata", m.metadata_literal, "--max-batch", str(o.max_batch),
                "--queue-delay-us", str(o.queue_delay_us), "--instances", str(o.instances), "--threads", str(o.threads),
-               "--host", o.host, "--http-port", str(p.http), "--grpc-port", str(p.grpc), "--metrics-port", str(p.metrics)]
+               "--device", o.device, "--host", o.host, "--http-port", str(p.http), "--grpc-port", str(p.grpc), "--metrics-port", str(p.metrics)]
         return cmd + (["--batched"] if m.batched else [])
 
     def start(self, timeout: float = READY_TIMEOUT_S) -> InferenceServer:

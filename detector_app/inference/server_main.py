@@ -41,6 +41,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--queue-delay-us", type=int, default=5000)
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (needs onnxruntime-gpu in this venv)")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
@@ -48,14 +49,27 @@ def _args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _session(path: str, threads: int):  # noqa: ANN202 - onnxruntime.InferenceSession
+def _providers(device: str) -> list:
+    import onnxruntime as ort
+
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        print(f"ERROR --device {device}: this onnxruntime has no CUDAExecutionProvider "
+              "(install onnxruntime-gpu into the Triton venv instead of onnxruntime)", flush=True)
+        sys.exit(2)
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
+def _session(path: str, threads: int, device: str = "cpu"):  # noqa: ANN202 - onnxruntime.InferenceSession
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads must not burn a core
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path, so, providers=_providers(device))
 
 
 def main(argv: list[str]) -> int:
@@ -66,7 +80,7 @@ def main(argv: list[str]) -> int:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
 
-    sessions = [_session(a.onnx, a.threads) for _ in range(max(1, a.instances))]
+    sessions = [_session(a.onnx, a.threads, a.device) for _ in range(max(1, a.instances))]
     inp, out = sessions[0].get_inputs()[0], sessions[0].get_outputs()[0]
     in_shape = tuple(int(d) for d in inp.shape[1:])
     out_shape = tuple(int(d) if isinstance(d, int) else -1 for d in out.shape[1:])
