@@ -11,6 +11,7 @@ budget, so no ``tritonserver`` is ever left holding the ports.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -81,7 +82,9 @@ class InferenceServer:
         self.model = model
         self.ports = ports
         self.opts = opts
-        self.log_path = log_path or Path(tempfile.mkdtemp(prefix="detector-triton-")) / "tritonserver.log"
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="detector-triton-"))
+        self.log_path = log_path or self.runtime_dir / "tritonserver.log"
+        self.workspace = self.runtime_dir / "workspace"  # ours, so a killed server leaves nothing in ~/.cache
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_in_s: float | None = None
 
@@ -98,7 +101,7 @@ class InferenceServer:
         cmd = [str(triton_python()), str(SERVER_MAIN), "--onnx", str(m.onnx), "--name", m.name,
                "--metadata", m.metadata_literal, "--max-batch", str(o.max_batch),
                "--queue-delay-us", str(o.queue_delay_us), "--instances", str(o.instances), "--threads", str(o.threads),
-               "--device", o.device, "--host", o.host, "--http-port", str(p.http), "--grpc-port", str(p.grpc), "--metrics-port", str(p.metrics)]
+               "--device", o.device, "--host", o.host, "--workspace", str(self.workspace), "--http-port", str(p.http), "--grpc-port", str(p.grpc), "--metrics-port", str(p.metrics)]
         return cmd + (["--batched"] if m.batched else [])
 
     def start(self, timeout: float = READY_TIMEOUT_S) -> InferenceServer:
@@ -151,6 +154,7 @@ class InferenceServer:
         if self.proc is not None and self.proc.poll() is None:
             _signal_group(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
+        shutil.rmtree(self.workspace, ignore_errors=True)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM (PyTriton stops Triton and its stubs), SIGKILL to the group after ``timeout``; idempotent."""
@@ -166,6 +170,7 @@ class InferenceServer:
         _signal_group(proc.pid, signal.SIGKILL)  # stubs or tritonserver left behind, if any
         if proc.poll() is None:
             proc.wait(5)
+        shutil.rmtree(self.workspace, ignore_errors=True)  # ≈ 20 MB: PyTriton copies tritonserver into it
 
     def __enter__(self) -> InferenceServer:
         return self.start()

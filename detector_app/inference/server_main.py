@@ -43,6 +43,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (needs onnxruntime-gpu in this venv)")
     p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--workspace", default=None, help="PyTriton's workspace (must not exist yet); default ~/.cache/pytriton")
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
@@ -104,7 +105,7 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, lambda *_: stop.set())
     # Statistics are read-only and tell the batch sizes (bench, sizing); model loading etc. stay token-protected.
     security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
-    triton = Triton(config=config, security_config=security)
+    triton = Triton(config=config, security_config=security, workspace=a.workspace)
     try:
         triton.bind(
             model_name=a.name,
