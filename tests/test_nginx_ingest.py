@@ -189,6 +189,8 @@ def test_nginx_killed_mid_session_is_replaced_and_stream_requested_again(detecto
     the stream is requested again (new key) and detection resumes."""
     from .test_e2e_glasses import USER, harness, requested_url, stream_active, stream_request
 
+    servers: list[Any] = []
+
     async def main() -> None:
         async with harness(detector, cat_video, device="mentra_live", ingest_mode="nginx") as h:
             await h.sim.start_session(USER)
@@ -196,6 +198,7 @@ def test_nginx_killed_mid_session_is_replaced_and_stream_requested_again(detecto
             first = h.stream()
             await until(lambda: first.view.stats.inferences >= 5, 20, "detections on the first nginx")
             server = h.service._nginx.server  # noqa: SLF001
+            servers.append(server)
             old_pid, n = server.proc.pid, len(h.sim.events)
             killed = time.monotonic()
             os.kill(old_pid, signal.SIGKILL)
@@ -210,3 +213,5 @@ def test_nginx_killed_mid_session_is_replaced_and_stream_requested_again(detecto
                     assert r.status == 400
 
     asyncio.run(main())
+    [server] = servers
+    assert server.proc.poll() is not None and not server.workdir.exists(), "nginx and its runtime dir outlived serve"
