@@ -177,6 +177,18 @@ def test_same_detections_as_local(server, scheme, fixture_videos):
 
 
 @pytest.mark.slow
+def test_ultralytics_client_reads_names_and_detects(server, fixture_videos):
+    """The metadata is where Ultralytics' own Triton client looks: YOLO(url) knows the names and finds the cat."""
+    from ultralytics import YOLO
+
+    model = YOLO(server.http_url, task="detect")
+    frame = _frames(fixture_videos["cat_720p30"], 16)[-1]  # frame 150: the cat is in view
+    r = model.predict(frame, imgsz=(192, 320), verbose=False)[0]
+    assert model.names == {0: "cat", 1: "horse", 2: "person"}
+    assert [r.names[int(c)] for c in r.boxes.cls] == ["cat"] and float(r.boxes.conf[0]) > 0.5
+
+
+@pytest.mark.slow
 def test_detect_cli_with_inference_url_is_torch_free(server, tmp_path, fixture_videos):
     out = tmp_path / "r.jsonl"
     code = ("import sys, json\nfrom detector_app.cli import main\n"
