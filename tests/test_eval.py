@@ -14,7 +14,7 @@ from detector_app.detection.types import Box
 from detector_app.evaluation.expect import ExpectError, ReplayCheck, parse_expect
 from detector_app.evaluation.metrics import VideoRun, overall, score_model
 from detector_app.evaluation.models import parse_models
-from detector_app.evaluation.truth import TruthError, check_matches, load_truth, padded, probe_video
+from detector_app.evaluation.truth import TruthError, VideoInfo, check_matches, load_truth, padded, probe_video
 from detector_app.fixtures.formats import MOT_LABELS, coco_path, mot_path
 
 from .conftest import MODEL, ROOT
@@ -103,6 +103,13 @@ def test_truth_errors_are_one_line(fixture_videos, tmp_path):
         check_matches(load_truth(long, {1: "cat"}), info)
 
 
+def test_results_find_their_frame_by_the_videos_own_timestamps(cat_horse):
+    _, info, _ = cat_horse
+    assert info.frames == len(info.times) == 420 and info.times[:2] == (0.0, pytest.approx(1 / 30))
+    ntsc = VideoInfo(Path("x.mp4"), 1, 1, 30000 / 1001, 4, (0.0, 0.0334, 0.0667, 0.2))  # a gap: variable rate
+    assert [ntsc.frame_at(t) for t in (0.0, 0.034, 0.066, 0.12, 0.19, 5.0)] == [0, 1, 2, 2, 3, 3]
+
+
 def test_model_names_are_unambiguous():
     specs = parse_models(["runs/a/best.pt", "runs/b/best.pt", "m.pt@int8", "m.pt"], ["auto"])
     assert [s.name for s in specs] == ["a/best.pt", "b/best.pt", "m.pt@int8", "m.pt@auto"]
@@ -115,7 +122,7 @@ def test_expectations_parse_and_judge(cat_horse):
     with pytest.raises(ExpectError):
         parse_expect("recall=>0.9")
     video, info, truth = cat_horse
-    check = ReplayCheck(video, 0.35, (truth, info.fps), parse_expect("recall>=0.9,box_recall>=0.9"), ["cat"], False)
+    check = ReplayCheck(video, 0.35, (truth, info), parse_expect("recall>=0.9,box_recall>=0.9"), ["cat"], False)
     check.results = _results(truth, info.fps, drop_every=2)
 
     class S:

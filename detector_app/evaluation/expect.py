@@ -105,7 +105,7 @@ class ReplayCheck:
             info = probe_video(video)
             loaded = load_truth(truth_path, parse_label_map(truth_labels), truth_label, info.frames)
             check_matches(loaded, info)
-            truth = (padded(loaded, info), info.fps)
+            truth = (padded(loaded, info), info)
         needs = [e.metric for e in expectations if e.metric in TRUTH_METRICS]
         if needs and truth is None:
             raise ExpectError(f"--expect {needs[0]} needs --truth (ground truth for the video)")
@@ -123,7 +123,7 @@ class ReplayCheck:
         if self.truth is not None:
             from detector_app.evaluation.metrics import VideoRun, overall
 
-            truth, fps = self.truth
-            measured.update(overall([VideoRun(truth, fps, self.results)], self.conf))
+            truth, info = self.truth
+            measured.update(overall([VideoRun.build(truth, info, self.results)], self.conf))
         fails = label_failures(self.results, self.labels, self.none) + first_failure(self.expectations, measured)
         return "; ".join(fails) if fails else None

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from detector_app.detection.types import Box
-from detector_app.evaluation.truth import Truth
+from detector_app.evaluation.truth import Truth, VideoInfo
 from detector_app.fixtures.evaluate import VISIBLE_POS, score
 
 IOU_MATCH = 0.5
@@ -58,6 +58,18 @@ class VideoRun:
     truth: Truth
     fps: float
     results: list[dict[str, Any]]
+
+    @classmethod
+    def build(cls, truth: Truth, video: VideoInfo, results: list[dict[str, Any]]) -> VideoRun:
+        """Each result gets the frame its ``pts`` shows (``extra.frame_id``, unless the drawn counter set it),
+        looked up in the video's own timestamps, so variable frame rates and 29.97 fps map exactly."""
+        out = []
+        for r in results:
+            extra = dict(r.get("extra") or {})
+            if not isinstance(extra.get("frame_id"), int) and r.get("pts") is not None:
+                extra["frame_id"] = video.frame_at(float(r["pts"]))
+            out.append({**r, "extra": extra})
+        return cls(truth, video.fps, out)
 
 
 def frame_of(result: dict[str, Any], fps: float) -> int | None:

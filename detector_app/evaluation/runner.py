@@ -180,7 +180,7 @@ def run_eval(cfg: EvalConfig) -> list[ModelResult]:
                 s = _run_one(cfg, spec, info, classes, bar)
                 stats.append(s)
                 lines = Path(s["detections_file"]).read_text().splitlines()
-                runs.append(VideoRun(truth, info.fps, [json.loads(line) for line in lines if line.strip()]))
+                runs.append(VideoRun.build(truth, info, [json.loads(line) for line in lines if line.strip()]))
         results.append(ModelResult(spec, stats, runs, [], _perf(spec, stats, runs)))
     seen = {d["label"] for m in results for r in m.runs for res in r.results for d in res["detections"]}
     labels = truth_labels + sorted(seen - set(truth_labels))

@@ -10,6 +10,7 @@ file, unknown class ids, a truth file for another video) is a one-line ``TruthEr
 
 from __future__ import annotations
 
+import bisect
 import csv
 import json
 import re
@@ -90,6 +91,16 @@ class VideoInfo:
     height: int
     fps: float
     frames: int
+    times: tuple[float, ...] = ()  # presentation time of each frame, from the first (s): VFR-proof lookup
+
+    def frame_at(self, pts: float) -> int:
+        """The frame shown at media time ``pts`` (nearest timestamp; ``pts × fps`` without a table)."""
+        if not self.times:
+            return int(round(pts * self.fps))
+        i = bisect.bisect_left(self.times, pts)
+        if i == len(self.times) or (i > 0 and pts - self.times[i - 1] <= self.times[i] - pts):
+            i -= 1
+        return i
 
     @property
     def duration(self) -> float:
@@ -104,8 +115,9 @@ def probe_video(path: Path) -> VideoInfo:
                 raise TruthError(f"{path}: no video stream")
             s = c.streams.video[0]
             fps = float(s.average_rate or s.guessed_rate or 0) or 30.0
-            n = sum(1 for p in c.demux(s) if p.size)
-            return VideoInfo(Path(path), s.codec_context.width, s.codec_context.height, fps, n)
+            pts = sorted(float(p.pts * p.time_base) for p in c.demux(s) if p.size and p.pts is not None)
+            times = tuple(t - pts[0] for t in pts) if pts else ()
+            return VideoInfo(Path(path), s.codec_context.width, s.codec_context.height, fps, len(times), times)
     except (av.error.FFmpegError, OSError) as exc:
         raise TruthError(f"cannot read video {path}: {exc}") from None
 

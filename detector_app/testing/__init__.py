@@ -68,7 +68,7 @@ class Replay:
         info = probe_video(self.video)
         t = load_truth(Path(truth), parse_label_map(truth_labels), truth_label, frames=info.frames)
         check_matches(t, info)
-        run = VideoRun(padded(t, info), info.fps, [r.to_json() for r in self.results])
+        run = VideoRun.build(padded(t, info), info, [r.to_json() for r in self.results])
         return overall([run], self.conf)
 
 
