@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+# The replay_recording fixture (detector_app.testing); also registered by the package's pytest11 entry
+# point under this same name, so a checkout whose venv predates that entry point still has it.
+pytest_plugins = ("detector_app.testing.plugin",)
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_DIR = Path(os.environ.get("DETECTOR_FIXTURE_DIR", ROOT / "data" / "fixtures"))
 MODEL = Path(os.environ.get("DETECTOR_TEST_MODEL", ROOT / "models" / "fixture-animals-yolo11n.pt"))
