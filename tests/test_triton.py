@@ -206,6 +206,13 @@ def test_detect_cli_with_inference_url_is_torch_free(server, tmp_path, fixture_v
     assert {d["label"] for r in results for d in r["detections"]} == {"cat"}
 
 
+def test_unknown_model_name_is_one_line_user_error(server):
+    with pytest.raises(TritonError, match="no ready model 'nope'"):
+        TritonEngine(server.http_url.rsplit("/", 1)[0] + "/nope")
+    with pytest.raises(TritonError, match="no ready model 'nope'"):
+        TritonEngine(server.grpc_url.rsplit("/", 1)[0] + "/nope")
+
+
 def test_engine_call_on_dead_server_raises_typed_error(server):
     eng = TritonEngine(server.http_url)
     blob = np.zeros((1, 3, 192, 320), np.float32)

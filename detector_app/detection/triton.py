@@ -175,12 +175,18 @@ class TritonEngine:
         where = f"{self.url.scheme}://{self.url.address}"
         try:
             client = self._client()
-            if not client.is_model_ready(self.url.model, self.url.version):
-                raise TritonError(f"Triton at {where} has no ready model {self.url.model!r} "
-                                  f"(served: {', '.join(_model_names(client)) or 'none'})")
+            if self.url.scheme == "http":  # bounded by the client's connection/network timeouts
+                ready = client.is_model_ready(self.url.model, self.url.version)
+            else:  # gRPC has no deadline unless given one: a dropped-packets host would hang here forever
+                ready = client.is_model_ready(self.url.model, self.url.version, client_timeout=self.timeout_s)
+            if not ready:
+                names = _model_names(client)  # PyTriton keeps the repository index behind a token: may be []
+                raise TritonError(f"Triton at {where} has no ready model {self.url.model!r}"
+                                  + (f" (served: {', '.join(names)})" if names else "") + "; check --inference-url")
             if self.url.scheme == "http":
                 return dict(client.get_model_config(self.url.model, self.url.version))
-            return dict(client.get_model_config(self.url.model, self.url.version, as_json=True)["config"])
+            return dict(client.get_model_config(self.url.model, self.url.version, as_json=True,
+                                                client_timeout=self.timeout_s)["config"])
         except TritonError:
             raise
         except Exception as exc:  # noqa: BLE001 - refused, DNS, timeout, protocol: all one line for the user
