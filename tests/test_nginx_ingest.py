@@ -11,6 +11,8 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -215,3 +217,33 @@ def test_nginx_killed_mid_session_is_replaced_and_stream_requested_again(detecto
     asyncio.run(main())
     [server] = servers
     assert server.proc.poll() is not None and not server.workdir.exists(), "nginx and its runtime dir outlived serve"
+
+
+@needs_nginx
+@pytest.mark.timeout(60)
+def test_nginx_left_by_a_killed_serve_is_stopped_by_the_next_one_a_live_ones_is_not() -> None:
+    from detector_app.ingest.nginx_ingest import NginxIngest
+
+    port = free_port(outside_ephemeral=True)
+    code = ("import sys,time; from detector_app.ingest.nginx_ingest import NginxIngest; "
+            f"i=NginxIngest(port={port}, bind_host='127.0.0.1'); i.start(); print(i.server.proc.pid, flush=True); "
+            "time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        orphan = int(child.stdout.readline())  # type: ignore[union-attr]
+        probe = subprocess.run([sys.executable, "-c", code.replace("time.sleep(60)", "")], capture_output=True,
+                               text=True, timeout=30)
+        assert probe.returncode != 0 and "already in use" in probe.stderr  # its owner lives: not touched
+        assert Path(f"/proc/{orphan}").exists()
+        child.kill()  # serve SIGKILLed: its nginx lives on, holding the port
+        child.wait(5)
+        assert Path(f"/proc/{orphan}").exists()
+        ingest = NginxIngest(port=port, bind_host="127.0.0.1")
+        try:
+            ingest.start()
+            assert ingest.server.proc.pid != orphan and not Path(f"/proc/{orphan}").exists()
+        finally:
+            ingest.close()
+    finally:
+        child.kill()
+        child.wait(5)

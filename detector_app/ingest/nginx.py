@@ -11,8 +11,11 @@ in DIR, owner-only) lets us drop a stream's publisher or puller at once. Used by
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -171,6 +174,7 @@ class NginxRtmpServer:
             if self.running:
                 return self
             self._stopped = False
+            reap_stale(self.workdir)
             if not port_is_free(self.conf.port, self.conf.bind_host):
                 raise IngestPortInUseError(
                     f"RTMP ingest port {self.conf.port} on {self.conf.bind_host} is already in use (another "
@@ -178,6 +182,7 @@ class NginxRtmpServer:
             (self.workdir / "tmp").mkdir(parents=True, exist_ok=True, mode=0o700)
             self.workdir.chmod(0o700)  # the control socket drops streams: owner only
             (self.workdir / "control.sock").unlink(missing_ok=True)
+            (self.workdir / "owner.pid").write_text(f"{os.getpid()}\n")
             conf = self.workdir / "nginx.conf"
             conf.write_text(render_conf(self.conf, self.workdir, self.module))  # type: ignore[arg-type]
             self.proc = subprocess.Popen(
@@ -250,6 +255,48 @@ class NginxRtmpServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def runtime_dir_for(port: int) -> Path:
+    """A stable runtime dir per user and port, so the nginx a killed ``serve`` left behind is found
+    (``reap_stale``) and the port freed; a fresh temp dir when that path is not safely ours."""
+    path = Path(tempfile.gettempdir()) / f"detector-nginx-{os.getuid()}-{port}"
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        st = path.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():  # a symlink or somebody else's
+            return Path(tempfile.mkdtemp(prefix="detector-nginx-"))
+    return path
+
+
+def reap_stale(workdir: Path, grace: float = 2.0) -> bool:
+    """Stop an nginx still running from ``workdir`` (its ``serve`` was killed); True if there was one.
+    Only a process whose command line names this dir's config is touched."""
+    try:
+        owner = int((workdir / "owner.pid").read_text().strip())
+        if owner != os.getpid() and Path(f"/proc/{owner}").exists():
+            return False  # its serve is alive: the port is in use, not stale
+    except (OSError, ValueError):
+        pass
+    try:
+        pid = int((workdir / "nginx.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return False
+    if str(workdir / "nginx.conf").encode() not in cmdline:
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            return True
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not Path(f"/proc/{pid}").exists():
+                return True
+            time.sleep(0.05)
+    return True
 
 
 def count_players(stat_xml: bytes, app: str, key: str) -> int:

@@ -24,7 +24,7 @@ from loguru import logger
 from detector_app.ingest import libav_log
 from detector_app.ingest.addresses import advertise_host, new_stream_key
 from detector_app.ingest.base import PROBE_OPTIONS, IngestEndpoint, IngestError
-from detector_app.ingest.nginx import NginxConf, NginxRtmpServer
+from detector_app.ingest.nginx import NginxConf, NginxRtmpServer, runtime_dir_for
 from detector_app.ingest.nginx_hooks import HookCall
 from detector_app.ingest.rtmp import rtmp_endpoint
 
@@ -111,7 +111,8 @@ class NginxIngest:
                  hook_url: str | None = None, runtime_dir: Path | None = None) -> None:
         self._bind_host = bind_host
         self._advertise = advertise
-        self._runtime_dir = runtime_dir or Path(tempfile.mkdtemp(prefix="detector-nginx-"))
+        # A fixed port gets a stable dir: a restarted serve stops the nginx a killed one left behind.
+        self._runtime_dir = runtime_dir or (runtime_dir_for(port) if port else Path(tempfile.mkdtemp(prefix="detector-nginx-")))
         self._own_dir = runtime_dir is None
         self._conf = NginxConf(port=port, bind_host=bind_host, hook_url=hook_url)
         self._server: NginxRtmpServer | None = None
@@ -229,5 +230,5 @@ class NginxIngest:
             server = self._server
         if server is not None:
             server.stop()
-        if self._own_dir:
+        if self._own_dir and server is not None and server.starts:  # never the dir of a serve that runs
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
