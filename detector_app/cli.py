@@ -589,6 +589,13 @@ def _frame_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _names_brief(names: object) -> str:
+    if not isinstance(names, dict) or not names:
+        return "no class names in the export's metadata"
+    shown = ", ".join(map(str, list(names.values())[:4]))
+    return f"{len(names)} class names ({shown}{', …' if len(names) > 4 else ''})"
+
+
 def _export_triton_repo(model: str, repo: Path, imgsz: int | None, frame_size: str) -> None:
     from detector_app.inference.prepare import prepare_model
     from detector_app.inference.repo import write_triton_repo
@@ -596,7 +603,7 @@ def _export_triton_repo(model: str, repo: Path, imgsz: int | None, frame_size: s
     prepared = prepare_model(model, imgsz=imgsz, frame_size=_frame_size(frame_size))
     model_dir = write_triton_repo(prepared, repo)
     print(f"triton: {model_dir}  (input {'x'.join(map(str, prepared.input_dims))}, "
-          f"{'dynamic batching' if prepared.batched else 'no batch axis'}, names {prepared.metadata.get('names')})")
+          f"{'dynamic batching' if prepared.batched else 'no batch axis'}, {_names_brief(prepared.metadata.get('names'))})")
     print(f"serve:  tritonserver --model-repository {repo.resolve()}   then --inference-url http://HOST:8000/{prepared.name}")
 
 
