@@ -484,6 +484,11 @@ def bench(
     streams: Annotated[int, typer.Option("--streams", min=1, max=16, help="Concurrent publishers into N sessions of one process sharing one detector.")] = 1,
     precision: PrecisionOpt = Precision.auto,
     raw_calls: Annotated[int, typer.Option("--raw-calls", min=10, help="Bare-runtime calls timed for the floor row.")] = 100,
+    inference_url: Annotated[
+        str | None,
+        typer.Option("--inference-url", help="Ours infers on this Triton server (http://HOST:PORT/MODEL or grpc://…); "
+                     "the table adds the server's batch sizes."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON summary instead of the table.")] = False,
     log_level: LogOpt = "INFO",
 ) -> None:
@@ -500,7 +505,7 @@ def bench(
     raise typer.Exit(bench_main(
         duration=duration, protocol=protocol.value, model=model, video=video, backend=backend.value, conf=conf,
         imgsz=imgsz, fps=fps, out_dir=out_dir, baseline=baseline, log_level=log_level, as_json=as_json,
-        streams=streams, precision=precision.value, raw_calls=raw_calls,
+        streams=streams, precision=precision.value, raw_calls=raw_calls, inference_url=inference_url,
     ))
 
 

@@ -250,3 +250,16 @@ def test_bench_two_streams_floor_and_baseline(tmp_path, fixture_videos):
     assert set(summary["targets"]) == set(report.targets_for(2))
     png = out / "latency.png"
     assert png.exists() and png.stat().st_size > 10_000
+
+
+def test_inference_server_batches_are_the_difference_over_our_side():
+    from detector_app.bench.runner import batch_delta, server_batches
+
+    assert batch_delta({"inferences": 10, "executions": 10}, {"inferences": 250, "executions": 130}) == {
+        "inferences": 240, "executions": 120, "mean_batch": 2.0}
+    assert batch_delta({"inferences": 5, "executions": 5}, {"inferences": 5, "executions": 5})["mean_batch"] is None
+    from detector_app.ingest.addresses import free_port
+
+    down = server_batches(f"grpc://127.0.0.1:{free_port() + 1}/m")  # nothing listens: an error, not an exception
+    assert "error" in down and "unreadable" in down["error"]
+    assert "error" in batch_delta(down, {"inferences": 1, "executions": 1})

@@ -47,7 +47,7 @@ def bench_main(
     *, duration: float = 60.0, protocol: str = "rtmp", model: str | None = None, video: Path | None = None,
     backend: str = "auto", conf: float = 0.35, imgsz: int | None = None, fps: float = 10.0,
     out_dir: Path | None = None, baseline: bool = True, log_level: str = "INFO", as_json: bool = False,
-    streams: int = 1, precision: str = "auto", raw_calls: int = 100,
+    streams: int = 1, precision: str = "auto", raw_calls: int = 100, inference_url: str | None = None,
 ) -> int:
     """Run the benchmark and print ONE table (plus one row per stream), or the JSON summary.
 
@@ -62,6 +62,7 @@ def bench_main(
             protocol=protocol, backend=backend, conf=conf, imgsz=imgsz, fps=fps,
             out_dir=Path(out_dir) if out_dir else Path("bench-results") / time.strftime("%Y%m%d-%H%M%S"),
             baseline=baseline, log_level=log_level, streams=streams, precision=precision, raw_calls=raw_calls,
+            inference_url=inference_url,
         )
         summary = run_bench(cfg)
     except (BenchError, RuntimeError, OSError) as exc:

@@ -266,6 +266,11 @@ def side_metrics(
         "libtorch_mapped": facts.get("libtorch_mapped"),
         "error": raw.get("error"),
     }
+    sb = raw.get("server_batches")
+    if sb is not None:  # ours on a Triton server: what its dynamic batcher made of our streams
+        m["server_inferences"] = sb.get("inferences")
+        m["server_mean_batch"] = sb.get("mean_batch")
+        m["server_error"] = sb.get("error")
     ages = [v for s in series for _, v in s.ages]
     if ages:
         afirst = [v for s in series for v in s.age_first_last()[0]]
@@ -429,6 +434,8 @@ ROWS: list[tuple[str, str, str]] = [  # (key, label, number format)
     ("time_to_first_detection_s", "time to first detection (s, worst stream)", ".2f"),
     ("threads", "worker threads (/proc Threads)", "d"),
     ("heavy_imports", "torch / ultralytics imported", ""),
+    ("server_inferences", "inference server: inferences (our side)", "d"),
+    ("server_mean_batch", "inference server: mean batch size", ".2f"),
 ]
 MULTI_ONLY = {"detections_per_s_min", "fairness", "latency_ms_p95_worst"}
 
@@ -455,6 +462,8 @@ def table_rows(ours: dict, baseline: dict | None, verdicts: dict[str, bool | Non
     rows = []
     for key, label, spec in ROWS:
         if key in MULTI_ONLY and streams == 1 and key not in targets:
+            continue
+        if key.startswith("server_") and key not in ours:  # only runs on an inference server have these
             continue
         o = ours.get(key)
         b = baseline.get(key) if baseline and key not in MULTI_ONLY else None  # the baseline is one stream

@@ -61,6 +61,7 @@ class BenchConfig:
     streams: int = 1  # ours: concurrent publishers/sessions into one worker process
     precision: str = "auto"  # ours: auto | fp32 | int8 (DetectorConfig.precision)
     raw_calls: int = 100  # floor: bare runtime calls timed (capped at FLOOR_MAX_S)
+    inference_url: str | None = None  # ours infers on this Triton server (DetectorConfig.inference_url)
     floor: bool = True
 
 
@@ -319,6 +320,33 @@ def measure_floor(cfg: BenchConfig, ours_raw: dict) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------- inference server
+def server_batches(inference_url: str) -> dict:
+    """The Triton server's counters for the model of ``inference_url`` (its HTTP statistics endpoint).
+
+    For a ``grpc://`` URL the HTTP port is taken as the gRPC port − 1, as ``detector-app inference-server``
+    lays them out (8000 HTTP, 8001 gRPC)."""
+    from urllib.parse import urlsplit
+
+    from detector_app.inference.server import read_batch_stats
+
+    u = urlsplit(inference_url)
+    port = (u.port or (8001 if u.scheme == "grpc" else 8000)) - (1 if u.scheme == "grpc" else 0)
+    try:
+        s = read_batch_stats(f"{u.hostname}:{port}", u.path.strip("/").split("/")[0])
+    except (OSError, ValueError, KeyError) as exc:
+        return {"error": f"server statistics unreadable at {u.hostname}:{port}: {exc}"}
+    return {"inferences": s.inferences, "executions": s.executions}
+
+
+def batch_delta(before: dict | None, after: dict) -> dict:
+    """What the server did during our side: inferences, executions (batches) and the mean batch size."""
+    if not before or "error" in before or "error" in after:
+        return {"error": (after.get("error") or (before or {}).get("error") or "no statistics before the run")}
+    inf, ex = after["inferences"] - before["inferences"], after["executions"] - before["executions"]
+    return {"inferences": inf, "executions": ex, "mean_batch": round(inf / ex, 3) if ex else None}
+
+
 # ----------------------------------------------------------------------------------------------- bench
 def video_info(video: Path) -> tuple[float, tuple[int, int], float]:
     """(duration s, (width, height), fps) of a recorded video (PyAV probe; nothing listens in this process)."""
@@ -345,10 +373,15 @@ def run_bench(cfg: BenchConfig) -> dict:
                  "--streams", str(cfg.streams), "--precision", cfg.precision]
     if cfg.imgsz:
         ours_args += ["--imgsz", str(cfg.imgsz)]
+    if cfg.inference_url:
+        ours_args += ["--inference-url", cfg.inference_url]
 
     logger.info("bench: {} {:.0f} s of {} ({}x{} @ {:.0f} fps) × {} stream(s), model {}", cfg.protocol.upper(),
                 cfg.duration, cfg.video.name, w, h, vfps, cfg.streams, cfg.model)
+    batches0 = server_batches(cfg.inference_url) if cfg.inference_url else None
     ours_raw = run_side("ours", ours_args, cfg, lambda ready: ready["urls"])
+    if cfg.inference_url:
+        ours_raw["server_batches"] = batch_delta(batches0, server_batches(cfg.inference_url))
     floor = measure_floor(cfg, ours_raw) if cfg.floor else {}
 
     base_raw = None

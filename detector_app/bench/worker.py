@@ -215,7 +215,7 @@ def make_detector_config(args: argparse.Namespace):
     from detector_app.detection.detector import DetectorConfig
 
     return DetectorConfig(model=args.model, conf=args.conf, imgsz=args.imgsz, backend=args.backend, device="cpu",
-                          precision=args.precision)
+                          precision=args.precision, inference_url=args.inference_url)
 
 
 def run_ours(args: argparse.Namespace) -> None:
@@ -230,7 +230,7 @@ def run_ours(args: argparse.Namespace) -> None:
 
     frame_size = tuple(int(v) for v in args.frame_size.lower().split("x"))
     det = Detector(make_detector_config(args), frame_size=frame_size, progress=False)  # type: ignore[arg-type]
-    det.warmup(frame_size)  # type: ignore[arg-type]
+    det.warmup(frame_size, streams=args.streams)  # type: ignore[arg-type]  # several streams: both shapes now
 
     results: list[dict] = []  # list.append is atomic: every pipeline's inference thread appends here
     endpoints, pipelines = [], []
@@ -389,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--streams", type=int, default=1, help="ours: concurrent sessions sharing one Detector")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"))
     ap.add_argument("--url", default=None, help="baseline: the stream URL to pull")
+    ap.add_argument("--inference-url", default=None, help="ours: infer on this Triton server")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     if args.side == "ours":
