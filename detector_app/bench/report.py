@@ -148,6 +148,22 @@ def no_backlog(first: float | None, last: float | None, first_sent: float | None
     return ok
 
 
+def _age_metrics(ages: list[float], first: list[float], last: list[float], since: list[float],
+                 since_first: list[float], since_last: list[float]) -> dict:
+    """Display frame age (decoded → shown) and age since the publisher sent the frame, overall and first/last 10 s."""
+    return {
+        "display_samples": len(ages),
+        "display_age_ms_p50": _r(percentile(ages, 50)),
+        "display_age_ms_p95": _r(percentile(ages, 95)),
+        "display_age_ms_p50_first10s": _r(percentile(first, 50)),
+        "display_age_ms_p50_last10s": _r(percentile(last, 50)),
+        "display_age_since_send_ms_p50": _r(percentile(since, 50)),
+        "display_age_since_send_ms_p95": _r(percentile(since, 95)),
+        "display_age_since_send_ms_p50_first10s": _r(percentile(since_first, 50)),
+        "display_age_since_send_ms_p50_last10s": _r(percentile(since_last, 50)),
+    }
+
+
 def _series_metrics(s: _Series, sends: Sends, frames_decoded: int | None) -> dict:
     lats = s.lats_ms
     first, last = s.first_last()
@@ -173,17 +189,7 @@ def _series_metrics(s: _Series, sends: Sends, frames_decoded: int | None) -> dic
         "boxes_per_result": _r(sum(n_all) / len(n_all), 1) if n_all else None,
     }
     if s.ages:
-        m.update({
-            "display_samples": len(a),
-            "display_age_ms_p50": _r(percentile(a, 50)),
-            "display_age_ms_p95": _r(percentile(a, 95)),
-            "display_age_ms_p50_first10s": _r(percentile(afirst, 50)),
-            "display_age_ms_p50_last10s": _r(percentile(alast, 50)),
-            "display_age_since_send_ms_p50": _r(percentile(since, 50)),
-            "display_age_since_send_ms_p95": _r(percentile(since, 95)),
-            "display_age_since_send_ms_p50_first10s": _r(percentile(sfirst, 50)),
-            "display_age_since_send_ms_p50_last10s": _r(percentile(slast, 50)),
-        })
+        m.update(_age_metrics(a, afirst, alast, since, sfirst, slast))
         m["no_backlog"] = no_backlog(m["display_age_ms_p50_first10s"], m["display_age_ms_p50_last10s"],
                                      m["display_age_since_send_ms_p50_first10s"], m["display_age_since_send_ms_p50_last10s"])
     return m
@@ -278,17 +284,7 @@ def side_metrics(
         since = [v for s in series for _, v in s.since_send]
         sfirst = [v for s in series for v in s.age_first_last(since_send=True)[0]]
         slast = [v for s in series for v in s.age_first_last(since_send=True)[1]]
-        m.update({
-            "display_samples": len(ages),
-            "display_age_ms_p50": _r(percentile(ages, 50)),
-            "display_age_ms_p95": _r(percentile(ages, 95)),
-            "display_age_ms_p50_first10s": _r(percentile(afirst, 50)),
-            "display_age_ms_p50_last10s": _r(percentile(alast, 50)),
-            "display_age_since_send_ms_p50": _r(percentile(since, 50)),
-            "display_age_since_send_ms_p95": _r(percentile(since, 95)),
-            "display_age_since_send_ms_p50_first10s": _r(percentile(sfirst, 50)),
-            "display_age_since_send_ms_p50_last10s": _r(percentile(slast, 50)),
-        })
+        m.update(_age_metrics(ages, afirst, alast, since, sfirst, slast))
         verdicts = [p.get("no_backlog") for p in per]
         m["backlog_streams"] = [i for i, v in enumerate(verdicts) if v is False]
         m["no_backlog"] = None if any(v is None for v in verdicts) else not m["backlog_streams"]
