@@ -16,7 +16,6 @@ import pytest
 
 from detector_app.bench import EXIT_CANNOT_RUN, EXIT_MISS, EXIT_OK, report
 from detector_app.bench.nginx import render_conf
-from detector_app.bench.publisher import srt_caller_uri
 from detector_app.bench.worker import find_runtimes, pick_runtime_config
 from tests.conftest import MODEL, ROOT, need
 
@@ -154,9 +153,6 @@ def test_streams_fairness_backlog_and_per_stream_rows():
 def test_helpers():
     conf = render_conf(19350, ROOT, ROOT / "x.so")
     assert "listen 127.0.0.1:19350;" in conf and "live on;" in conf and "daemon off;" in conf
-    uri = srt_caller_uri("srt://127.0.0.1:4201?streamid=abcdefghijk&passphrase=abcdefghijk&pbkeylen=16&latency=20000")
-    assert uri.startswith("srt://127.0.0.1:4201?mode=caller&latency=20&")
-    assert "passphrase=abcdefghijk" in uri and "streamid=abcdefghijk" in uri
 
 
 def test_find_runtimes_walks_attributes_lists_and_dicts():

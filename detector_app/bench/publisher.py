@@ -27,51 +27,28 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import av
 
 from detector_app.procs import stop_process
 
 AUDIO_LEAD_S = 0.1  # audio goes out this much ahead of its dts, see publish()
-SRT_RELAY_LATENCY_MS = 20  # sender-side SRT latency (ms, srt-live-transmit's unit); ingest uses 20 ms too
-
-
-def srt_caller_uri(url: str) -> str:
-    """``srt://host:port?streamid=K&passphrase=K&…`` (ffmpeg style, latency in µs) → srt-live-transmit caller URI."""
-    parts = urlsplit(url)
-    q = {k: v[0] for k, v in parse_qs(parts.query).items()}
-    params = {"mode": "caller", "latency": str(SRT_RELAY_LATENCY_MS)}
-    for k in ("passphrase", "pbkeylen", "streamid"):
-        if k in q:
-            params[k] = q[k]
-    query = "&".join(f"{k}={v}" for k, v in params.items())
-    return f"srt://{parts.hostname}:{parts.port}?{query}"
 
 
 class _SrtRelay:
-    """``srt-live-transmit file://con srt://…`` as our child: PyAV writes MPEG-TS into its stdin (a pipe).
-
-    A pipe, not loopback UDP: a 720p keyframe arrives as a burst of ~120 KB, and a UDP socket buffer
-    overflowing in the relay silently cut the bottom of keyframes (H.264 errors until the next IDR).
-    A pipe has flow control and loses nothing.
-    """
+    """The one SRT relay child (``glasses.publish.spawn_srt_relay``): PyAV writes MPEG-TS into its stdin."""
 
     def __init__(self, url: str) -> None:
-        exe = shutil.which("srt-live-transmit")
-        if exe is None:
-            raise SystemExit("publishing SRT needs srt-live-transmit (Debian: apt-get install srt-tools)")
-        self.proc = subprocess.Popen(
-            [exe, "-a:no", "-q", "-c:1316", "file://con", srt_caller_uri(url)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, bufsize=0,
-        )
-        if self.proc.poll() is not None:
-            raise SystemExit(f"srt-live-transmit exited at start (code {self.proc.returncode})")
+        from detector_app.glasses.publish import GlassesError, spawn_srt_relay
+
+        try:
+            self.proc = spawn_srt_relay(url)
+        except GlassesError as exc:
+            raise SystemExit(str(exc)) from None
 
     @property
     def sink(self):
