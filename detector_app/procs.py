@@ -8,11 +8,19 @@ import signal
 import subprocess
 import threading
 
-try:
+try:  # loaded once in the parent: dlopen() in a forked child of a threaded process can deadlock
     _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
-except OSError:  # not glibc Linux
+except OSError:  # not glibc Linux: no thread names, no parent-death signal (children are still stopped explicitly)
     _LIBC = None
+_PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM this child if its parent dies (``preexec_fn``), so a crashed simulator or a
+    killed soak run leaves no orphans."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def name_os_thread(name: str | None = None) -> None:

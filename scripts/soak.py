@@ -42,8 +42,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from detector_app.glasses.publish import die_with_parent  # noqa: E402 - children never outlive the soak
 from detector_app.ingest.addresses import free_port  # noqa: E402 - the project's one port helper
+from detector_app.procs import die_with_parent  # noqa: E402 - children never outlive the soak
 
 PKG = "com.example.detector.soak"
 CLK_TCK = os.sysconf("SC_CLK_TCK")

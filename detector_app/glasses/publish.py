@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
 import functools
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -28,23 +26,11 @@ from urllib.parse import parse_qs, urlsplit
 from loguru import logger
 
 from detector_app.errors import UserError
-from detector_app.procs import stop_process
-
-try:  # loaded once in the parent: dlopen() in a forked child of a threaded process can deadlock
-    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
-except OSError:  # not glibc Linux: no parent-death signal, the publishers are still stopped explicitly
-    _LIBC = None
+from detector_app.procs import die_with_parent, stop_process
 
 
 class GlassesError(UserError):
     """A glasses-side rejection; the real glasses report it as raw status `error`."""
-
-
-def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM this child if its parent dies (preexec_fn), so a crashed simulator or a
-    killed soak run leaves no orphans."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def output_format_for(url: str) -> str:
