@@ -44,6 +44,8 @@ def replay(
     t0 = time.time()
     publisher: Publisher | None = None
     errors: list[str] = []
+    done_at: list[float] = []  # when the publisher was seen finished
+    fatal_at: list[float] = []  # when the ingest's failure was first seen
     try:
         wait_listening(endpoint.port, udp=protocol == "srt")
         if on_ready is not None:
@@ -53,14 +55,16 @@ def replay(
         t_pub = publisher.started_at
 
         def finished() -> bool:
+            if publisher.done.is_set():
+                publisher_done_at()
             if pipeline.fatal_error is not None:
+                if not fatal_at:
+                    fatal_at.append(time.time())
                 return True
             if not publisher.done.is_set():
                 return False
             # Publisher done: wait until the listener has seen the session end (bounded).
             return not pipeline.health().connected or time.time() - publisher_done_at() > 3.0
-
-        done_at: list[float] = []
 
         def publisher_done_at() -> float:
             if not done_at:
@@ -77,7 +81,13 @@ def replay(
             publisher.stop()
         pipeline.stop()
     if pipeline.fatal_error is not None:
-        errors.append(str(pipeline.fatal_error))
+        if done_at and fatal_at and fatal_at[0] >= done_at[0] and publisher is not None and publisher.ok:
+            # The ingest failed after the publisher had finished: the recording was received and detected;
+            # what broke afterwards (e.g. the SRT relay exiting once its caller left) is not this run's result.
+            logger.warning("ingest failed after the publisher finished (not counted as a run error): {}",
+                           pipeline.fatal_error)
+        else:
+            errors.append(str(pipeline.fatal_error))
     if pipeline.health().frames_decoded == 0:
         errors.append("no video frames were received from the publisher")
     return summarize(

@@ -17,6 +17,7 @@ keys are on no command line. ``cmdline_private()`` tells which case a machine is
 
 from __future__ import annotations
 
+import collections
 import errno
 import shutil
 import subprocess
@@ -103,6 +104,7 @@ class SrtRelayListener:
         self._closed = threading.Event()
         self.connections = 0
         self.rejected_publishers = 0
+        self._log_tail: collections.deque[str] = collections.deque(maxlen=5)  # why it exited, if it does
         src = (
             f"srt://{endpoint.bind_host}:{endpoint.port}?mode=listener&passphrase={endpoint.key}"
             f"&pbkeylen=16&latency={SRT_LATENCY_MS}"
@@ -141,6 +143,7 @@ class SrtRelayListener:
             line = raw.strip().replace(key, key[:4] + "…")
             if not line:
                 continue
+            self._log_tail.append(line)
             low = line.lower()
             if "accepted srt source connection" in low:
                 self.connections += 1
@@ -182,7 +185,8 @@ class SrtRelayListener:
         code = self._proc.poll()
         if code is None or self._closed.is_set():
             return None
-        return f"SRT relay (srt-live-transmit) exited with code {code}"
+        last = f": {self._log_tail[-1]}" if self._log_tail else ""
+        return f"SRT relay (srt-live-transmit) exited with code {code}{last}"
 
     def close(self) -> None:
         if self._closed.is_set():
