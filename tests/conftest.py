@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,15 @@ def pytest_configure(config: pytest.Config) -> None:
     prefer_passive_omp_wait()  # as the CLI does, before torch loads
 
     setup_logging(os.environ.get("TEST_LOG_LEVEL", "WARNING"))
+
+
+def in_threads(target: Callable[[], None], n: int, timeout: float = 60.0) -> None:
+    """Run ``target`` in ``n`` threads at once (concurrent streams or clients) and wait for all of them."""
+    threads = [threading.Thread(target=target) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
 
 
 def need(tool: str, hint: str) -> None:

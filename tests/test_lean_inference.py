@@ -20,6 +20,8 @@ from detector_app.detection.resolve import resolve_model, validate_int8
 from detector_app.detection.tuning import Lane
 from detector_app.detection.yolo_io import decode, letterbox
 
+from .conftest import in_threads
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "fixture-animals-yolo11n.pt"
 CACHE = REPO / "models" / "cache"
@@ -179,11 +181,7 @@ def test_streams_infer_in_parallel_not_behind_one_lock(exports):
         for _ in range(15):
             eng.infer(blob)
 
-    threads = [threading.Thread(target=stream) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    in_threads(stream, 2)
     assert eng.calls[Lane.THROUGHPUT] > 0 and overlap[0] == 2, (eng.calls, overlap)
     latency_before = eng.calls[Lane.LATENCY]
     eng.infer(blob)  # the two stream threads ended: a lone caller is back on all cores at once

@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +23,8 @@ from detector_app.detection.detector import FIXTURE_MODEL, Detector, DetectorCon
 from detector_app.detection.triton import InferenceUnavailable, InferenceUrl, TritonEngine, TritonError
 from detector_app.errors import UserError
 from detector_app.inference.server import InferenceServer, ServerPorts, TritonVenvMissing, triton_python
+
+from .conftest import in_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -235,11 +236,7 @@ def test_concurrent_clients_are_batched(server, scheme):
         for _ in range(15):
             eng.infer(blob)
 
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    in_threads(client, 4)
     got = server.batch_stats().since(before)
     eng.close()
     assert got.inferences == 60 and got.executions < 60, got

@@ -476,23 +476,20 @@ STREAM_HEADER = ["stream", "det/s", "latency p50", "p95", "frame age since sent 
                  "backlog", "dropped", "first detection s"]
 
 
+def _stream_row(name: str, m: dict) -> list[str]:
+    nb = m.get("no_backlog")
+    return [name, _fmt(m.get("detections_per_s"), ".2f"), _fmt(m.get("latency_ms_p50"), ".1f"),
+            _fmt(m.get("latency_ms_p95"), ".1f"), _fmt(m.get("display_age_since_send_ms_p50_first10s"), ".1f"),
+            _fmt(m.get("display_age_since_send_ms_p50_last10s"), ".1f"),
+            "none" if nb else "GROWING" if nb is False else "n/a",
+            _fmt(m.get("dropped_frames"), "d"), _fmt(m.get("time_to_first_detection_s"), ".2f")]
+
+
 def stream_rows(ours: dict) -> list[list[str]]:
     """One row per stream (and the totals) for a ``--streams N`` run."""
-    rows = []
-    for i, p in enumerate(ours.get("per_stream") or []):
-        nb = p.get("no_backlog")
-        rows.append([f"#{i}", _fmt(p.get("detections_per_s"), ".2f"), _fmt(p.get("latency_ms_p50"), ".1f"),
-                     _fmt(p.get("latency_ms_p95"), ".1f"), _fmt(p.get("display_age_since_send_ms_p50_first10s"), ".1f"),
-                     _fmt(p.get("display_age_since_send_ms_p50_last10s"), ".1f"),
-                     "none" if nb else "GROWING" if nb is False else "n/a",
-                     _fmt(p.get("dropped_frames"), "d"), _fmt(p.get("time_to_first_detection_s"), ".2f")])
+    rows = [_stream_row(f"#{i}", p) for i, p in enumerate(ours.get("per_stream") or [])]
     if rows:
-        nb = ours.get("no_backlog")
-        rows.append([f"all {len(rows)}", _fmt(ours.get("detections_per_s"), ".2f"), _fmt(ours.get("latency_ms_p50"), ".1f"),
-                     _fmt(ours.get("latency_ms_p95"), ".1f"), _fmt(ours.get("display_age_since_send_ms_p50_first10s"), ".1f"),
-                     _fmt(ours.get("display_age_since_send_ms_p50_last10s"), ".1f"),
-                     "none" if nb else "GROWING" if nb is False else "n/a",
-                     _fmt(ours.get("dropped_frames"), "d"), _fmt(ours.get("time_to_first_detection_s"), ".2f")])
+        rows.append(_stream_row(f"all {len(rows)}", ours))
     return rows
 
 

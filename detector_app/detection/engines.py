@@ -87,18 +87,17 @@ def _model_file(path: Path) -> Path:
 
 
 def read_export_info(path: Path, meta: dict[str, Any] | None = None, input_shape: list[int] | None = None) -> ExportInfo:
-    """Names, input size and output layout from Ultralytics' export metadata (``meta``), else from the graph."""
+    """Names, input size and output layout: the graph's static input shape first (the truth for a static
+    export), else Ultralytics' export metadata (``meta``)."""
     meta = meta or {}
     names = _names(meta.get("names"))
     imgsz = _literal(meta.get("imgsz"))
-    if isinstance(imgsz, (list, tuple)) and len(imgsz) == 2:
-        hw = (int(imgsz[0]), int(imgsz[1]))
-    elif input_shape and len(input_shape) == 4 and all(isinstance(d, int) and d > 0 for d in input_shape[2:]):
+    if input_shape and len(input_shape) == 4 and all(isinstance(d, int) and d > 0 for d in input_shape[2:]):
         hw = (int(input_shape[2]), int(input_shape[3]))
+    elif isinstance(imgsz, (list, tuple)) and len(imgsz) == 2:
+        hw = (int(imgsz[0]), int(imgsz[1]))
     else:
         raise BackendError(f"cannot tell the input size of {path}: export it with a fixed imgsz (dynamic=False)")
-    if input_shape and len(input_shape) == 4 and all(isinstance(d, int) and d > 0 for d in input_shape[2:]):
-        hw = (int(input_shape[2]), int(input_shape[3]))  # the graph is the truth for a static export
     end2end = str(_literal(meta.get("end2end", False))).lower() == "true"
     args = _literal(meta.get("args")) or {}
     int8 = bool(isinstance(args, dict) and (args.get("int8") or args.get("quantize") in (8, "8", "int8")))
