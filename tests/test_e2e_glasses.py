@@ -39,7 +39,7 @@ from detector_app.mentra.simulator import (
     frame,
 )
 
-from .conftest import MODEL, ROOT, until, wait_healthy
+from .conftest import MODEL, ROOT, serve_env, until, wait_healthy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -292,9 +292,7 @@ def test_sigterm_serve_stops_stream_before_exit(cat_video, tmp_path):
     the simulator gets the stream stop (by streamId) before the socket closes, exit code 0."""
     async def main() -> None:
         port = free_port()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "MENTRAOS_API_KEY": KEY, "PACKAGE_NAME": PKG, "PORT": str(port),
-               "WEBHOOK_HOST": "127.0.0.1", "INGEST_HOST": "127.0.0.1", "MENTRAOS_WS_ALLOWLIST": "127.0.0.1,localhost",
-               "INGEST_PORT": str(free_port(outside_ephemeral=True))}  # serve's nginx ingest (where installed)
+        env = serve_env(port, KEY, PKG)
         log = tmp_path / "serve.log"
         with log.open("wb") as out:  # a file, not a pipe: a full pipe would block the child
             proc = await asyncio.create_subprocess_exec(

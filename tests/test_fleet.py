@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import signal
@@ -24,7 +23,7 @@ import pytest
 from detector_app.ingest.addresses import free_port
 from detector_app.mentra.simulator import CloudSimulator, SimEvent
 
-from .conftest import MODEL, ROOT, wait_healthy
+from .conftest import MODEL, ROOT, serve_env, wait_healthy
 
 PKG = "com.example.detector.fleet"
 KEY = "fleet-test-key-5b1e"
@@ -120,10 +119,7 @@ def test_two_nodes_behind_a_load_balancer_share_one_inference_server(tmp_path, f
             assert url.startswith(("http://127.0.0.1:", "grpc://127.0.0.1:")), url
             for name in ("a", "b"):
                 port = free_port(outside_ephemeral=True)
-                env = {**os.environ, "PYTHONPATH": str(ROOT), "MENTRAOS_API_KEY": KEY, "PACKAGE_NAME": PKG,
-                       "PORT": str(port), "WEBHOOK_HOST": "127.0.0.1", "INGEST_HOST": "127.0.0.1",
-                       "MENTRAOS_WS_ALLOWLIST": "127.0.0.1,localhost",
-                       "INGEST_PORT": str(free_port(outside_ephemeral=True))}  # each node its own nginx-rtmp port
+                env = serve_env(port, KEY, PKG)  # each node its own nginx-rtmp port
                 node_dir = tmp_path / f"node-{name}"
                 node_dir.mkdir()
                 proc = await _start([sys.executable, "-m", "detector_app.cli", "serve", "--model", str(MODEL),
