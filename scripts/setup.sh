@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 VENV="${VENV:-.venv}"
 PY="${PYTHON:-python3}"
-APT_PACKAGES=(ffmpeg srt-tools nginx libnginx-mod-rtmp)
+APT_PACKAGES=(ffmpeg srt-tools nginx libnginx-mod-rtmp chromium chromium-driver)
 
 say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 die() { printf '\033[1;31m[setup] %s\033[0m\n' "$*" >&2; exit 1; }
@@ -18,6 +18,8 @@ missing=()
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v srt-live-transmit >/dev/null 2>&1 || missing+=(srt-tools)
 [ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing+=(nginx libnginx-mod-rtmp)
+# Headless Chromium and its driver: the web viewer's real-browser test (selenium drives them).
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium chromium-driver)
 if ((${#missing[@]})); then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
