@@ -24,6 +24,7 @@ from detector_app.detection.types import FrameResult
 from detector_app.ingest.base import VideoSource
 from detector_app.procs import name_os_thread
 from detector_app.stats import RunStats
+from detector_app.tracking.tracker import Tracker
 from detector_app.video.convert import to_bgr
 from detector_app.video.decoder import DecodedFrame, DecodeThread
 from detector_app.video.health import HealthMeter, StreamHealth
@@ -45,8 +46,11 @@ class Pipeline:
         live: bool | None = None,
         source_label: str = "",
         frame_probe: Callable[[np.ndarray], dict] | None = None,
+        track: bool = True,
     ) -> None:
         self.source = source
+        # One tracker per pipeline = per stream; it resets itself on a new publisher session.
+        self.tracker: Tracker | None = Tracker(fps=fps) if track else None
         self.frame_probe = frame_probe  # e.g. read the fixture's frame counter into result.extra
         self.detector = detector
         self.fps = fps
@@ -187,6 +191,9 @@ class Pipeline:
         self._sampled += 1
         bgr = to_bgr(item.frame)
         detections, n_all, inf_ms = self.detector.detect(bgr)
+        if self.tracker is not None:
+            ts = item.pts if item.pts is not None else item.received_at
+            detections = self.tracker.update(detections, ts, session=item.session)
         self._seq += 1
         result = FrameResult(
             seq=self._seq,

@@ -45,7 +45,7 @@ def test_schema_accepts_real_messages_and_rejects_bad_ones() -> None:
     assert validate(make_result(0).to_json()) == []
     assert validate(make_result(1, dets=(), extra={"note": 1}).to_json()) == []
     assert validate(FrameResult(2, 0, None, 1, 1, 0.0, 0.0, 0.0, ()).to_json()) == []
-    assert validate({"type": "hello", "schema": 2, "model": "m", "source": "s", "extra": 1}) == []
+    assert validate({"type": "hello", "schema": 3, "model": "m", "source": "s", "extra": 1}) == []
 
     bad = make_result(3).to_json()
     bad["detections"][0]["box"] = [1, 2, 3]
@@ -79,7 +79,7 @@ def test_jsonl_lines_parse_and_match_schema(tmp_path: Path) -> None:
     assert [m["seq"] for m in lines] == [0, 1, 2]
     assert all(validate(m) == [] for m in lines)
     assert lines[0]["detections"][0] == {"label": "dog", "confidence": 0.87,
-                                         "box": [10, 20, 110, 220], "class_id": 16}
+                                         "box": [10, 20, 110, 220], "class_id": 16, "track_id": None}
     assert w.closed and w.lines == 3
     w(make_result(9))  # after close: ignored, no exception into the inference thread
     with JsonlWriter(path) as w2:  # append by default
@@ -116,7 +116,7 @@ def test_feed_two_clients_get_hello_and_every_message_in_order(feed: DetectionFe
     with connect(url) as a, connect(url) as b:
         for c in (a, b):
             hello = json.loads(c.recv(timeout=5))
-            assert hello == {"type": "hello", "schema": 2, "model": "fixture-animals-yolo11n",
+            assert hello == {"type": "hello", "schema": 3, "model": "fixture-animals-yolo11n",
                              "source": "rtmp"}
             assert validate(hello) == []
         _wait(lambda: feed.clients == 2)

@@ -70,7 +70,8 @@ def test_to_json_validates_against_schema():
     assert validate(json.loads(json.dumps(msg))) == []  # as a client decodes it
     assert msg["latency_ms"] == pytest.approx(45.0, abs=0.01)
     assert msg["frame_size"] == [1280, 720]
-    assert msg["detections"][0] == {"label": "cat", "confidence": 0.9123, "box": [1, 2, 300, 400], "class_id": 15}
+    assert msg["detections"][0] == {"label": "cat", "confidence": 0.9123, "box": [1, 2, 300, 400], "class_id": 15,
+                                  "track_id": None}
     assert "extra" not in msg
 
 

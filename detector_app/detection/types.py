@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: pts counts from the session's first frame on every transport; stream_pts added
+SCHEMA_VERSION = 3  # 2: pts counts from the session's first frame on every transport; stream_pts added
+#                    3: every detection carries track_id (null when untracked or not yet confirmed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class Detection:
     confidence: float
     box: Box
     class_id: int = -1
+    track_id: int | None = None  # the stream's tracker: same animal, same id (None: untracked/unconfirmed)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +63,7 @@ class Detection:
             "confidence": round(self.confidence, 4),
             "box": self.box.as_list(),
             "class_id": self.class_id,
+            "track_id": self.track_id,
         }
 
 

@@ -59,7 +59,7 @@ MESSAGE_SCHEMA: dict[str, Any] = {
         },
         "detection": {
             "type": "object",
-            "required": ["label", "confidence", "box", "class_id"],
+            "required": ["label", "confidence", "box", "class_id", "track_id"],
             "additionalProperties": False,
             "properties": {
                 "label": {"type": "string", "minLength": 1},
@@ -68,6 +68,11 @@ MESSAGE_SCHEMA: dict[str, Any] = {
                         "description": "[x1, y1, x2, y2] in source-frame pixels."},
                 "class_id": {"type": "integer", "minimum": -1,
                              "description": "Model class index, -1 if not from a class list."},
+                "track_id": {"type": ["integer", "null"], "minimum": 1,
+                             "description": "The stream's tracker id: the same animal keeps it from frame to "
+                                            "frame (a miss of up to 1 s keeps it; ids are unique per stream). "
+                                            "Null with --no-track, or while a new track is not yet confirmed "
+                                            "(its first sampled frame)."},
             },
         },
         "hello": {

@@ -1,0 +1,147 @@
+"""Per-stream multi-object tracking: Roboflow ``trackers``' ByteTrack on the sampled detections.
+
+Why this library: it is the maintained home of supervision's ByteTrack (supervision ≥ 0.27 no
+longer ships it), it is numpy/scipy only (Ultralytics' trackers import torch, which the streaming
+process must not load), and it accepts a timestamp per update, so the lost-track buffer is measured
+in *media seconds*, not in frames: a stream sampled below its nominal rate (slow inference) keeps
+the same ≤ 1 s miss guarantee.
+
+One ByteTrack per label: a cat box can never take a horse's id. Ids come from one counter per
+:class:`Tracker` (one per stream), so they stay unique for the stream's whole life, also across
+publisher sessions (a reconnect resets the trackers, never the counter). A detection gets
+``track_id`` once its track has matched in ``min_frames`` consecutive sampled frames; before that
+(and for low-confidence boxes matching nothing) ``track_id`` stays ``None``.
+
+No threads: ``update`` runs on the inference thread, right after the detector.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import supervision as sv
+from trackers import ByteTrackTracker
+
+from detector_app.detection.types import Detection
+
+DEFAULT_FPS = 10.0  # the pipeline's default sampling rate
+BUFFER_S = 2.0  # a lost track is kept this long in media time: a ≤ 1 s miss keeps its id, 2× margin
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerConfig:
+    """ByteTrack settings for our detectors' confidence range (detector ``conf`` default 0.35).
+
+    ``activation``: a box starts a track only from this confidence (the detector's own floor, so
+    every kept box may start one). ``high_conf``: ByteTrack's first-stage split; boxes between the
+    detector floor and this only extend existing tracks (the second stage that revives a briefly
+    occluded animal seen with a weak score). ``min_iou``: low, because at 10 FPS a walking animal
+    moves a good part of its width between samples and the Kalman prediction is not exact.
+    """
+
+    fps: float = DEFAULT_FPS
+    buffer_s: float = BUFFER_S
+    activation: float = 0.35
+    high_conf: float = 0.5
+    min_iou: float = 0.1
+    min_frames: int = 2
+
+
+class Tracker:
+    """Assigns ``track_id`` to each frame's detections; one per stream (not thread-safe, one caller)."""
+
+    def __init__(self, fps: float = DEFAULT_FPS, config: TrackerConfig | None = None) -> None:
+        self.config = replace(config or TrackerConfig(), fps=fps)
+        if self.config.fps <= 0:
+            raise ValueError("tracker fps must be positive")
+        self._by_label: dict[str, ByteTrackTracker] = {}
+        self._ids: dict[tuple[str, int], int] = {}  # (label, ByteTrack's local id) → our id
+        self._next_id = 1
+        self._session: object = None
+        self._last_ts: float | None = None
+
+    @property
+    def live_tracks(self) -> int:
+        """Tracks currently kept (matched or within the lost buffer), all labels."""
+        return len(self._ids)
+
+    def reset(self) -> None:
+        """Forget every track (new publisher session); ids keep counting up."""
+        self._by_label.clear()
+        self._ids.clear()
+        self._last_ts = None
+
+    def update(self, detections: Sequence[Detection], timestamp: float, session: object = None) -> tuple[Detection, ...]:
+        """Return ``detections`` (same order) with ``track_id`` set where a confirmed track matched.
+
+        ``timestamp``: media seconds of the frame (pts; wall time if the stream has none).
+        ``session``: the publisher session; a change resets the tracker, as does time going back.
+        """
+        if session != self._session or (self._last_ts is not None and timestamp < self._last_ts - 0.5):
+            self.reset()
+            self._session = session
+        if self._last_ts is not None and timestamp <= self._last_ts:
+            timestamp = self._last_ts + 1e-3  # equal/odd pts: keep time strictly increasing
+        self._last_ts = timestamp
+        by_label: dict[str, list[int]] = {}
+        for i, d in enumerate(detections):
+            by_label.setdefault(d.label, []).append(i)
+        out = list(detections)
+        for label in set(by_label) | set(self._by_label):
+            idx = by_label.get(label, [])
+            for i, tid in zip(idx, self._track_label(label, [detections[i] for i in idx], timestamp), strict=True):
+                if tid is not None:
+                    out[i] = replace(detections[i], track_id=tid)
+        return tuple(out)
+
+    # ---------------------------------------------------------------- internals
+
+    def _bytetrack(self, label: str) -> ByteTrackTracker:
+        trk = self._by_label.get(label)
+        if trk is None:
+            cfg = self.config
+            trk = ByteTrackTracker(
+                lost_track_buffer=max(1, round(cfg.buffer_s * 30)),  # the library counts 30 fps frames
+                frame_rate=cfg.fps,
+                track_activation_threshold=cfg.activation,
+                minimum_consecutive_frames=cfg.min_frames,
+                minimum_iou_threshold=cfg.min_iou,
+                high_conf_det_threshold=cfg.high_conf,
+            )
+            self._by_label[label] = trk
+        return trk
+
+    def _track_label(self, label: str, dets: list[Detection], timestamp: float) -> list[int | None]:
+        trk = self._bytetrack(label)
+        n = len(dets)
+        sv_dets = sv.Detections(
+            xyxy=np.array([[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in dets], np.float32).reshape(n, 4),
+            confidence=np.array([d.confidence for d in dets], np.float32),
+            class_id=np.array([d.class_id for d in dets], int),
+            data={"index": np.arange(n)},
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # timestamps are already made increasing above
+            tracked = trk.update(sv_dets, timestamp=timestamp)
+        ids: list[int | None] = [None] * n
+        if len(tracked):
+            for k, local in zip(tracked.data["index"], tracked.tracker_id, strict=True):
+                if local >= 0:
+                    ids[int(k)] = self._global_id(label, int(local))
+        alive = {(label, t.tracker_id) for t in trk.tracks if t.tracker_id >= 0}
+        for key in [k for k in self._ids if k[0] == label and k not in alive]:
+            del self._ids[key]  # bounded: only tracks ByteTrack still keeps have a mapping
+        if not trk.tracks:
+            del self._by_label[label]
+        return ids
+
+    def _global_id(self, label: str, local: int) -> int:
+        key = (label, local)
+        tid = self._ids.get(key)
+        if tid is None:
+            tid = self._ids[key] = self._next_id
+            self._next_id += 1
+        return tid
