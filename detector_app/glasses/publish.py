@@ -1,6 +1,7 @@
 """Virtual glasses publishing: push a recorded video to an ingest URL exactly as Mentra Live would.
 
-RTMP: FLV with H.264 + AAC mono; SRT: MPEG-TS with H.264 + AAC mono, the glasses being the caller.
+RTMP: FLV with H.264 + AAC mono; SRT: MPEG-TS with H.264 + AAC mono, the glasses being the caller;
+WHIP (``http(s)://`` URLs): an aiortc client child (``glasses.whip_client``), H.264 video.
 The publisher is always a separate ``ffmpeg`` process (Debian's, which has libx264 and libsrt):
 publishing and listening with PyAV in one interpreter deadlocks on the GIL (field notes), and a
 child process is also what lets tests and the simulator kill a "network drop" precisely.
@@ -17,6 +18,7 @@ import collections
 import functools
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,15 +36,23 @@ class GlassesError(UserError):
 
 
 def output_format_for(url: str) -> str:
-    """FLV for RTMP(S), MPEG-TS for SRT (glasses are the SRT caller); WHIP is not simulated."""
+    """FLV for RTMP(S), MPEG-TS for SRT (glasses are the SRT caller), ``whip`` for http(s) URLs."""
     lower = url.lower()
     if lower.startswith(("rtmp://", "rtmps://")):
         return "flv"
     if lower.startswith("srt://"):
         return "mpegts"
     if lower.startswith(("http://", "https://")):
-        raise GlassesError("WHIP publishing is not simulated by the virtual glasses")
+        return "whip"
     raise GlassesError("Unknown stream URL protocol")
+
+
+def build_whip_command(url: str, video: Path | None, *, loop: bool = True) -> list[str]:
+    """WHIP: our aiortc client (``glasses.whip_client``) as the child, speaking ffmpeg's ``-progress``
+    lines, so the same ``PublisherProcess`` runs it (FFmpeg 5.1 has no WHIP muxer)."""
+    if video is None:
+        raise GlassesError("WHIP virtual glasses need a video file (--video)")
+    return [sys.executable, "-m", "detector_app.glasses.whip_client", url, str(video)] + (["--loop"] if loop else [])
 
 
 def build_publish_command(
@@ -52,6 +62,8 @@ def build_publish_command(
     with a keyframe every 2 s; audio always AAC mono, as Mentra Live sends. ``video=None`` publishes
     a synthetic test pattern (costs CPU: it is encoded live)."""
     fmt = output_format_for(url)
+    if fmt == "whip":
+        return build_whip_command(url, video, loop=loop)
     cmd = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "warning", "-progress", "pipe:1", "-stats_period", "0.5"]
     if video is None:
         cmd += ["-re", "-f", "lavfi", "-i", "testsrc2=size=854x480:rate=15", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]

@@ -11,11 +11,12 @@ import threading
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import av
 import av.container
 
 from detector_app.errors import PortInUseError, UserError
 
-Protocol_ = Literal["rtmp", "srt"]
+Protocol_ = Literal["rtmp", "srt", "whip"]
 
 
 # Live-stream probing: ~0.45 s to the first frame instead of ~5 s (field notes). Never add
@@ -59,13 +60,29 @@ class IngestEndpoint:
         return self.publish_url.replace(self.key, self.key[:4] + "…")
 
 
+class FrameSession(Protocol):
+    """A publisher session that arrives as decoded frames instead of a container (WebRTC: aiortc
+    depacketizes and decodes itself); ``ingest.rtc.TrackSession`` is the one implementation."""
+
+    name: str
+    codec: str
+
+    def next_frame(self, stop: threading.Event, stall_s: float) -> tuple[av.VideoFrame, int] | None:
+        """(newest frame, bytes received since the last call); None once the session ended;
+        ``TimeoutError`` after ``stall_s`` without a frame."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
 class VideoSource(Protocol):
     name: str
     live: bool  # real time: sample on the wall clock, latest frame wins
     reconnects: bool  # open again after the session ends (listeners, live URLs)
     rejected_publishers: int  # publishers turned away for a wrong key (0 for files and URLs)
 
-    def open(self, stop: threading.Event) -> av.container.InputContainer | None:
+    def open(self, stop: threading.Event) -> av.container.InputContainer | FrameSession | None:
         """Block until a publisher session starts; None when stopped or when there is nothing to wait for."""
         ...
 

@@ -8,7 +8,7 @@ from detector_app.ingest.nginx import missing_reason
 from detector_app.ingest.rtmp import RtmpListener, rtmp_endpoint
 from detector_app.ingest.srt import SrtRelayListener, srt_endpoint
 
-DEFAULT_PORTS = {"rtmp": 1935, "srt": 4201}
+DEFAULT_PORTS = {"rtmp": 1935, "srt": 4201, "whip": 8889}
 INGEST_MODES = ("nginx", "embedded")
 
 
@@ -42,7 +42,7 @@ def open_listener(
     """
     protocol = protocol.lower()
     if protocol not in DEFAULT_PORTS:
-        raise IngestError(f"unknown ingest protocol {protocol!r}: use rtmp or srt")
+        raise IngestError(f"unknown ingest protocol {protocol!r}: use rtmp, srt or whip")
     udp = protocol == "srt"
     if port is None:
         port = DEFAULT_PORTS[protocol]
@@ -50,6 +50,10 @@ def open_listener(
         port = free_port(bind_host, udp=udp)
     host = advertise_host(advertise, for_glasses)
     key = key or new_stream_key()
+    if protocol == "whip":
+        from detector_app.ingest.whip import open_whip_listener  # lazy: aiortc only where WHIP is used
+
+        return open_whip_listener(port, bind_host, host, key)
     if protocol == "rtmp":
         endpoint = rtmp_endpoint(key, port, bind_host, host)
         return endpoint, RtmpListener(endpoint)

@@ -16,13 +16,14 @@ import av
 import av.container
 from loguru import logger
 
-from detector_app.ingest.base import IngestError, VideoSource
+from detector_app.ingest.base import FrameSession, IngestError, VideoSource
 from detector_app.procs import name_os_thread
 from detector_app.video.health import HealthMeter
 from detector_app.video.sampler import PtsSampler
 from detector_app.video.slot import LatestSlot
 
 MAX_CONSECUTIVE_DECODE_ERRORS = 150  # ~5 s of 30 fps garbage ends the session
+FRAME_STALL_S = 3.0  # a decoded-frame session (WebRTC) without a frame this long has lost its publisher
 
 
 class SessionClock:
@@ -98,7 +99,10 @@ class DecodeThread(threading.Thread):
                     break
                 if container is None:
                     break
-                self._run_session(container)
+                if isinstance(container, av.container.InputContainer):
+                    self._run_session(container)
+                else:
+                    self._run_frame_session(container)
                 if not self.source.reconnects:
                     break
                 if not self.stop_event.is_set():
@@ -158,6 +162,32 @@ class DecodeThread(threading.Thread):
             (logger.info if self.source.reconnects else logger.warning)("{}: session {} ended: {}", self.source.name, session, error)
         else:
             logger.info("{}: session {} ended", self.source.name, session)
+
+    def _run_frame_session(self, frames: FrameSession) -> None:
+        """A session that arrives decoded (WebRTC): same slot, clock, health and session semantics;
+        no frames for ``FRAME_STALL_S`` (a publisher gone without a word) ends it like a read timeout."""
+        self.health.session_started(frames.codec, 0, 0)
+        session = self.health.sessions
+        logger.info("{}: publisher session {} started: {} (WebRTC)", self.source.name, session, frames.codec)
+        if self.pts_sampler is not None:
+            self.pts_sampler.reset()
+        self._clock.reset()
+        error: str | None = None
+        try:
+            while not self.stop_event.is_set():
+                got = frames.next_frame(self.stop_event, FRAME_STALL_S)
+                if got is None:
+                    break
+                frame, nbytes = got
+                if nbytes:
+                    self.health.packet(nbytes)
+                self._emit(frame, session)
+        except TimeoutError as exc:
+            error = f"stream stalled ({exc})"
+        finally:
+            frames.close()
+            self.health.session_ended(error)
+        logger.info("{}: session {} ended{}", self.source.name, session, f": {error}" if error else "")
 
     def _emit(self, frame: av.VideoFrame, session: int) -> None:
         raw = float(frame.time) if frame.time is not None else None

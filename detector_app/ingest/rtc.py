@@ -1,0 +1,251 @@
+"""WebRTC plumbing shared by WHIP ingest, WHEP playback and the simulator's managed media.
+
+* ``RtcLoop``: the one asyncio loop thread (``webrtc``) of the process. Every ``RTCPeerConnection``
+  lives on it (aiortc objects are bound to the loop that made them), whoever asked for it: the
+  miniapp's aiohttp handlers, a decode thread, the simulator.
+* ``TrackSession``: one publisher session arriving as an aiortc video track. aiortc depacketizes and
+  decodes H.264 itself and hands ``av.VideoFrame``s to ``track.recv()``; a pump on the loop takes each
+  frame at once (aiortc's own queue behind ``recv()`` is unbounded, so it must never wait) and puts it
+  into a one-frame handoff the decode thread reads: latest frame wins, nothing queues.
+* ``set_ice_hosts``: which local addresses ICE offers (aioice skips loopback; tests and replay need
+  exactly loopback, ``serve`` every interface).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import re
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+import aioice.ice
+import av
+from loguru import logger
+
+from detector_app.procs import name_os_thread
+
+T = TypeVar("T")
+_original_host_addresses = aioice.ice.get_host_addresses
+
+
+def set_ice_hosts(hosts: Sequence[str] | None) -> None:
+    """Offer ICE host candidates on ``hosts`` only (e.g. ``["127.0.0.1"]``); None = every interface
+    (aioice's default, which never offers loopback). Process-wide, as aioice has no per-connection knob."""
+    if not hosts:
+        aioice.ice.get_host_addresses = _original_host_addresses
+        return
+    chosen = list(hosts)
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(chosen)
+
+
+def ice_hosts_for(bind_host: str) -> list[str] | None:
+    """ICE follows the ingest's bind address: a specific address → only it, a wildcard → all."""
+    return None if bind_host in ("", "0.0.0.0", "::") else [bind_host]
+
+
+def video_codec_of_sdp(sdp: str) -> str:
+    """The first video codec an SDP answer settled on (``h264``, ``vp8``…), for the health line."""
+    m = re.search(r"^m=video \S+ \S+ (\d+)", sdp, re.M)
+    if m:
+        rtpmap = re.search(rf"^a=rtpmap:{m.group(1)} ([A-Za-z0-9]+)/", sdp, re.M)
+        if rtpmap:
+            return rtpmap.group(1).lower()
+    return "unknown"
+
+
+class RtcLoop:
+    """The process's one WebRTC loop thread, started on first use; ``run``/``call`` hop onto it."""
+
+    _instance: RtcLoop | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, args=(ready,), name="webrtc", daemon=True)
+        self.thread.start()
+        ready.wait(5.0)
+
+    @classmethod
+    def get(cls) -> RtcLoop:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = RtcLoop()
+            return cls._instance
+
+    def _main(self, ready: threading.Event) -> None:
+        name_os_thread("webrtc")
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(ready.set)
+        self.loop.run_forever()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        """From a plain thread: run ``coro`` on the loop, wait at most ``timeout`` (then cancel it)."""
+        fut = self.submit(coro)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise TimeoutError(f"WebRTC operation did not finish within {timeout:.1f} s") from None
+
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """From another asyncio loop (the miniapp's, the simulator's): await ``coro`` run on ours."""
+        if asyncio.get_running_loop() is self.loop:
+            return await coro
+        return await asyncio.wrap_future(self.submit(coro))
+
+
+class _Tap:
+    """Stands in for aiortc's receiver → decoder queue to count the bytes of every received access
+    unit (bitrate) and, optionally, hand the Annex-B access unit to ``on_access_unit``.
+
+    aiortc 1.16 keeps that queue in a private attribute (``RTCRtpReceiver.__decoder_queue``); if it is
+    missing (another aiortc), the tap is skipped and bitrate reads 0: nothing else changes."""
+
+    def __init__(self, inner: Any, on_bytes: Callable[[int], None],
+                 on_access_unit: Callable[[bytes, int], None] | None) -> None:
+        self._inner = inner
+        self._on_bytes = on_bytes
+        self.on_access_unit = on_access_unit
+
+    def put(self, item: Any, *args: Any, **kwargs: Any) -> None:
+        if item is not None:
+            encoded = item[1]
+            data = getattr(encoded, "data", b"")
+            self._on_bytes(len(data))
+            if self.on_access_unit is not None:
+                self.on_access_unit(data, getattr(encoded, "timestamp", 0))  # 90 kHz RTP clock
+        self._inner.put(item, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def tap_receiver(receiver: Any, on_bytes: Callable[[int], None],
+                 on_access_unit: Callable[[bytes, int], None] | None = None) -> bool:
+    attr = "_RTCRtpReceiver__decoder_queue"
+    inner = getattr(receiver, attr, None)
+    if inner is None or not hasattr(inner, "put"):
+        logger.debug("aiortc receiver has no decoder queue to tap: WebRTC bitrate reads 0")
+        return False
+    setattr(receiver, attr, _Tap(inner, on_bytes, on_access_unit))
+    return True
+
+
+class TrackSession:
+    """One publisher session on a WebRTC video track, read by the decode thread with ``next_frame``.
+
+    Ends when the track ends, the peer connection fails or closes, or ``end()`` is called (DELETE,
+    a replacing publisher, the source closing); ``close()`` also closes the peer connection."""
+
+    def __init__(self, name: str, rtc: RtcLoop, pc: Any, codec: str = "h264",
+                 on_closed: Callable[[TrackSession], None] | None = None) -> None:
+        self.name = name
+        self.codec = codec
+        self.rtc = rtc
+        self.pc = pc
+        self.started_at = time.monotonic()
+        self.overwritten = 0  # frames replaced in the handoff before the decode thread took them
+        self._cond = threading.Condition()
+        self._frame: av.VideoFrame | None = None
+        self._bytes = 0
+        self._ended: str | None = None  # why, once ended
+        self._closed = False
+        self._pump: asyncio.Task[None] | None = None
+        self._on_closed = on_closed
+        self.on_access_unit: Callable[[bytes, int], None] | None = None  # H.264 tap for a packet recorder
+
+        @pc.on("connectionstatechange")
+        def _state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                self.end(f"peer connection {pc.connectionState}")
+
+    # -- on the loop ---------------------------------------------------------------------------
+    def attach(self, track: Any, receiver: Any | None) -> None:
+        """The offer's video track arrived (aiortc's ``track`` event, on the loop): start pumping it."""
+        if receiver is not None:
+            tap_receiver(receiver, self._add_bytes, self._access_unit)
+        self._pump = asyncio.ensure_future(self._run_pump(track))
+
+    def _access_unit(self, data: bytes, timestamp: int) -> None:
+        cb = self.on_access_unit
+        if cb is not None:
+            cb(data, timestamp)
+
+    def _add_bytes(self, n: int) -> None:
+        with self._cond:
+            self._bytes += n
+
+    async def _run_pump(self, track: Any) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                with self._cond:
+                    if self._ended:
+                        return
+                    if self._frame is not None:
+                        self.overwritten += 1
+                    self._frame = frame
+                    self._cond.notify_all()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - MediaStreamError: the track ended
+            self.end("publisher track ended")
+
+    # -- any thread ----------------------------------------------------------------------------
+    def end(self, why: str) -> None:
+        with self._cond:
+            if self._ended is None:
+                self._ended = why
+            self._cond.notify_all()
+
+    @property
+    def ended(self) -> str | None:
+        with self._cond:
+            return self._ended
+
+    def next_frame(self, stop: threading.Event, stall_s: float) -> tuple[av.VideoFrame, int] | None:
+        """(newest frame, bytes received since the last call), None when the session ended or ``stop``
+        is set; ``TimeoutError`` after ``stall_s`` without a frame (a publisher gone without a word)."""
+        deadline = time.monotonic() + stall_s
+        with self._cond:
+            while self._frame is None:
+                if self._ended is not None or stop.is_set():
+                    return None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no video for {stall_s:.0f} s")
+                self._cond.wait(min(left, 0.25))
+            frame, self._frame = self._frame, None
+            nbytes, self._bytes = self._bytes, 0
+            return frame, nbytes
+
+    def close(self, timeout: float = 2.0) -> None:
+        """End the session and close its peer connection (bounded); idempotent."""
+        self.end("closed")
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._frame = None
+
+        async def shut() -> None:
+            if self._pump is not None:
+                self._pump.cancel()
+            await self.pc.close()
+
+        try:
+            if threading.current_thread() is self.rtc.thread:
+                asyncio.ensure_future(shut())
+            else:
+                self.rtc.run(shut(), timeout)
+        except Exception as exc:  # noqa: BLE001 - closing a dead connection may fail; it is gone either way
+            logger.debug("{}: peer connection close: {}", self.name, exc)
+        if self._on_closed is not None:
+            self._on_closed(self)
