@@ -51,6 +51,10 @@ class LiveView(Protocol):
     @property
     def model_description(self) -> str: ...
 
+    @property
+    def source_label(self) -> str:
+        """What the stream is, for people (the ingest URL with its key redacted, a file name)."""
+
     def latest_frame(self) -> tuple[int, Any]:
         """(version, newest av.VideoFrame or None); the version changes with every new frame."""
 

@@ -99,10 +99,14 @@ def replay(
 def detect_source(
     source: VideoSource, detector: Detector, fps: float = 10.0, sinks: list[Sink] | None = None,
     headless: bool = True, live: bool | None = None, frame_probe: Callable | None = None,
+    on_start: Callable[[Pipeline], None] | None = None,
 ) -> RunSummary:
-    """Run the pipeline on a file or stream URL until it ends (or Ctrl-C / window closed)."""
+    """Run the pipeline on a file or stream URL until it ends (or Ctrl-C / window closed);
+    ``on_start(pipeline)`` once it runs (the web viewer shows it)."""
     pipeline = Pipeline(source, detector, fps=fps, sinks=sinks, live=live, frame_probe=frame_probe)
     pipeline.start()
+    if on_start is not None:
+        on_start(pipeline)
     t0 = time.time()
     try:
         ended = run_main_loop(pipeline, headless, lambda: pipeline.done.is_set(), title=f"detector-app: {source.name}")
