@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import av
 import numpy as np
@@ -26,12 +27,24 @@ from detector_app.procs import name_os_thread
 from detector_app.stats import RunStats
 from detector_app.tracking.tracker import Tracker
 from detector_app.video.convert import to_bgr
-from detector_app.video.decoder import DecodedFrame, DecodeThread
+from detector_app.video.decoder import DecodedFrame, DecodeThread, PacketTap
 from detector_app.video.health import HealthMeter, StreamHealth
 from detector_app.video.sampler import PtsSampler, Sampler
 from detector_app.video.slot import LatestSlot
 
 Sink = Callable[[FrameResult], None]
+
+
+class Recorder(Protocol):
+    """Records a stream beside detection (``sightings.recorder.SightingRecorder``): the decode thread feeds
+    ``packet_tap``, the inference thread ``on_frame`` (tracked result + its BGR frame, never to be drawn on),
+    and ``close`` runs once both threads stopped."""
+
+    packet_tap: PacketTap | None
+
+    def on_frame(self, result: FrameResult, bgr: np.ndarray) -> None: ...
+
+    def close(self, timeout: float) -> None: ...
 FRESH_FRAME_WAIT_S = 0.07  # about one frame interval of a 15 fps stream (Mentra Live's default)
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)  # remote inference down: retry after these, then every 4 s
 
@@ -47,10 +60,12 @@ class Pipeline:
         source_label: str = "",
         frame_probe: Callable[[np.ndarray], dict] | None = None,
         track: bool = True,
+        recorder: Recorder | None = None,
     ) -> None:
         self.source = source
         # One tracker per pipeline = per stream; it resets itself on a new publisher session.
         self.tracker: Tracker | None = Tracker(fps=fps) if track else None
+        self.recorder = recorder if track else None  # sightings are tracks: nothing to record untracked
         self.frame_probe = frame_probe  # e.g. read the fixture's frame counter into result.extra
         self.detector = detector
         self.fps = fps
@@ -67,7 +82,8 @@ class Pipeline:
         self._sampled = 0
         self._seq = 0
         self._decoder = DecodeThread(
-            source, self.slot, self.health_meter, self.stop_event, None if self.live else PtsSampler(fps)
+            source, self.slot, self.health_meter, self.stop_event, None if self.live else PtsSampler(fps),
+            packet_tap=recorder.packet_tap if recorder is not None else None,
         )
         self._worker = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
         self._sinks_lock = threading.Lock()
@@ -96,6 +112,8 @@ class Pipeline:
                 t.join(max(0.05, deadline - time.monotonic()))
                 if t.is_alive():
                     logger.warning("thread {} did not stop within {:.1f} s", t.name, timeout)
+        if self.recorder is not None:  # open sightings close at their last frame; clips from what was received
+            self.recorder.close(max(0.5, deadline - time.monotonic()))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the source is exhausted (files) and the last frame is processed."""
@@ -223,3 +241,8 @@ class Pipeline:
                 sink(result)
             except Exception as exc:  # noqa: BLE001 - one broken output must not stop detection
                 logger.warning("output {} failed: {}", getattr(sink, "__name__", sink), exc)
+        if self.recorder is not None:
+            try:
+                self.recorder.on_frame(result, bgr)
+            except Exception as exc:  # noqa: BLE001 - recording must not stop detection either
+                logger.warning("sightings recorder failed: {}", exc)

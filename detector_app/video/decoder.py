@@ -11,9 +11,11 @@ import errno
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import av
 import av.container
+import av.stream
 from loguru import logger
 
 from detector_app.ingest.base import FrameSession, IngestError, VideoSource
@@ -53,6 +55,17 @@ class SessionClock:
         return raw - self._origin
 
 
+class PacketTap(Protocol):
+    """Sees every demuxed video packet of a session (the sightings' packet ring). It runs on the decode
+    thread, so it must be cheap; sessions of decoded frames (WebRTC) have no packets and never call it."""
+
+    def session_started(self, session: int, stream: av.stream.Stream) -> None: ...
+
+    def packet(self, packet: av.Packet) -> None: ...
+
+    def session_ended(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DecodedFrame:
     frame: av.VideoFrame
@@ -71,6 +84,7 @@ class DecodeThread(threading.Thread):
         health: HealthMeter,
         stop: threading.Event,
         pts_sampler: PtsSampler | None = None,
+        packet_tap: PacketTap | None = None,
     ) -> None:
         super().__init__(name=f"decode:{source.name}", daemon=True)
         self.source = source
@@ -78,6 +92,7 @@ class DecodeThread(threading.Thread):
         self.health = health
         self.stop_event = stop
         self.pts_sampler = pts_sampler  # offline mode: only frames on the sampling grid are offered
+        self.packet_tap = packet_tap
         self.finished = threading.Event()
         self.fatal: BaseException | None = None
         self._index = 0
@@ -127,12 +142,17 @@ class DecodeThread(threading.Thread):
         self._clock.reset()
         error: str | None = None
         bad_in_a_row = 0
+        tap = self.packet_tap
+        if tap is not None:
+            tap.session_started(session, vstream)
         try:
             for packet in container.demux(vstream):
                 if self.stop_event.is_set():
                     break
                 if packet.size:
                     self.health.packet(packet.size)
+                    if tap is not None:
+                        tap.packet(packet)
                 try:
                     frames = packet.decode()
                     bad_in_a_row = 0
@@ -157,6 +177,8 @@ class DecodeThread(threading.Thread):
                 container.close()
             except Exception:  # noqa: BLE001 - closing a broken container may itself fail
                 pass
+            if tap is not None:
+                tap.session_ended()
             self.health.session_ended(error)
         if error and not self.stop_event.is_set():
             (logger.info if self.source.reconnects else logger.warning)("{}: session {} ended: {}", self.source.name, session, error)

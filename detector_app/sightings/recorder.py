@@ -1,0 +1,293 @@
+"""Track events → sighting rows, thumbnails and clips.
+
+    sightings = Sightings(SightingsConfig(db=path))      # one per process: the store, retention
+    recorder = sightings.recorder()                       # one per stream: Pipeline(..., recorder=recorder)
+    ...                                                   # the pipeline feeds it and closes it in stop()
+    sightings.close()
+
+Per stream: the decode thread feeds ``recorder.packet_tap`` (a ``PacketRing``); the inference thread calls
+``on_frame(result, bgr)``, which runs the stream's own ``tracking.TrackBook`` over the tracked results
+(the lifecycle lives there, not here) and only *queues* work: it never touches the disk. One worker
+thread per stream does the I/O in order: a row when a track is confirmed (with a first thumbnail), its
+``last_seen`` every ``PROGRESS_S`` while in view, the final row and best-frame thumbnail when the track
+leaves, and the clip once the ring holds ``post_roll_s`` past the last sighting (or the session ended).
+The queue is bounded: on overflow the event is dropped with a log line (detection never waits).
+
+Best frame: the book names the result (``best_seq``) of each track's best confidence; the recorder keeps
+references to the last few sampled frames (no copies) and pins the one a track names, so each open
+track holds at most one frame. Frames are never drawn on: the thumbnail draws on its own copy.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from loguru import logger
+
+from detector_app.detection.types import Detection, FrameResult
+from detector_app.procs import name_os_thread
+from detector_app.sightings.clips import write_clip
+from detector_app.sightings.packets import DEFAULT_MAX_BYTES, DEFAULT_MAX_SECONDS, PacketRing
+from detector_app.sightings.store import SightingStore
+from detector_app.sightings.thumbs import thumbnail_jpeg
+from detector_app.tracking.book import CONFIRM_HITS, Track, TrackBook
+
+PRE_ROLL_S = 2.0
+POST_ROLL_S = 2.0
+PROGRESS_S = 5.0  # an open sighting's last_seen is written this often (live views; stale-row detection)
+STALE_OPEN_S = 60.0  # an open row not updated this long belongs to a process that died: closed at start
+CLIP_WAIT_S = 10.0  # a clip waits at most this long past its post-roll for the packets (a stalled stream)
+QUEUE_SIZE = 256
+RETENTION_EVERY_S = 600.0
+NO_PACKETS = "no clip: this source delivers decoded frames, no packets to cut (WebRTC)"
+
+
+def default_data_dir() -> Path:
+    """``$DATA_DIR``, else ``$XDG_DATA_HOME/detector-app`` (``~/.local/share/detector-app``)."""
+    if os.environ.get("DATA_DIR"):
+        return Path(os.environ["DATA_DIR"]).expanduser()
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "detector-app"
+
+
+def default_db() -> Path:
+    return default_data_dir() / "sightings.db"
+
+
+@dataclass(frozen=True, slots=True)
+class SightingsConfig:
+    db: Path
+    max_age_days: float | None = 30.0
+    max_mb: float | None = 2048.0
+    pre_roll_s: float = PRE_ROLL_S
+    post_roll_s: float = POST_ROLL_S
+    ring_seconds: float = DEFAULT_MAX_SECONDS
+    ring_bytes: int = DEFAULT_MAX_BYTES
+
+
+class Sightings:
+    """The process's sightings: one store, retention at start and every ``RETENTION_EVERY_S``."""
+
+    def __init__(self, config: SightingsConfig) -> None:
+        self.config = config
+        self.store = SightingStore(config.db)
+        self._retained_at = 0.0
+        self._lock = threading.Lock()
+        closed = self._close_stale()
+        self.maybe_retain()
+        logger.info("sightings: {} ({} interrupted sighting(s) of an earlier run closed)", config.db, closed)
+
+    def recorder(self) -> SightingRecorder:
+        return SightingRecorder(self)
+
+    def maybe_retain(self) -> None:
+        with self._lock:
+            if time.monotonic() - self._retained_at < RETENTION_EVERY_S and self._retained_at:
+                return
+            self._retained_at = time.monotonic()
+        n = self.store.apply_retention(self.config.max_age_days, self.config.max_mb)
+        if n:
+            logger.info("sightings retention: {} old sighting(s) deleted", n)
+
+    def _close_stale(self) -> int:
+        stale = [s for s in self.store.list(limit=10_000) if s.status == "open" and s.updated_at < time.time() - STALE_OPEN_S]
+        for s in stale:
+            self.store.update(s.id, status="closed", clip_note="interrupted: the process ended before the track left")
+        return len(stale)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+@dataclass(slots=True)
+class _Job:
+    kind: str  # "open" | "progress" | "close"
+    track: Track
+    frame: np.ndarray | None = None
+    offset: float | None = None  # raw stream time − media time, for the clip's cut
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class _PendingClip:
+    row: int
+    track: Track
+    start_raw: float
+    end_raw: float
+    offset: float
+    deadline: float
+    stem: str
+
+
+class SightingRecorder:
+    """One stream's sightings (see module doc); ``packet_tap`` goes to the decoder."""
+
+    def __init__(self, sightings: Sightings) -> None:
+        cfg = sightings.config
+        self.sightings = sightings
+        self.store = sightings.store
+        self.pre_roll_s, self.post_roll_s = cfg.pre_roll_s, cfg.post_roll_s
+        self.packet_tap = self.ring = PacketRing(cfg.ring_seconds, cfg.ring_bytes)
+        self._book = TrackBook()
+        self._recent: deque[tuple[int, np.ndarray]] = deque(maxlen=CONFIRM_HITS + 1)
+        self._best: dict[int, tuple[int, np.ndarray]] = {}  # track id → (seq, frame) of its best detection
+        self._progress_at: dict[int, float] = {}
+        self._offsets: dict[object, float] = {}  # session → stream_pts − pts
+        self._queue: queue.Queue[_Job | None] = queue.Queue(QUEUE_SIZE)
+        self.dropped = 0
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="sightings", daemon=True)
+        self._worker.start()
+
+    # -- inference thread -----------------------------------------------------------------------
+    def on_frame(self, result: FrameResult, bgr: np.ndarray) -> None:
+        session = result.extra.get("session") if result.extra else None
+        if result.pts is not None and result.stream_pts is not None:
+            self._offsets[session] = result.stream_pts - result.pts
+        self._recent.append((result.seq, bgr))
+        events = self._book.update(result)
+        for t in self._book.tracks:
+            self._pin_best(t)
+        now = time.monotonic()
+        for ev in events:
+            if ev.kind == "appeared":
+                self._pin_best(ev.track)
+                self._put(_Job("open", ev.track, self._frame(ev.track.track_id), self._offsets.get(ev.track.session)))
+                self._progress_at[ev.track.track_id] = now
+            elif ev.kind == "left":
+                self._progress_at.pop(ev.track.track_id, None)
+                best = self._best.pop(ev.track.track_id, None)
+                self._put(_Job("close", ev.track, best[1] if best else None, self._offsets.get(ev.track.session)))
+        for t in self._book.tracks:
+            if now - self._progress_at.get(t.track_id, now) >= PROGRESS_S:
+                self._progress_at[t.track_id] = now
+                self._put(_Job("progress", t))
+        if len(self._offsets) > 8:  # sessions long over
+            for k in list(self._offsets)[:-4]:
+                del self._offsets[k]
+
+    def _pin_best(self, track: Track) -> None:
+        pinned = self._best.get(track.track_id)
+        if pinned is not None and pinned[0] == track.best_seq:
+            return
+        for seq, frame in self._recent:
+            if seq == track.best_seq:
+                self._best[track.track_id] = (seq, frame)
+                return
+
+    def _frame(self, track_id: int) -> np.ndarray | None:
+        got = self._best.get(track_id)
+        return got[1] if got else None
+
+    def _put(self, job: _Job | None) -> None:
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            self.dropped += 1
+            logger.warning("sightings: writer queue full, {} event of track {} dropped", job.kind if job else "stop",
+                           job.track.track_id if job else "-")
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def close(self, timeout: float = 5.0) -> None:
+        """The stream ended: every open sighting closes (at its last frame), clips are cut from what was
+        received, and the worker stops, all within ``timeout``; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        offsets = dict(self._offsets)
+        for ev in self._book.close():
+            best = self._best.pop(ev.track.track_id, None)
+            self._put(_Job("close", ev.track, best[1] if best else None, offsets.get(ev.track.session)))
+        self.ring.session_ended()
+        try:
+            self._queue.put(None, timeout=max(0.1, timeout / 2))
+        except queue.Full:
+            logger.warning("sightings: writer queue full at close; pending sightings may lack clips")
+        self._worker.join(timeout)
+        if self._worker.is_alive():
+            logger.warning("sightings: writer did not finish within {:.1f} s", timeout)
+
+    # -- worker thread ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        name_os_thread("sightings")
+        rows: dict[int, int] = {}  # track id → row id
+        pending: list[_PendingClip] = []
+        stopping = False
+        while not (stopping and not pending):
+            try:
+                job = self._queue.get(timeout=0.2 if pending else 1.0)
+            except queue.Empty:
+                job = None
+            else:
+                if job is None:
+                    stopping = True
+            try:
+                if job is not None:
+                    clip = self._handle(job, rows)
+                    if clip is not None:
+                        pending.append(clip)
+                now = time.monotonic()
+                due = [p for p in pending if stopping or now >= p.deadline
+                       or self.ring.reached(p.track.session, p.end_raw)]  # type: ignore[arg-type]
+                for p in due:
+                    pending.remove(p)
+                    self._write_clip(p)
+                if due:
+                    self.sightings.maybe_retain()
+            except Exception as exc:  # noqa: BLE001 - a full disk must not kill the writer for good
+                logger.warning("sightings: write failed: {}", exc)
+
+    def _handle(self, job: _Job, rows: dict[int, int]) -> _PendingClip | None:
+        t = job.track
+        fields = dict(last_seen=t.last_seen, last_pts=t.last_pts, best_confidence=t.best_confidence,
+                      best_box=(t.best_box.x1, t.best_box.y1, t.best_box.x2, t.best_box.y2), best_pts=t.best_pts,
+                      frame_size=t.frame_size)
+        row = rows.get(t.track_id)
+        if row is None:  # "open" (or a close whose open was dropped)
+            row = self.store.insert(stream=t.source, session=int(t.session or 0), track_id=t.track_id, label=t.label,
+                                    first_seen=t.first_seen, first_pts=t.first_pts, **fields)
+            rows[t.track_id] = row
+        elif job.kind != "open":
+            self.store.update(row, **fields)
+        stem = f"{time.strftime('%Y-%m-%d', time.gmtime(t.first_seen))}/{row:06d}-{t.label.replace(' ', '_')}"
+        if job.frame is not None and job.kind in ("open", "close"):
+            det = Detection(t.label, t.best_confidence, t.best_box, track_id=t.track_id)
+            jpeg = thumbnail_jpeg(job.frame, det)
+            self.store.write_media(f"{stem}.jpg", jpeg)
+            self.store.update(row, thumbnail=f"{stem}.jpg", nbytes=len(jpeg))
+        if job.kind != "close":
+            return None
+        rows.pop(t.track_id, None)
+        if job.offset is None or t.first_pts is None or t.last_pts is None:
+            note = NO_PACKETS if not self.ring.has_packets() else "no clip: the stream carries no timestamps"
+            self.store.update(row, status="closed", clip_note=note)
+            return None
+        self.store.update(row, status="closed")
+        return _PendingClip(row, t, t.first_pts + job.offset - self.pre_roll_s, t.last_pts + job.offset + self.post_roll_s,
+                            job.offset, job.at + self.post_roll_s + CLIP_WAIT_S, stem)
+
+    def _write_clip(self, p: _PendingClip) -> None:
+        cut = self.ring.cut(p.track.session, p.start_raw, p.end_raw)  # type: ignore[arg-type]
+        if cut is None:
+            self.store.update(p.row, clip_note=NO_PACKETS if not self.ring.has_packets()
+                              else "no clip: its packets were no longer in the ring")
+            return
+        info = write_clip(cut, self.store.media_file(f"{p.stem}.mp4"))
+        start, end = info.start_t - p.offset, info.end_t - p.offset
+        notes = []
+        want_start, want_end = p.start_raw - p.offset, p.end_raw - p.offset
+        if start > want_start + 0.05:
+            notes.append(f"pre-roll {max(0.0, (p.track.first_pts or 0) - start):.1f} s (the ring began later)")
+        if end < want_end - 0.25:
+            notes.append(f"post-roll {max(0.0, end - (p.track.last_pts or 0)):.1f} s (the stream ended)")
+        current = self.store.get(p.row)
+        nbytes = (current.nbytes if current else 0) + info.nbytes
+        self.store.update(p.row, clip=f"{p.stem}.mp4", clip_start_pts=start, clip_end_pts=end,
+                          clip_note="; ".join(notes) or None, nbytes=nbytes)
