@@ -39,6 +39,7 @@ app.add_typer(models_app, name="models")
 class Protocol(str, Enum):
     rtmp = "rtmp"
     srt = "srt"
+    whip = "whip"
 
 
 class Backend(str, Enum):
@@ -88,6 +89,14 @@ OutOpt = Annotated[Path | None, typer.Option("--out", help="Write one JSON line 
 HeadlessOpt = Annotated[bool, typer.Option("--headless", help="No OpenCV window.")]
 FeedPortOpt = Annotated[int, typer.Option("--feed-port", help="WebSocket detection feed port (0 = off).", envvar="FEED_PORT")]
 LogOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING…", envvar="LOG_LEVEL")]
+WebPortOpt = Annotated[
+    int, typer.Option("--web-port", envvar="WEB_PORT", help="Live web viewer port, e.g. 8080 (0 = off): the stream with its "
+                      "boxes, health and sightings in a browser."),
+]
+WebHostOpt = Annotated[
+    str, typer.Option("--web-host", envvar="WEB_HOST", help="Viewer address; anything but loopback needs the access token "
+                      "(WEB_TOKEN, or a random one printed at start)."),
+]
 CounterOpt = Annotated[
     bool, typer.Option("--frame-counter", help="Read the fixture videos' frame counter into each result (extra.frame_id).")
 ]
@@ -152,6 +161,16 @@ def _sinks(out: Path | None, feed_port: int, info: dict):
     return sinks, closers
 
 
+def _web_viewer(port: int, host: str, views, sightings=None):
+    """The live web viewer (None when ``port`` is 0); started before the run, so a taken port ends the
+    command here with one line (exit 2)."""
+    if not port:
+        return None
+    from detector_app.web.server import WebConfig, WebViewer
+
+    return WebViewer(WebConfig.from_env(host, port), views, sightings).start()
+
+
 def _run_and_report(run, closers, summary_json: Path | None, check=None) -> None:
     """Run a pipeline, always close the outputs, print the summary; exit 0 only if the run had no errors
     and ``check(summary)`` (``replay --expect``) found no failed expectation (else one line, exit 1)."""
@@ -198,6 +217,8 @@ def replay(
     inference_url: InferenceUrlOpt = None,
     ingest_port: Annotated[int, typer.Option("--ingest-port", help="Listener port (0 = any free port).")] = 0,
     feed_port: FeedPortOpt = 8765,
+    web_port: WebPortOpt = 0,
+    web_host: WebHostOpt = "127.0.0.1",
     summary_json: Annotated[Path | None, typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
     frame_counter: CounterOpt = False,
     truth: Annotated[Path | None, typer.Option("--truth", help="Ground truth for --expect (MOT gt.txt, COCO JSON, fixture JSON).")] = None,
@@ -222,12 +243,17 @@ def replay(
 
     check = ReplayCheck.build(video, conf, truth, truth_labels, truth_label, expect, expect_labels, expect_none)
     det = _detector(model, conf, imgsz, device, classes, backend, video_size(video), precision, inference_url=inference_url)
+    shown: list = []  # the replay's pipeline, for the web viewer
+    viewer = _web_viewer(web_port, web_host, lambda: list(shown))
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": str(video)})
+    if viewer is not None:
+        closers.append(viewer.stop)
     if check is not None:
         sinks.append(check.collect)
     _run_and_report(
         lambda: run_replay(video, det, protocol=protocol.value, fps=fps, sinks=sinks, headless=headless,
-                           port=ingest_port, frame_probe=_probe(frame_counter)),
+                           port=ingest_port, frame_probe=_probe(frame_counter),
+                           on_ready=lambda pipeline, _url: shown.append(pipeline)),
         closers, summary_json, check=check,
     )
 
@@ -253,6 +279,8 @@ def detect(
                      "or on the video's own timestamps, every time the same (default for files)."),
     ] = None,
     feed_port: FeedPortOpt = 8765,
+    web_port: WebPortOpt = 0,
+    web_host: WebHostOpt = "127.0.0.1",
     summary_json: Annotated[Path | None, typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
     frame_counter: CounterOpt = False,
     log_level: LogOpt = "INFO",
@@ -267,10 +295,14 @@ def detect(
 
     size = None if src.is_url else video_size(Path(source))
     det = _detector(model, conf, imgsz, device, classes, backend, size, precision, inference_url=inference_url)
+    shown: list = []  # the pipeline, for the web viewer
+    viewer = _web_viewer(web_port, web_host, lambda: list(shown))
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": src.name})
+    if viewer is not None:
+        closers.append(viewer.stop)
     _run_and_report(
         lambda: detect_source(src, det, fps=fps, sinks=sinks, headless=headless, live=realtime,
-                              frame_probe=_probe(frame_counter)),
+                              frame_probe=_probe(frame_counter), on_start=shown.append),
         closers, summary_json,
     )
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from loguru import logger
 
@@ -30,6 +30,9 @@ from detector_app.ingest.nginx_ingest import PULLER_ATTACH_S, NginxIngest
 from detector_app.main_thread import LiveView
 from detector_app.pipeline import Pipeline, Sink
 from detector_app.video.health import StreamHealth
+
+if TYPE_CHECKING:
+    from detector_app.ingest.whip import WhipIngest
 
 STREAM_CLOSE_S = 5.0  # one stream's close budget: relay stop (≤ 1.5 s) and both threads joined
 
@@ -120,6 +123,18 @@ class DetectionService:
         self.sinks: list[Sink] = []  # added to every stream (e.g. the websockets feed)
         self._nginx: NginxIngest | None = None  # started by the first nginx-mode RTMP stream
         self._hook_url: str | None = None
+        self._whip: WhipIngest | None = None  # WHIP keys served by the miniapp's own HTTP server
+        self._whip_port: int | None = None
+
+    # -- WHIP on the miniapp's HTTP server (``mentra.app`` mounts ``ingest.whip.whip_routes``) ------------
+    def attach_whip(self, port: int) -> None:
+        """The miniapp's HTTP port: WHIP streams are then ``http://HOST:port/whip/<key>`` on it (without
+        it, each WHIP stream gets its own small server and port, as in ``replay``)."""
+        self._whip_port = port
+
+    def whip_ingest(self) -> WhipIngest | None:
+        """What the miniapp's ``/whip`` routes answer from; None until a WHIP stream was opened."""
+        return self._whip
 
     # -- the nginx ingest's hooks (answered by the miniapp's HTTP server) -------------------------
     def attach_hooks(self, hook_url: str) -> None:
@@ -158,6 +173,8 @@ class DetectionService:
                 raise ServiceClosedError("the detection service is shutting down")
             if protocol.lower() == "rtmp" and self.ingest.mode == "nginx":
                 return self._open_nginx_stream()
+            if protocol.lower() == "whip" and self._whip_port is not None:
+                return self._open_whip_stream()
             taken = {s.endpoint.port for s in self.streams()}
             ports = [0] if self.ingest.port == 0 else [
                 p for p in range(self.ingest.port, self.ingest.port + self.PORT_SPAN) if p not in taken
@@ -186,6 +203,21 @@ class DetectionService:
         stream, closed = self._adopt(endpoint, source)
         if not closed and not source.wait_attached(PULLER_ATTACH_S):
             logger.warning("{}: puller not attached to nginx within {} s", source.name, PULLER_ATTACH_S)
+        return self._opened(stream, closed)
+
+    def _open_whip_stream(self) -> StreamSession:
+        """Caller holds ``_open_lock``: a key on the miniapp's ``/whip`` routes, no port of its own."""
+        from detector_app.ingest.addresses import advertise_host, new_stream_key
+        from detector_app.ingest.rtc import ice_hosts_for, set_ice_hosts
+        from detector_app.ingest.whip import WhipIngest, whip_endpoint
+
+        assert self._whip_port is not None
+        if self._whip is None:
+            set_ice_hosts(ice_hosts_for(self.ingest.bind_host))
+            self._whip = WhipIngest()
+        endpoint = whip_endpoint(new_stream_key(), self._whip_port, self.ingest.bind_host,
+                                 advertise_host(self.ingest.advertise_host, True))
+        stream, closed = self._adopt(endpoint, self._whip.register(endpoint))
         return self._opened(stream, closed)
 
     def _adopt(self, endpoint: IngestEndpoint, source: VideoSource) -> tuple[StreamSession, bool]:

@@ -85,7 +85,12 @@ class MiniApp:
 
     async def start(self) -> None:
         """Bind the webhook port (``PortInUseError`` if taken) and start loading the service."""
-        self._runner = web.AppRunner(create_web_app(self), handle_signals=False, access_log=None)
+        web_app = create_web_app(self)
+        if self.settings.ingest_protocol == "whip":  # the glasses POST their offers to our own port
+            from detector_app.ingest.whip import whip_routes
+
+            web_app.add_routes(whip_routes(self._whip_ingest))
+        self._runner = web.AppRunner(web_app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         try:
@@ -132,8 +137,17 @@ class MiniApp:
             attach = getattr(self._service, "attach_hooks", None)
             if attach is not None:
                 attach(ingest_hook_url(self.settings.host, self.port))
+            attach_whip = getattr(self._service, "attach_whip", None)
+            if attach_whip is not None and self.settings.ingest_protocol == "whip":
+                attach_whip(self.port)  # WHIP streams: http://HOST:<this port>/whip/<key>
             self._hooks_attached = True
         return self._service
+
+    async def _whip_ingest(self):
+        """The service's WHIP keys, for the ``/whip`` routes (None while no WHIP stream exists: 404)."""
+        service = self._service
+        get = getattr(service, "whip_ingest", None)
+        return get() if get is not None else None
 
     async def on_ingest_hook(self, call: HookCall) -> bool:
         """nginx asks (``on_publish``/``on_play``/``…_done``); only keys of open streams get 2xx."""

@@ -41,7 +41,7 @@ class MentraSettings(BaseSettings):
         description="Public base URL registered in the developer console (only printed).",
     )
 
-    ingest_protocol: Literal["rtmp", "srt"] = Field(
+    ingest_protocol: Literal["rtmp", "srt", "whip"] = Field(
         "rtmp", validation_alias=AliasChoices("ingest_protocol", "INGEST_PROTOCOL")
     )
     ingest_host: str | None = Field(

@@ -92,7 +92,7 @@ def load_detector(model: str | Path | None = None, conf: float = 0.35, classes: 
 def replay(video: str | Path, model: str | Path | None = None, via: str = "rtmp", *, fps: float = 10.0,
            conf: float = 0.35, classes: str | None = None, precision: str = "auto", detector=None,
            frame_counter: bool = False) -> Replay:
-    """Replay ``video`` through the real ingest (``via`` rtmp or srt) or decode it (``file``); return results."""
+    """Replay ``video`` through the real ingest (``via`` rtmp, srt or whip) or decode it (``file``); return results."""
     from detector_app.commands.replay import detect_source
     from detector_app.commands.replay import replay as run_replay
     from detector_app.errors import UserError
@@ -102,8 +102,8 @@ def replay(video: str | Path, model: str | Path | None = None, via: str = "rtmp"
     video = Path(video)
     if not video.exists():
         raise UserError(f"video not found: {video}")
-    if via not in ("rtmp", "srt", "file"):
-        raise UserError(f"via must be rtmp, srt or file, got {via!r}")
+    if via not in ("rtmp", "srt", "whip", "file"):
+        raise UserError(f"via must be rtmp, srt, whip or file, got {via!r}")
     det = detector or load_detector(model, conf, classes, precision, video_size(video))
     probe = None
     if frame_counter:

@@ -1,0 +1,149 @@
+"""WHIP ingest end to end: a real aiortc publisher child POSTs its offer to our real WHIP endpoint on
+loopback, the received H.264 track goes through the same decode → sample → detect path, and the
+detections are scored against the fixture's ground truth like the RTMP and SRT replays."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+
+import aiohttp
+import pytest
+
+from detector_app.fixtures.evaluate import score
+from detector_app.glasses.publish import Publisher
+from detector_app.ingest.factory import open_listener
+from detector_app.pipeline import Pipeline
+
+pytestmark = pytest.mark.slow
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.results: list[dict] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, r) -> None:
+        with self.lock:
+            self.results.append(r.to_json())
+
+    def count(self, pred=lambda r: True) -> int:
+        with self.lock:
+            return sum(1 for r in self.results if pred(r))
+
+
+def wait_for(pred, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return bool(pred())
+
+
+def test_whip_replay_matches_ground_truth(fixture_videos, truth_for, detector, replay_recording):
+    """``replay --protocol whip`` through the public test API, scored exactly as the RTMP/SRT replays."""
+    video = fixture_videos["cat_480p15"]
+    run = replay_recording(video, via="whip", detector=detector, frame_counter=True)
+    summary = run.summary
+    assert not summary.errors, summary.errors
+    truth = truth_for(video)
+    s = score(truth, [r.to_json() for r in run.results])
+    boxes = run.score(video.with_suffix(".coco.json"))
+    print(f"whip cat_480p15: {s.to_text()}; {summary.detections_per_s:.2f} inf/s; first frame "
+          f"{summary.first_frame_s} s; latency p50 {summary.latency_ms['p50']} ms; boxes {boxes}")
+    assert s.seconds_pos >= 5 and s.seconds_neg >= 2
+    assert s.recall >= 0.9 and s.precision >= 0.9, s
+    assert s.median_iou is not None and s.median_iou >= 0.5, s
+    assert boxes["box_recall"] >= 0.9 and boxes["box_precision"] >= 0.9, boxes
+    assert summary.detections_per_s >= 8.0
+    assert summary.first_frame_s is not None and summary.first_frame_s <= 2.0
+    assert summary.frames_decoded >= truth["frames"] * 0.95
+
+
+async def _http(method: str, url: str, body: str = "", content_type: str = "application/sdp") -> int:
+    async with aiohttp.ClientSession() as s:
+        async with s.request(method, url, data=body, headers={"Content-Type": content_type}) as r:
+            await r.read()
+            return r.status
+
+
+def test_whip_wrong_key_is_refused_before_any_media(fixture_videos, detector):
+    endpoint, source = open_listener("whip", port=0, bind_host="127.0.0.1", advertise="127.0.0.1", for_glasses=False)
+    got = Collect()
+    pipeline = Pipeline(source, detector, sinks=[got]).start()
+    try:
+        base = endpoint.local_publish_url.rsplit("/", 1)[0]
+        wrong = f"{base}/{'x' * len(endpoint.key)}"
+        # A real aiortc publisher with a wrong key: 404, it exits with the reason, nothing is decoded.
+        pub = Publisher(fixture_videos["cat_480p15"], wrong, retries=0).start()
+        assert pub.wait(20)
+        assert pub.returncode == 1 and "HTTP 404" in pub.stderr_tail[-1], list(pub.stderr_tail)
+        assert source.ingest.rejected == 1
+        # Wrong key with any body (not even SDP) is 404 too: the key is checked first.
+        assert asyncio.run(_http("POST", wrong, "not sdp", "text/plain")) == 404
+        assert asyncio.run(_http("DELETE", wrong + "/abc")) == 404
+        # The right key: a non-SDP body is 415, an SDP without video 400, trickle PATCH 405, unknown resource 404.
+        right = endpoint.local_publish_url
+        assert asyncio.run(_http("POST", right, "x", "text/plain")) == 415
+        assert asyncio.run(_http("POST", right, "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n")) == 400
+        assert asyncio.run(_http("PATCH", right + "/abc", "a=candidate")) == 405
+        assert asyncio.run(_http("DELETE", right + "/abc")) == 404
+        time.sleep(0.5)
+        health = pipeline.health()
+        assert health.frames_decoded == 0 and health.publisher_sessions == 0 and got.count() == 0
+    finally:
+        pipeline.stop()
+
+
+def test_whip_publisher_replaced_dropped_and_back(fixture_videos, detector):
+    """A second POST for a live key replaces the first publisher; a publisher killed without DELETE
+    ends its session within a few seconds; the next POST is a new session with detections again."""
+    video = fixture_videos["cat_480p15"]
+    endpoint, source = open_listener("whip", port=0, bind_host="127.0.0.1", advertise="127.0.0.1", for_glasses=False)
+    got = Collect()
+    pipeline = Pipeline(source, detector, sinks=[got]).start()
+    publishers: list[Publisher] = []
+
+    def start() -> Publisher:
+        publishers.append(Publisher(video, endpoint.local_publish_url, loop=True).start())
+        return publishers[-1]
+
+    def cats(session: int) -> int:
+        return got.count(lambda r: r["extra"]["session"] == session and any(d["label"] == "cat" for d in r["detections"]))
+
+    try:
+        first = start()
+        assert wait_for(lambda: cats(1) >= 5, 15), pipeline.health()
+        second = start()  # same key while the first is live: it replaces it
+        assert wait_for(lambda: cats(2) >= 5, 15), pipeline.health()
+        assert pipeline.health().publisher_sessions == 2
+        assert wait_for(first.done.is_set, 10), "the replaced publisher's connection was not closed"
+        # The glasses vanish: SIGKILL, so no DELETE is sent.
+        os.killpg(second._current.pid, signal.SIGKILL)
+        t_kill = time.monotonic()
+        assert wait_for(lambda: not pipeline.health().connected, 8)
+        ended_after = time.monotonic() - t_kill
+        print(f"whip: session ended {ended_after:.2f} s after the publisher was killed")
+        assert ended_after <= 5.0
+        start()  # back: a new POST is a new session
+        assert wait_for(lambda: cats(3) >= 5, 15), pipeline.health()
+        assert pipeline.health().publisher_sessions == 3
+        assert pipeline.fatal_error is None
+    finally:
+        for p in publishers:
+            p.stop()
+        pipeline.stop()
+    assert not pipeline.health().connected
+
+
+def test_whip_publisher_is_a_separate_process(fixture_videos):
+    """The virtual glasses' WHIP command is our aiortc client run by this interpreter (no ffmpeg WHIP muxer)."""
+    from detector_app.glasses.publish import build_publish_command
+
+    cmd = build_publish_command("http://127.0.0.1:9/whip/k", fixture_videos["cat_480p15"], loop=False)
+    assert cmd[:3] == [sys.executable, "-m", "detector_app.glasses.whip_client"]
