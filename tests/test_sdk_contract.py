@@ -1,10 +1,16 @@
-"""Contract test: the OFFICIAL @mentra/sdk 2.1.29 AppServer completes a whole session against the simulator.
+"""Contract tests: every `@mentra/sdk` line the npm registry serves completes a whole session against the simulator.
 
-The published SDK is the ground truth for generation B (and must keep working on D), so if the
-simulator and the SDK disagree, the simulator is wrong. Flow checked from the simulator's records:
-webhook -> init/ack -> subscription -> rtmp_stream_request -> initializing/active (real ffmpeg publisher
-into a separate ffmpeg RTMP receiver) -> display_event text wall -> audio -> rtmp_stream_stop -> stopped
--> stop webhook.
+The official SDKs are the ground truth for the simulator's generations (B: the 2.1.x-era cloud, D: the
+newest cloud as a v2 SDK meets it, V3: that cloud as the 3.x SDKs meet it, docs/mentraos-3x.md): if the
+simulator and an SDK disagree, the simulator is wrong. Per line, one pinned npm install under
+`tests/sdk_contract/sdk-<version>/` (CI: `.ci/run`), one shared app per API style in `tests/sdk_contract/apps/`:
+- 2.1.29, 2.1.31-beta.5: `AppServer` under Node; 3.0.0-hono.8: the same app under Bun (3.x imports
+  `hono/bun`; Bun itself comes from npm, `tests/sdk_contract/bun/`);
+- 3.0.0-alpha.4: the new `MiniAppServer` API under Bun (header identity, `stream_request` before the ack,
+  audio output streams, managed streams).
+Flow checked from the simulator's records: webhook -> init/ack -> stream request -> initializing/active
+(a real ffmpeg publisher into a separate ffmpeg receiver) -> text wall -> speech -> stream stop -> stopped ->
+stop webhook.
 """
 
 from __future__ import annotations
@@ -16,16 +22,19 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from detector_app.ingest.addresses import free_port
-from detector_app.mentra.simulator import CloudSimulator, SimEvent, frame
+from detector_app.mentra.simulator import CloudSimulator, SimEvent
 
 HERE = Path(__file__).parent / "sdk_contract"
+BUN = HERE / "bun" / "node_modules" / ".bin" / "bun"
 PKG = "com.example.sdkcontract"
 KEY = "contract-key-0123456789"
 USER = "contract-user@example.com"
@@ -38,14 +47,42 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def sdk_dir() -> Path:
-    if not (HERE / "node_modules" / "@mentra" / "sdk" / "package.json").is_file():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True, timeout=300,
+@dataclass(frozen=True)
+class SdkLine:
+    version: str
+    runtime: str  # "node" | "bun"
+    app: str  # file in tests/sdk_contract/apps
+
+    @property
+    def dir(self) -> Path:
+        return HERE / f"sdk-{self.version}"
+
+
+LINES = {
+    "2.1.29": SdkLine("2.1.29", "node", "v2.mjs"),
+    "2.1.31-beta.5": SdkLine("2.1.31-beta.5", "node", "v2.mjs"),
+    "3.0.0-hono.8": SdkLine("3.0.0-hono.8", "bun", "v2.mjs"),
+    "3.0.0-alpha.4": SdkLine("3.0.0-alpha.4", "bun", "miniapp.mjs"),
+}
+
+
+def _npm_ci(where: Path) -> None:
+    if not (where / "node_modules").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=where, check=True, timeout=300,
                        stdout=subprocess.DEVNULL)
-    version = json.loads((HERE / "node_modules/@mentra/sdk/package.json").read_text())["version"]
-    assert version == "2.1.29", f"pinned SDK expected, found {version}"
-    return HERE
+
+
+def _installed(line: SdkLine) -> SdkLine:
+    """The line's pinned install (made once, `npm ci`, if CI did not), checked to be the exact version."""
+    _npm_ci(line.dir)
+    version = json.loads((line.dir / "node_modules/@mentra/sdk/package.json").read_text())["version"]
+    assert version == line.version, f"pinned SDK {line.version} expected, found {version}"
+    if line.runtime == "bun":
+        _npm_ci(HERE / "bun")
+        if not BUN.is_file() or subprocess.run([str(BUN), "--version"], capture_output=True).returncode != 0:
+            pytest.skip(f"@mentra/sdk {line.version} needs Bun (it imports hono/bun at load time); "
+                        f"the npm package `bun` did not install a working binary at {BUN}")
+    return line
 
 
 @pytest.fixture(scope="module")
@@ -70,92 +107,180 @@ def _killpg(proc: subprocess.Popen[Any]) -> None:
             proc.wait(5)
 
 
-def _wait_http(url: str, timeout: float) -> None:
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen[Any]) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
+                if r.status < 500:
                     return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:
+                return
         except OSError:
             pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"the SDK app exited with code {proc.returncode} before listening")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} did not come up")
         time.sleep(0.2)
 
 
+def _receiver(transport: str) -> tuple[str, subprocess.Popen[bytes]]:
+    """A plain ffmpeg receiver in its own process (never PyAV in this one), restarted if a publisher leaves."""
+    port = free_port()
+    if transport == "srt":
+        url, listen = f"srt://127.0.0.1:{port}", f"srt://127.0.0.1:{port}?mode=listener"
+    else:
+        url = listen = f"rtmp://127.0.0.1:{port}/live/contract"
+    cmd = f"while :; do ffmpeg -v error {'-listen 1 ' if transport == 'rtmp' else ''}-i '{listen}' -f null -; sleep 0.1; done"
+    return url, subprocess.Popen(["sh", "-c", cmd], start_new_session=True, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+
+
 def _app_frames(events: list[SimEvent]) -> list[str]:
-    return [e.type for e in events if e.direction == "app->cloud"]
+    frames = [e.type for e in events if e.direction == "app->cloud" and e.type not in ("ping", "subscription_update")]
+    return [f for i, f in enumerate(frames) if i == 0 or f != frames[i - 1]]
 
 
-@pytest.mark.parametrize("generation", ["B", "D"])
-def test_official_sdk_full_session(sdk_dir: Path, video: Path, tmp_path: Path, generation: str) -> None:
-    rtmp_port, app_port = free_port(), free_port()
-    rtmp_url = f"rtmp://127.0.0.1:{rtmp_port}/live/contract"
-    # A plain receiver in its own process, restarted if a publisher leaves (never PyAV in this process).
-    receiver = subprocess.Popen(
-        ["sh", "-c", f"while :; do ffmpeg -v error -listen 1 -i {rtmp_url} -f null -; sleep 0.1; done"],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    node_log = tmp_path / "node.log"
-    env = {**os.environ, "PORT": str(app_port), "PACKAGE_NAME": PKG, "MENTRAOS_API_KEY": KEY, "RTMP_URL": rtmp_url,
-           "LOG_LEVEL": "debug"}
-    with node_log.open("w") as log:
-        node = subprocess.Popen(["node", "app.mjs"], cwd=sdk_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+class StubRelay:
+    """A managed-stream media server that serves nothing: the SDK contract checks messages only (the
+    media is tested with the real relay elsewhere). Records what it was asked."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.stopped: list[str] = []
+
+    async def start(self, stream_id: str, video: Path | None) -> Any:
+        self.started.append(stream_id)
+
+        @dataclass(frozen=True)
+        class Urls:
+            webrtc_url: str = f"http://127.0.0.1:9/whep/{stream_id}"
+            hls_url: str = f"http://127.0.0.1:9/hls/{stream_id}/index.m3u8"
+            dash_url: str | None = f"http://127.0.0.1:9/dash/{stream_id}/manifest.mpd"
+
+        return Urls()
+
+    async def stop(self, stream_id: str) -> None:
+        self.stopped.append(stream_id)
+
+    async def close(self) -> None:
+        pass
+
+
+# (line, generation, transport): every line on the generations it is meant for; SRT where the API allows it.
+CASES = [
+    ("2.1.29", "B", "rtmp"), ("2.1.29", "D", "rtmp"),
+    ("2.1.31-beta.5", "B", "rtmp"), ("2.1.31-beta.5", "D", "rtmp"),
+    ("3.0.0-hono.8", "D", "rtmp"), ("3.0.0-hono.8", "V3", "rtmp"),
+    ("3.0.0-alpha.4", "V3", "rtmp"), ("3.0.0-alpha.4", "V3", "srt"), ("3.0.0-alpha.4", "V3", "managed"),
+]
+
+
+@pytest.mark.parametrize(("version", "generation", "transport"), CASES,
+                         ids=[f"{v}-{g}-{t}" for v, g, t in CASES])
+def test_official_sdk_full_session(video: Path, tmp_path: Path, version: str, generation: str, transport: str) -> None:
+    line = _installed(LINES[version])
+    app_port = free_port()
+    receiver = None
+    if transport == "managed":
+        stream_url = "managed"
+    else:
+        stream_url, receiver = _receiver(transport)
+    log_path = tmp_path / "app.log"
+    env = {**os.environ, "PORT": str(app_port), "PACKAGE_NAME": PKG, "MENTRAOS_API_KEY": KEY, "STREAM_URL": stream_url,
+           "SDK_DIR": str(line.dir), "LOG_LEVEL": "debug"}
+    runtime = [str(BUN), "run"] if line.runtime == "bun" else ["node"]
+    relay = StubRelay()
+    with log_path.open("w") as log:
+        app = subprocess.Popen([*runtime, str(HERE / "apps" / line.app)], cwd=line.dir, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_http(f"http://127.0.0.1:{app_port}/health", 30)
-        events = asyncio.run(_drive(generation, video, app_port))
+        _wait_http(f"http://127.0.0.1:{app_port}/health", 30, app)
+        events = asyncio.run(_drive(generation, video, app_port, relay, managed=transport == "managed"))
     except BaseException:
-        print(node_log.read_text()[-6000:])
+        print(log_path.read_text()[-8000:])
         raise
     finally:
-        _killpg(node)
-        _killpg(receiver)
-
+        _killpg(app)
+        if receiver is not None:
+            _killpg(receiver)
+    app_log = log_path.read_text()
     frames = _app_frames(events)
-    print(f"SDK 2.1.29 app->cloud frames on generation {generation}: {frames}")
+    print(f"SDK {version} app->cloud frames on generation {generation} ({transport}): {frames}")
     for e in events:
         print(str(e)[:300])
-    # The SDK's exact app -> cloud sequence (ground truth for generation B).
-    # 2.1.29 sends subscription_update twice right after the ack (both empty) and again per handler.
-    collapsed = [f for i, f in enumerate(frames) if i == 0 or f != frames[i - 1]]
-    assert collapsed == ["tpa_connection_init", "subscription_update", "rtmp_stream_request", "display_event",
-                         "audio_play_request", "rtmp_stream_stop"], frames
+    _check(version, generation, transport, events, frames, app_log, stream_url, relay)
+
+
+def _check(version: str, generation: str, transport: str, events: list[SimEvent], frames: list[str], app_log: str,
+           stream_url: str, relay: StubRelay) -> None:
     init = next(e for e in events if e.type == "tpa_connection_init")
-    assert init.data["apiKey"] == KEY and init.data["packageName"] == PKG and init.data["sessionId"] == f"{USER}-{PKG}"
-    assert "sdkVersion" not in init.data
-    subs = [e.data["subscriptions"] for e in events if e.type == "subscription_update"]
-    assert subs[0] == [] and subs[-1] == ["rtmp_stream_status"]
-    req = next(e for e in events if e.type == "rtmp_stream_request")
-    assert req.data["rtmpUrl"] == rtmp_url and req.data["packageName"] == PKG
-    disp = next(e for e in events if e.type == "display_event")
-    assert disp.data["layout"] == {"layoutType": "text_wall", "text": "SDK contract: stream active"}
-    assert disp.data["view"] == "main" and disp.data["sessionId"] == ""
-    stop = next(e for e in events if e.type == "rtmp_stream_stop")
-    active = [e for e in events if e.direction == "cloud->app" and e.type == "rtmp_stream_status"]
-    assert [e.data["status"] for e in active][:3] == ["initializing", "active", "stopped"]
-    assert stop.data["streamId"] == active[0].data["streamId"]
+    assert init.data["apiKey"] == KEY and init.data["packageName"] == PKG
     webhooks = [(e.type, e.data.get("status")) for e in events if e.direction == "webhook" and e.data["phase"] == "response"]
     assert webhooks == [("session_request", 200), ("stop_request", 200)]
-    # The SDK answers the session webhook only after the ack (and onSession) completed.
+    disp = next(e for e in events if e.type == "display_event")
+    assert disp.data["layout"] == {"layoutType": "text_wall", "text": "SDK contract: stream active"}
+    assert next(e for e in events if e.type == "audio_play_response").data["success"] is True
+    assert not [e for e in events if e.type == "tpa_connection_error"], "the simulator refused something"
+
+    if version.startswith("2.") or version == "3.0.0-hono.8":
+        # 2.x and hono.8 speak the v2 protocol: legacy sessionId, rtmp_stream_request/stop.
+        assert frames == ["tpa_connection_init", "rtmp_stream_request", "display_event", "audio_play_request",
+                          "rtmp_stream_stop"], frames
+        assert init.data["sessionId"] == f"{USER}-{PKG}"
+        assert "sdkVersion" not in init.data  # hono.8 too: the cloud treats it as a v2 SDK
+        req = next(e for e in events if e.type == "rtmp_stream_request")
+        assert req.data["rtmpUrl"] == stream_url and req.data["packageName"] == PKG
+        stop_type, status_type = "rtmp_stream_stop", "rtmp_stream_status"
+    elif transport == "managed":
+        assert frames == ["tpa_connection_init", "managed_stream_request", "display_event", "audio_play_request",
+                          "audio_stream_start", "audio_play_request", "audio_stream_end", "managed_stream_stop"], frames
+        statuses = [e.data["status"] for e in events if e.direction == "cloud->app" and e.type == "managed_stream_status"]
+        assert statuses == ["initializing", "active", "stopped"]
+        active = next(e for e in events if e.type == "managed_stream_status" and e.data["status"] == "active")
+        assert relay.started == relay.stopped == [active.data["streamId"]]
+        assert "CONTRACT managed_active" in app_log and active.data["hlsUrl"] in app_log  # the SDK resolved with them
+        _check_v3_identity(init, events)
+        return
+    else:
+        assert frames == ["tpa_connection_init", "stream_request", "display_event", "audio_play_request",
+                          "audio_stream_start", "audio_play_request", "audio_stream_end", "stream_stop"], frames
+        _check_v3_identity(init, events)
+        req = next(e for e in events if e.type == "stream_request")
+        assert req.data["streamUrl"] == stream_url
+        stop_type, status_type = "stream_stop", "stream_status"
+    statuses = [e for e in events if e.direction == "cloud->app" and e.type == status_type]
+    assert [e.data["status"] for e in statuses][:3] == ["initializing", "active", "stopped"]
+    if generation != "B":
+        active = next(e for e in statuses if e.data["status"] == "active")
+        assert active.data["resolvedConfig"]["transport"] == transport
+    stop = next(e for e in events if e.type == stop_type)
+    assert stop.data["streamId"] == statuses[0].data["streamId"]
+    # The SDK answers the session webhook only after the ack (2.x: and onSession) completed.
     ack_i = next(i for i, e in enumerate(events) if e.type == "tpa_connection_ack")
     hook_i = next(i for i, e in enumerate(events) if e.direction == "webhook" and e.data["phase"] == "response")
     assert ack_i < hook_i
-    # Surprise: on the stop webhook the SDK closes its own socket (onStop -> disconnect) before the cloud's
-    # app_stopped + close(1000, "App stopped") can be sent.
-    close = next(e for e in events if e.direction == "ws" and e.type == "close")
-    assert close.data["code"] in (1000, 1005), close
 
 
-async def _drive(generation: str, video: Path, app_port: int) -> list[SimEvent]:
+def _check_v3_identity(init: SimEvent, events: list[SimEvent]) -> None:
+    """alpha.4's MiniAppServer names the session by upgrade headers, not by the init; its first request
+    comes before the ack (the simulator answers it after the ack, in arrival order)."""
+    assert "sessionId" not in init.data and init.data["sdkVersion"].startswith("3.")
+    opened = next(e for e in events if e.direction == "ws" and e.type == "open")
+    assert opened.data["path"] == "/ws/miniapp"
+    assert next(e for e in events if e.type == "audio_stream_ended").data["bytes"] > 0
+
+
+async def _drive(generation: str, video: Path, app_port: int, relay: StubRelay, *, managed: bool) -> list[SimEvent]:
     async with CloudSimulator(app_url=f"http://127.0.0.1:{app_port}", package_name=PKG, api_key=KEY, video=video,
-                              generation=generation, echo=True) as sim:
+                              generation=generation, echo=True, managed_media=relay) as sim:
         await sim.start_session(USER, timeout=15)
-        await sim.wait_for(lambda e: e.direction == "cloud->app" and e.type == "rtmp_stream_status"
-                           and e.data["status"] == "active", timeout=30)
-        await sim.wait_for(frame("app->cloud", "display_event"), timeout=10)
-        await sim.wait_for(frame("app->cloud", "rtmp_stream_stop"), timeout=15)
-        await sim.wait_for(lambda e: e.direction == "cloud->app" and e.type == "rtmp_stream_status"
+        stop_types = ("rtmp_stream_stop", "stream_stop", "managed_stream_stop")
+        await sim.wait_for(lambda e: e.direction == "app->cloud" and e.type in stop_types, timeout=40)
+        await sim.wait_for(lambda e: e.direction == "cloud->app" and e.type in ("rtmp_stream_status", "stream_status",
+                                                                                  "managed_stream_status")
                            and e.data["status"] == "stopped", timeout=10)
         await sim.wait_for(lambda e: e.direction == "webhook" and e.type == "session_request"
                            and e.data["phase"] == "response", timeout=15)

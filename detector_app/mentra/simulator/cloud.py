@@ -22,10 +22,11 @@ from .connection import AppConnections
 from .core import SimCore
 from .events import EventLog, Predicate, SimEvent
 from .lifecycle import AppLifecycle
+from .managed import ManagedMediaServer
 from .media import GlassesMedia
 from .protocol import DeviceProfile, GenerationProfile, legacy_session_id
 from .server import CloudHttpServer
-from .state import Faults, SimulatorConfig, SimulatorError, StreamState, UserSession
+from .state import Faults, ManagedStreamState, SimulatorConfig, SimulatorError, StreamState, UserSession
 from .streaming import Streaming
 from .webhook import WebhookClient
 
@@ -36,7 +37,7 @@ class CloudSimulator:
     """`async with CloudSimulator(app_url=..., package_name=..., api_key=..., video=...) as sim:`."""
 
     def __init__(self, config: SimulatorConfig | None = None, *, printer: Callable[[str], None] | None = None,
-                 **kwargs: Any) -> None:
+                 managed_media: ManagedMediaServer | None = None, **kwargs: Any) -> None:
         if config is None:
             config = SimulatorConfig(**kwargs)
         elif kwargs:
@@ -44,7 +45,7 @@ class CloudSimulator:
         self._core = core = SimCore(config, printer)
         self._webhook = WebhookClient(core)
         self._lifecycle = AppLifecycle(core, self._webhook)
-        self._streaming = Streaming(core)
+        self._streaming = Streaming(core, managed_media)
         self._media = GlassesMedia(core)
         self._connections = AppConnections(core, self._lifecycle, self._streaming, self._media)
         self._server = CloudHttpServer(core, self._connections.handle)
@@ -113,6 +114,7 @@ class CloudSimulator:
                 await asyncio.wait_for(ws.close(code=1001, message=b"Cloud shutting down"), 2.0)
             except Exception:  # noqa: BLE001 - best effort on shutdown
                 pass
+        await self._streaming.managed.close()
         await self._webhook.close()
         await self._server.close()
 
@@ -186,3 +188,6 @@ class CloudSimulator:
 
     def stream_state(self, user: str | None = None) -> StreamState | None:
         return self._session(user).stream
+
+    def managed_state(self, user: str | None = None) -> ManagedStreamState | None:
+        return self._session(user).managed

@@ -15,8 +15,9 @@ from loguru import logger
 from .core import SimCore
 from .lifecycle import AppLifecycle
 from .media import GlassesMedia
-from .protocol import now_ms, parse_legacy_session_id
-from .replies import Rejection, ack_frames, check_init, filter_by_permission, requested_streams
+from .protocol import now_ms
+from .replies import (Rejection, ack_frames, check_init, check_reconnect, filter_by_permission, init_user,
+                      reconnect_rejected_frame, requested_streams)
 from .state import UserSession
 from .streaming import Streaming
 
@@ -37,8 +38,12 @@ class AppConnections:
         core.sockets.add(ws)
         core.record("ws", "open", None, {"path": request.path})
         bound: UserSession | None = None
+        headers = {k.lower(): v for k, v in request.headers.items() if k.lower().startswith("x-")}
         try:
             async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY and bound is not None and core.gen.audio_streams:
+                    self.media.audio_bytes(bound, msg.data)
+                    continue
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
                 try:
@@ -51,7 +56,9 @@ class AppConnections:
                 core.record("app->cloud", mtype, bound.user_id if bound else None, data)
                 if bound is None or bound.ws is not ws:
                     if mtype == "tpa_connection_init":
-                        bound = await self.init(ws, transport, data)
+                        bound = await self.init(ws, transport, data, headers)
+                    elif mtype == "reconnect" and core.gen.accepts_reconnect:
+                        bound = await self.reconnect(ws, transport, data, headers)
                     else:
                         await core.reject(ws, None, Rejection("SESSION_NOT_FOUND", "Session not found"),
                                           close=core.gen.close_on_premature_message)
@@ -67,13 +74,13 @@ class AppConnections:
         return ws
 
     async def init(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None,
-                   data: dict[str, Any]) -> UserSession | None:
+                   data: dict[str, Any], headers: dict[str, str] | None = None) -> UserSession | None:
         core = self.core
         rejection = check_init(data, core.config.package_name, core.config.api_key)
         if rejection is not None:
             await core.reject(ws, None, rejection)
             return None
-        user = parse_legacy_session_id(str(data.get("sessionId") or ""), core.config.package_name)
+        user = init_user(core.gen, headers or {}, data, core.config.package_name)
         s = core.sessions.get(user) if user else None
         if s is None:
             await core.reject(ws, None, Rejection("SESSION_NOT_FOUND", "Session not found"))
@@ -81,6 +88,29 @@ class AppConnections:
         if s.app_state not in ("loading", "running"):
             await core.reject(ws, s, Rejection("APP_NOT_STARTED", "App not started for this session"))
             return None
+        return await self._bind(s, ws, transport, "tpa_connection_ack")
+
+    async def reconnect(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None,
+                        data: dict[str, Any], headers: dict[str, str]) -> UserSession | None:
+        """A 3.x SDK resumes after a drop with `reconnect` instead of an init (§3.8): `reconnect_ack`
+        (the ack's fields) when the app is still running here, else `reconnect_rejected`."""
+        core = self.core
+        user = init_user(core.gen, headers, data, core.config.package_name)
+        s = core.sessions.get(user) if user else None
+        refusal = check_reconnect(core.gen, data, s.app_state if s is not None else None)
+        if refusal is not None:
+            await core.send(s, reconnect_rejected_frame(refusal), ws=ws)
+            core.echo(f"[cloud] reconnect refused: {refusal.code}: {refusal.message}")
+            if refusal.close:
+                await ws.close(code=1008, message=b"Reconnect unsupported")
+            return None
+        assert s is not None
+        return await self._bind(s, ws, transport, "reconnect_ack")
+
+    async def _bind(self, s: UserSession, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None,
+                    ack_type: str) -> UserSession:
+        """The socket now speaks for the session: the old one goes, the grace ends, the ack is sent."""
+        core = self.core
         old = s.ws
         if old is not None and old is not ws and not old.closed:
             s.ws = None  # its close must not start a grace period
@@ -94,9 +124,13 @@ class AppConnections:
         if reconnect:
             s.last_reconnect_at = time.monotonic()
             core.record("sim", "app_reconnected", s.user_id, {})
-        await core.send_all(s, ack_frames(core.gen, core.device, s.session_id, s.user_id, core.config.settings,
-                                          core.config.faults.no_wifi))
+        frames = ack_frames(core.gen, core.device, s.session_id, s.user_id, core.config.settings,
+                            core.config.faults.no_wifi)
+        frames[0]["type"] = ack_type
+        await core.send_all(s, frames)
         self.lifecycle.acked(s)
+        if core.gen.accepts_reconnect and reconnect:  # [D] deliverActiveStreamState: v3 SDKs only
+            await self.streaming.deliver_state(s)
         core.echo(f"[cloud] {core.config.package_name} connected for {s.user_id}"
                   f"{' (reconnect)' if reconnect else ''}; glasses: {core.device.model_name}")
         f = core.config.faults
@@ -125,6 +159,16 @@ class AppConnections:
             await self.streaming.stop(s, data)
         elif mtype == "stream_status_check":
             await self.streaming.status_check(s)
+        elif mtype == "managed_stream_request" and gen.managed_streams:
+            core.spawn(self.streaming.managed.request(s, ws, data), s)  # the relay takes a while: keep reading
+        elif mtype == "managed_stream_stop" and gen.managed_streams:
+            await self.streaming.managed.stop(s)
+        elif mtype == "audio_stream_start" and gen.audio_streams:
+            await self.media.audio_stream_start(s, data)
+        elif mtype == "audio_stream_end" and gen.audio_streams:
+            self.media.audio_stream_end(s, data)
+        elif mtype == "reconnect" and gen.accepts_reconnect:
+            await self.reconnect(ws, s.transport, data, {})
         elif mtype == "ping" and gen.answers_ping:
             await core.send(s, {"type": "pong", "timestamp": now_ms()})
         elif mtype == "ownership_release":

@@ -10,8 +10,12 @@ from loguru import logger
 
 from .core import SimCore
 from .protocol import new_stream_id, now_ms
-from .replies import audio_reply, button_payload, data_stream, display_text, transcription_payloads
+from .replies import (audio_reply, audio_stream_ready, button_payload, data_stream, display_text, split_audio_frame,
+                      transcription_payloads)
 from .state import UserSession
+
+
+MAX_AUDIO_STREAMS = 16
 
 
 class GlassesMedia:
@@ -37,6 +41,33 @@ class GlassesMedia:
 
     def stop_audio(self, s: UserSession) -> None:
         self.core.echo(f"[glasses speaker] {s.user_id}: (audio stopped)")
+
+    # ------------------------------------------------------------------ audio output streams (V3)
+    async def audio_stream_start(self, s: UserSession, data: dict[str, Any]) -> None:
+        """Open the relay and answer `audio_stream_ready` at once (the SDK gives up after 10 s)."""
+        stream_id = str(data.get("streamId") or "")
+        if not stream_id:
+            self.core.record("sim", "audio_stream_invalid", s.user_id, {})
+            return
+        if len(s.audio_streams) >= MAX_AUDIO_STREAMS:  # an app that never ends its streams stays bounded
+            s.audio_streams.pop(next(iter(s.audio_streams)))
+        s.audio_streams[stream_id] = 0
+        self.core.echo(f"[glasses speaker] {s.user_id}: audio stream {stream_id} opened ({data.get('contentType', 'audio/mpeg')})")
+        relay = f"http://{self.core.config.public_host or self.core.config.host}:{self.core.port}"
+        await self.core.send(s, audio_stream_ready(stream_id, relay, s.user_id))
+
+    def audio_bytes(self, s: UserSession, frame: bytes) -> None:
+        parsed = split_audio_frame(frame)
+        if parsed is None or parsed[0] not in s.audio_streams:
+            self.core.record("sim", "binary_frame_unrecognised", s.user_id, {"bytes": len(frame)})
+            return
+        s.audio_streams[parsed[0]] += parsed[1]
+
+    def audio_stream_end(self, s: UserSession, data: dict[str, Any]) -> None:
+        stream_id = str(data.get("streamId") or "")
+        received = s.audio_streams.pop(stream_id, None)
+        self.core.record("sim", "audio_stream_ended", s.user_id, {"streamId": stream_id, "bytes": received})
+        self.core.echo(f"[glasses speaker] {s.user_id}: audio stream {stream_id} ended ({received or 0} bytes)")
 
     def led(self, s: UserSession, data: dict[str, Any]) -> None:
         self.core.echo(f"[glasses LED] {s.user_id}: {data.get('action')} {data.get('color', '')} "

@@ -7,12 +7,13 @@ as a failing test instead of agreeing with itself.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-Generation = Literal["B", "D"]
+Generation = Literal["B", "D", "V3"]
 DeviceName = Literal["mentra_live", "even_g1", "even_g1_camera"]
 
 
@@ -57,7 +58,8 @@ def parse_legacy_session_id(session_id: str, package_name: str) -> str | None:
 
 @dataclass(frozen=True)
 class GenerationProfile:
-    """What differs between the published-SDK era cloud [B] and the newest dev cloud [D]."""
+    """What differs between the published-SDK era cloud [B], the newest dev cloud [D] as a v2 SDK sees it,
+    and that same cloud as a 3.x SDK sees it (V3: docs/mentraos-3x.md)."""
 
     name: Generation
     connect_deadline_s: float  # APP_SESSION_TIMEOUT_MS
@@ -74,6 +76,10 @@ class GenerationProfile:
     close_on_premature_message: bool  # B closes 1008 on a non-init first frame, D does not
     permission_denied_message: str
     empty_sub_grace_s: float  # B: empty subscription_update within 8 s of a reconnect is ignored
+    header_identity: bool = False  # V3: the user comes from x-user-id / x-session-id upgrade headers
+    accepts_reconnect: bool = False  # V3: `reconnect` frame -> reconnect_ack (else rejected, §3.8)
+    managed_streams: bool = False  # V3: managed_stream_request / managed_stream_stop
+    audio_streams: bool = False  # V3: audio_stream_start / _end with binary frames -> audio_stream_ready
 
 
 GENERATIONS: dict[str, GenerationProfile] = {
@@ -115,13 +121,17 @@ GENERATIONS: dict[str, GenerationProfile] = {
         empty_sub_grace_s=0.0,
     ),
 }
+# V3: the newest cloud [D] as the 3.x SDKs meet it. Everything D does, plus what bun-websocket.ts and
+# app-message-handler.ts do for v3 clients (docs/mentraos-3x.md has the evidence).
+GENERATIONS["V3"] = dataclasses.replace(GENERATIONS["D"], name="V3", header_identity=True, accepts_reconnect=True,
+                                        managed_streams=True, audio_streams=True)
 
 
 def generation_profile(gen: str) -> GenerationProfile:
     try:
         return GENERATIONS[gen.upper()]
     except KeyError:
-        raise ValueError(f"unknown cloud generation {gen!r}; use 'B' or 'D'") from None
+        raise ValueError(f"unknown cloud generation {gen!r}; use 'B', 'D' or 'V3'") from None
 
 
 # Glasses raw status -> what the cloud reports to the app ([B]/[D] §4.4).

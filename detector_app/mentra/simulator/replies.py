@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, urlparse
 
-from .protocol import DeviceProfile, GenerationProfile, now_iso, required_permission
-from .state import Faults, StreamState
+from .protocol import DeviceProfile, GenerationProfile, now_iso, parse_legacy_session_id, required_permission
+from .state import Faults, ManagedStreamState, StreamState
 
 WIFI_MESSAGE = "Cannot process request - smart glasses must be connected to WiFi for this operation"
 UNSUPPORTED_RESOLUTION = "Resolution not supported by camera"
@@ -53,6 +53,53 @@ def check_init(data: dict[str, Any], package_name: str, api_key: str) -> Rejecti
     if data.get("packageName") != package_name or data.get("apiKey") != api_key:
         return Rejection("INVALID_API_KEY", "Invalid API key")
     return None
+
+
+def init_user(gen: GenerationProfile, headers: dict[str, str], data: dict[str, Any], package_name: str) -> str | None:
+    """Whose session an init (or v3 `reconnect`) names: `userId || ws.data.userId ||
+    parseUserIdFromLegacySessionId(init.sessionId)` ([D] bun-websocket.ts). Only V3 reads the upgrade
+    headers (`x-user-id`, else the legacy id in `x-session-id`); B and D read the init's `sessionId`."""
+    if gen.header_identity:
+        user = headers.get("x-user-id") or parse_legacy_session_id(headers.get("x-session-id", ""), package_name)
+        if user:
+            return user
+    return parse_legacy_session_id(str(data.get("sessionId") or ""), package_name)
+
+
+def is_v3_sdk(version: Any) -> bool:
+    """`isV3Sdk` ([D] bun-websocket.ts): the major version of `sdkVersion` is 3 or more."""
+    try:
+        return int(str(version or "").split(".")[0]) >= 3
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ReconnectRefusal:
+    """`reconnect_rejected {code, message}`; `close` says whether the cloud then closes with 1008."""
+
+    code: str
+    message: str
+    close: bool
+
+
+def check_reconnect(gen: GenerationProfile, data: dict[str, Any], app_state: str | None) -> ReconnectRefusal | None:
+    """The cloud's answer to a v3 `reconnect` frame (§3.8): None means `reconnect_ack`.
+
+    Below SDK v3 (or on a cloud generation without it) it is refused and the socket closed; an unknown
+    session gets SESSION_NOT_FOUND; a session whose app is no longer running gets NOT_RUNNING (the SDK
+    then stops for good; for any other code it falls back to a fresh `tpa_connection_init`)."""
+    if not gen.accepts_reconnect or not is_v3_sdk(data.get("sdkVersion")):
+        return ReconnectRefusal("SESSION_NOT_FOUND", "Reconnect is only supported for SDK v3", True)
+    if app_state is None:
+        return ReconnectRefusal("SESSION_NOT_FOUND", "Session not found", False)
+    if app_state not in ("loading", "running"):
+        return ReconnectRefusal("NOT_RUNNING", "App is not running for this session", False)
+    return None
+
+
+def reconnect_rejected_frame(refusal: ReconnectRefusal) -> dict[str, Any]:
+    return {"type": "reconnect_rejected", "code": refusal.code, "message": refusal.message, "timestamp": now_iso()}
 
 
 def ack_frames(gen: GenerationProfile, device: DeviceProfile, session_id: str, user_id: str,
@@ -206,7 +253,7 @@ def status_frames(gen: GenerationProfile, session_id: str, package_name: str, st
     """Direct copy(ies) to the owner plus data_stream to subscribers (§4.4); no stats/errorDetails."""
     payload: dict[str, Any] = {"sessionId": session_id, "streamId": stream.stream_id,
                                "status": stream.app_status, "appId": package_name}
-    if gen.name == "D" and stream.app_status == "active" and stream.resolved is not None:
+    if gen.name != "B" and stream.app_status == "active" and stream.resolved is not None:
         payload["resolvedConfig"] = stream.resolved
     frames = [{"type": t, **payload, "timestamp": now_iso()} for t in gen.status_types]
     frames += [data_stream(session_id, t, {"type": t, **payload, "timestamp": now_iso()})
@@ -214,14 +261,72 @@ def status_frames(gen: GenerationProfile, session_id: str, package_name: str, st
     return frames
 
 
-def status_check_frame(gen: GenerationProfile, package_name: str, stream: StreamState | None) -> dict[str, Any]:
-    msg: dict[str, Any] = {"type": "stream_status_check_response", "hasActiveStream": stream is not None,
-                           "timestamp": now_iso()}
-    if stream is not None:
+def status_check_frame(gen: GenerationProfile, package_name: str, stream: StreamState | None,
+                       managed: ManagedStreamState | None = None) -> dict[str, Any]:
+    """A managed stream is reported first, as the [D] handler does (`handleStreamStatusCheck`)."""
+    msg: dict[str, Any] = {"type": "stream_status_check_response",
+                           "hasActiveStream": stream is not None or managed is not None, "timestamp": now_iso()}
+    if managed is not None:
+        msg["streamInfo"] = {"type": "managed", "streamId": managed.stream_id, "status": managed.status,
+                             "createdAt": managed.created_at, **managed.urls, "activeViewers": 1}
+    elif stream is not None:
         msg["streamInfo"] = {"type": "unmanaged", "streamId": stream.stream_id, "status": stream.app_status,
                              "createdAt": stream.created_at, gen.status_check_url_key: stream.url,
                              "requestingAppId": package_name}
     return msg
+
+
+# ------------------------------------------------------------------ managed streams (V3)
+MANAGED_WAITING = "Waiting for stream to start..."
+
+
+def check_managed_request(granted: frozenset[str], faults: Faults, device: DeviceProfile) -> Rejection | None:
+    """[D] `handleManagedStreamRequest`: CAMERA first (its own message), then the glasses' WiFi."""
+    if "CAMERA" not in granted:
+        return Rejection("PERMISSION_DENIED", "Camera permission required for managed streams")
+    if faults.no_wifi or not device.capabilities.get("hasWifi"):
+        return Rejection("WIFI_NOT_CONNECTED", WIFI_MESSAGE)
+    return None
+
+
+def playback_urls(webrtc_url: str | None, hls_url: str | None, dash_url: str | None, preview_url: str | None,
+                  thumbnail_url: str | None) -> dict[str, str]:
+    """The `managed_stream_status` URL fields (SDK `ManagedStreamStatus`); absent ones are left out, as
+    `JSON.stringify` drops undefined."""
+    named = {"webrtcUrl": webrtc_url, "hlsUrl": hls_url, "dashUrl": dash_url, "previewUrl": preview_url,
+             "thumbnailUrl": thumbnail_url}
+    return {k: v for k, v in named.items() if v}
+
+
+def managed_status_frame(stream: ManagedStreamState, message: str | None = None) -> dict[str, Any]:
+    """Direct `managed_stream_status` to the app; URLs only once active (the cloud polls for them)."""
+    frame: dict[str, Any] = {"type": "managed_stream_status", "status": stream.status, "streamId": stream.stream_id,
+                             "timestamp": now_iso()}
+    if stream.status == "active":
+        frame.update(stream.urls)
+    if message:
+        frame["message"] = message
+    return frame
+
+
+def audio_stream_ready(stream_id: str, relay_base: str, user_id: str) -> dict[str, Any]:
+    """[D] `handleAudioStreamStart`: the relay URL the phone will GET (`/api/audio/stream/<user>/<id>`)."""
+    return {"type": "audio_stream_ready", "streamId": stream_id,
+            "streamUrl": f"{relay_base}/api/audio/stream/{quote(user_id, safe='')}/{stream_id}",
+            "timestamp": now_iso()}
+
+
+AUDIO_STREAM_ID_BYTES = 36  # binary frame = [36 ASCII bytes: the stream's UUID][audio bytes] (SDK SpeakerManager)
+
+
+def split_audio_frame(frame: bytes) -> tuple[str, int] | None:
+    """(stream id, audio byte count) of an app's binary frame, or None when it is not one."""
+    if len(frame) <= AUDIO_STREAM_ID_BYTES or frame[:1] == b"{":
+        return None
+    try:
+        return frame[:AUDIO_STREAM_ID_BYTES].decode("ascii"), len(frame) - AUDIO_STREAM_ID_BYTES
+    except UnicodeDecodeError:
+        return None
 
 
 # ------------------------------------------------------------------ glasses inputs

@@ -80,6 +80,16 @@ class StreamState:
 
 
 @dataclass
+class ManagedStreamState:
+    """A managed stream (V3): the cloud relays the glasses' video and hands the app playback URLs."""
+
+    stream_id: str
+    status: str = "initializing"
+    created_at: str = field(default_factory=now_iso)
+    urls: dict[str, str] = field(default_factory=dict)  # webrtcUrl / hlsUrl / dashUrl / previewUrl / thumbnailUrl
+
+
+@dataclass
 class UserSession:
     """One user's glasses + the app running for them (one package per simulator)."""
 
@@ -90,6 +100,8 @@ class UserSession:
     transport: asyncio.BaseTransport | None = None
     subscriptions: list[str] = field(default_factory=list)
     stream: StreamState | None = None
+    managed: ManagedStreamState | None = None
+    audio_streams: dict[str, int] = field(default_factory=dict)  # open audio output stream id -> bytes received
     start_future: asyncio.Future[bool] | None = None
     acks: int = 0
     last_reconnect_at: float | None = None

@@ -11,13 +11,16 @@ from loguru import logger
 from .core import SimCore
 from .glasses import GlassesStreamConfig, VirtualGlassesStream
 from .protocol import map_glasses_status, new_stream_id
-from .replies import Rejection, check_stream_request, resolve_stream_config, status_check_frame, status_frames
+from .managed import ManagedMediaServer, ManagedStreams
+from .replies import (Rejection, check_stream_request, managed_status_frame, resolve_stream_config,
+                      status_check_frame, status_frames)
 from .state import StreamState, UserSession
 
 
 class Streaming:
-    def __init__(self, core: SimCore) -> None:
+    def __init__(self, core: SimCore, managed_media: ManagedMediaServer | None = None) -> None:
         self.core = core
+        self.managed = ManagedStreams(core, managed_media)
 
     async def request(self, s: UserSession, ws: web.WebSocketResponse, mtype: str, data: dict[str, Any]) -> None:
         core = self.core
@@ -25,6 +28,8 @@ class Streaming:
         if isinstance(grant, Rejection):
             await core.reject(ws, s, grant)
             return
+        if s.managed is not None:  # ... and a managed one (§4.2)
+            await self.managed.stop(s)
         if s.stream is not None:  # unmanaged requests pre-empt the user's existing stream (§4.2)
             await self.end(s, s.stream)
         stream = StreamState(new_stream_id(), grant.url, mtype, transport=grant.transport)
@@ -98,4 +103,12 @@ class Streaming:
         await self.end(s, stream)
 
     async def status_check(self, s: UserSession) -> None:
-        await self.core.send(s, status_check_frame(self.core.gen, self.core.config.package_name, s.stream))
+        await self.core.send(s, status_check_frame(self.core.gen, self.core.config.package_name, s.stream, s.managed))
+
+    async def deliver_state(self, s: UserSession) -> None:
+        """After a v3 reconnect the cloud pushes the streams that survived the drop ([D]
+        `AppManager.deliverActiveStreamState`), so the SDK need not ask."""
+        if s.stream is not None:
+            await self._send_status(s, s.stream)
+        if s.managed is not None:
+            await self.core.send(s, managed_status_frame(s.managed))
