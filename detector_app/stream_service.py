@@ -33,6 +33,7 @@ from detector_app.video.health import StreamHealth
 
 if TYPE_CHECKING:
     from detector_app.ingest.whip import WhipIngest
+    from detector_app.sightings.recorder import Sightings
 
 STREAM_CLOSE_S = 5.0  # one stream's close budget: relay stop (≤ 1.5 s) and both threads joined
 
@@ -121,6 +122,7 @@ class DetectionService:
         self._lock = threading.Lock()  # guards _streams and _closed
         self._open_lock = threading.Lock()
         self.sinks: list[Sink] = []  # added to every stream (e.g. the websockets feed)
+        self.sightings: Sightings | None = None  # set by serve: every stream records its sightings there
         self._nginx: NginxIngest | None = None  # started by the first nginx-mode RTMP stream
         self._hook_url: str | None = None
         self._whip: WhipIngest | None = None  # WHIP keys served by the miniapp's own HTTP server
@@ -222,7 +224,8 @@ class DetectionService:
 
     def _adopt(self, endpoint: IngestEndpoint, source: VideoSource) -> tuple[StreamSession, bool]:
         pipeline = Pipeline(
-            source, self.detector, fps=self.ingest.fps, sinks=list(self.sinks), source_label=endpoint.redacted()
+            source, self.detector, fps=self.ingest.fps, sinks=list(self.sinks), source_label=endpoint.redacted(),
+            recorder=self.sightings.recorder() if self.sightings is not None else None,
         )
         pipeline.start()
         stream = StreamSession(endpoint, pipeline)

@@ -19,7 +19,7 @@ from detector_app.ingest.addresses import wait_listening
 from detector_app.ingest.base import VideoSource
 from detector_app.ingest.factory import open_listener
 from detector_app.main_thread import RunEnd, run_main_loop
-from detector_app.pipeline import Pipeline, Sink
+from detector_app.pipeline import Pipeline, Recorder, Sink
 from detector_app.summary import RunSummary, summarize
 
 
@@ -34,11 +34,13 @@ def replay(
     bind_host: str = "127.0.0.1",
     on_ready: Callable[[Pipeline, str], None] | None = None,
     frame_probe: Callable | None = None,
+    recorder: Recorder | None = None,
 ) -> RunSummary:
     """Listen, publish ``video`` from a separate process in real time, detect, summarise."""
     endpoint, source = open_listener(protocol, port=port, bind_host=bind_host, advertise="127.0.0.1", for_glasses=False)
     pipeline = Pipeline(
-        source, detector, fps=fps, sinks=sinks, source_label=f"{protocol} replay of {video.name}", frame_probe=frame_probe
+        source, detector, fps=fps, sinks=sinks, source_label=f"{protocol} replay of {video.name}", frame_probe=frame_probe,
+        recorder=recorder,
     )
     pipeline.start()
     t0 = time.time()
@@ -100,10 +102,11 @@ def detect_source(
     source: VideoSource, detector: Detector, fps: float = 10.0, sinks: list[Sink] | None = None,
     headless: bool = True, live: bool | None = None, frame_probe: Callable | None = None,
     on_start: Callable[[Pipeline], None] | None = None,
+    recorder: Recorder | None = None,
 ) -> RunSummary:
     """Run the pipeline on a file or stream URL until it ends (or Ctrl-C / window closed);
     ``on_start(pipeline)`` once it runs (the web viewer shows it)."""
-    pipeline = Pipeline(source, detector, fps=fps, sinks=sinks, live=live, frame_probe=frame_probe)
+    pipeline = Pipeline(source, detector, fps=fps, sinks=sinks, live=live, frame_probe=frame_probe, recorder=recorder)
     pipeline.start()
     if on_start is not None:
         on_start(pipeline)

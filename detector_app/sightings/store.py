@@ -65,6 +65,9 @@ class Sighting:
 
     @property
     def duration(self) -> float:
+        """Seconds in view: media time where known (a file runs faster than real time), else wall time."""
+        if self.first_pts is not None and self.last_pts is not None:
+            return max(0.0, self.last_pts - self.first_pts)
         return max(0.0, self.last_seen - self.first_seen)
 
     def to_json(self) -> dict[str, Any]:
