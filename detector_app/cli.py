@@ -34,6 +34,9 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Prepare models: export to fast CPU runtimes ahead of time.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+sightings_app = typer.Typer(help="Sightings recorded by serve, replay and detect: list them, export them.",
+                            no_args_is_help=True)
+app.add_typer(sightings_app, name="sightings")
 
 
 class Protocol(str, Enum):
@@ -96,6 +99,28 @@ WebPortOpt = Annotated[
 WebHostOpt = Annotated[
     str, typer.Option("--web-host", envvar="WEB_HOST", help="Viewer address; anything but loopback needs the access token "
                       "(WEB_TOKEN, or a random one printed at start)."),
+]
+SightingsOpt = Annotated[
+    bool | None,
+    typer.Option("--sightings/--no-sightings", help="Record sightings (one per tracked animal: row, thumbnail, clip) in "
+                 "the sightings database. Default: on for serve, off for replay/detect unless --sightings-db is given."),
+]
+SightingsDbOpt = Annotated[
+    Path | None,
+    typer.Option("--sightings-db", envvar="SIGHTINGS_DB", help="The sightings database (SQLite; thumbnails and clips "
+                 "in DB-media/ beside it). Default: DATA_DIR/sightings.db."),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="DATA_DIR", help="Where sightings live (default $XDG_DATA_HOME/detector-app, "
+                 "i.e. ~/.local/share/detector-app)."),
+]
+KeepDaysOpt = Annotated[
+    float, typer.Option("--keep-days", envvar="SIGHTINGS_KEEP_DAYS", min=0.0, help="Delete sightings older than this."),
+]
+KeepMbOpt = Annotated[
+    float, typer.Option("--keep-mb", envvar="SIGHTINGS_MAX_MB", min=0.0,
+                        help="Delete the oldest sightings while thumbnails + clips exceed this many MB."),
 ]
 CounterOpt = Annotated[
     bool, typer.Option("--frame-counter", help="Read the fixture videos' frame counter into each result (extra.frame_id).")
@@ -171,6 +196,17 @@ def _web_viewer(port: int, host: str, views, sightings=None):
     return WebViewer(WebConfig.from_env(host, port), views, sightings).start()
 
 
+def _sightings(enabled: bool | None, db: Path | None, data_dir: Path | None, keep_days: float, keep_mb: float,
+               default_on: bool):
+    """The process's sightings (None when off); a bad path ends the command here with one line (exit 2)."""
+    if enabled is False or (enabled is None and not default_on and db is None):
+        return None
+    from detector_app.sightings.recorder import Sightings, SightingsConfig, default_db
+
+    path = db or (data_dir / "sightings.db" if data_dir else default_db())
+    return Sightings(SightingsConfig(db=path, max_age_days=keep_days, max_mb=keep_mb))
+
+
 def _run_and_report(run, closers, summary_json: Path | None, check=None) -> None:
     """Run a pipeline, always close the outputs, print the summary; exit 0 only if the run had no errors
     and ``check(summary)`` (``replay --expect``) found no failed expectation (else one line, exit 1)."""
@@ -229,6 +265,11 @@ def replay(
                                                "rate, detections without).")] = None,
     expect_labels: Annotated[str | None, typer.Option("--expect-labels", help="Exit 1 unless exactly these labels were detected (cat,dog).")] = None,
     expect_none: Annotated[bool, typer.Option("--expect-none", help="Exit 1 if anything was detected (distractor videos).")] = False,
+    sightings: SightingsOpt = None,
+    sightings_db: SightingsDbOpt = None,
+    data_dir: DataDirOpt = None,
+    keep_days: KeepDaysOpt = 30.0,
+    keep_mb: KeepMbOpt = 2048.0,
     log_level: LogOpt = "INFO",
 ) -> None:
     """Push VIDEO into the real ingest exactly as Mentra Live would (a separate ffmpeg process, real
@@ -242,18 +283,22 @@ def replay(
     from detector_app.video.probe import video_size
 
     check = ReplayCheck.build(video, conf, truth, truth_labels, truth_label, expect, expect_labels, expect_none)
-    det = _detector(model, conf, imgsz, device, classes, backend, video_size(video), precision, inference_url=inference_url)
     shown: list = []  # the replay's pipeline, for the web viewer
-    viewer = _web_viewer(web_port, web_host, lambda: list(shown))
+    recording = _sightings(sightings, sightings_db, data_dir, keep_days, keep_mb, default_on=False)
+    viewer = _web_viewer(web_port, web_host, lambda: list(shown), recording.store if recording else None)
+    det = _detector(model, conf, imgsz, device, classes, backend, video_size(video), precision, inference_url=inference_url)
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": str(video)})
     if viewer is not None:
         closers.append(viewer.stop)
+    if recording is not None:
+        closers.append(recording.close)
     if check is not None:
         sinks.append(check.collect)
     _run_and_report(
         lambda: run_replay(video, det, protocol=protocol.value, fps=fps, sinks=sinks, headless=headless,
                            port=ingest_port, frame_probe=_probe(frame_counter),
-                           on_ready=lambda pipeline, _url: shown.append(pipeline)),
+                           on_ready=lambda pipeline, _url: shown.append(pipeline),
+                           recorder=recording.recorder() if recording else None),
         closers, summary_json, check=check,
     )
 
@@ -283,6 +328,11 @@ def detect(
     web_host: WebHostOpt = "127.0.0.1",
     summary_json: Annotated[Path | None, typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
     frame_counter: CounterOpt = False,
+    sightings: SightingsOpt = None,
+    sightings_db: SightingsDbOpt = None,
+    data_dir: DataDirOpt = None,
+    keep_days: KeepDaysOpt = 30.0,
+    keep_mb: KeepMbOpt = 2048.0,
     log_level: LogOpt = "INFO",
 ) -> None:
     """Run the same pipeline on a file or stream URL, without an ingest listener."""
@@ -294,15 +344,19 @@ def detect(
     from detector_app.video.probe import video_size
 
     size = None if src.is_url else video_size(Path(source))
-    det = _detector(model, conf, imgsz, device, classes, backend, size, precision, inference_url=inference_url)
     shown: list = []  # the pipeline, for the web viewer
-    viewer = _web_viewer(web_port, web_host, lambda: list(shown))
+    recording = _sightings(sightings, sightings_db, data_dir, keep_days, keep_mb, default_on=False)
+    viewer = _web_viewer(web_port, web_host, lambda: list(shown), recording.store if recording else None)
+    det = _detector(model, conf, imgsz, device, classes, backend, size, precision, inference_url=inference_url)
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": src.name})
     if viewer is not None:
         closers.append(viewer.stop)
+    if recording is not None:
+        closers.append(recording.close)
     _run_and_report(
         lambda: detect_source(src, det, fps=fps, sinks=sinks, headless=headless, live=realtime,
-                              frame_probe=_probe(frame_counter), on_start=shown.append),
+                              frame_probe=_probe(frame_counter), on_start=shown.append,
+                              recorder=recording.recorder() if recording else None),
         closers, summary_json,
     )
 
@@ -387,6 +441,11 @@ def serve(
     out: OutOpt = None,
     feed_port: FeedPortOpt = 8765,
     headless: HeadlessOpt = False,
+    sightings: SightingsOpt = None,
+    sightings_db: SightingsDbOpt = None,
+    data_dir: DataDirOpt = None,
+    keep_days: KeepDaysOpt = 30.0,
+    keep_mb: KeepMbOpt = 2048.0,
     log_level: LogOpt = "INFO",
 ) -> None:
     """The MentraOS miniapp: answers the cloud's webhook, asks the glasses for an unmanaged stream to
@@ -422,6 +481,9 @@ def serve(
                                                  mode=mode))  # type: ignore[arg-type]
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": "glasses"})
     service.sinks.extend(sinks)
+    service.sightings = _sightings(sightings, sightings_db, data_dir, keep_days, keep_mb, default_on=True)
+    if service.sightings is not None:
+        closers.append(service.sightings.close)  # after service.close(): every stream's recorder has finished
     try:  # the miniapp's loop in a thread; the main thread shows the newest glasses stream (or waits)
         if mode == "nginx":  # start it now: a taken port or a bad nginx ends here with one line (exit 2)
             from detector_app.mentra.app import ingest_hook_url
@@ -675,6 +737,64 @@ def inference_server(
         ServerOptions(host=host, max_batch=max_batch, queue_delay_us=queue_delay_us, instances=instances, device=device),
         imgsz=imgsz, frame_size=_frame_size(frame_size), name=name,
     ))
+
+
+# -- sightings -------------------------------------------------------------------------------------
+def _sightings_db(db: Path | None, data_dir: Path | None) -> Path:
+    from detector_app.sightings.recorder import default_db
+
+    return db or (data_dir / "sightings.db" if data_dir else default_db())
+
+
+@sightings_app.command("list")
+def sightings_list(
+    db: Annotated[Path | None, typer.Option("--db", envvar="SIGHTINGS_DB", help="The sightings database (default: DATA_DIR/sightings.db).")] = None,
+    data_dir: DataDirOpt = None,
+    since: Annotated[str | None, typer.Option("--since", help="Only sightings last seen after: 30m, 1h, 2d, or a date (2026-12-01[T08:30]).")] = None,
+    label: Annotated[str | None, typer.Option("--label", help="Only this animal (cat, dog, …).")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of the table.")] = False,
+) -> None:
+    """Print the sightings, newest first: label, track, first seen, duration, best confidence, clip."""
+    setup_logging("WARNING")
+    from detector_app.commands import sightings as cmd
+
+    store = cmd.open_store(_sightings_db(db, data_dir))
+    try:
+        rows = cmd.select(store, since, label, limit)
+    finally:
+        store.close()
+    print(cmd.as_json_lines(rows) if as_json else cmd.table(rows))
+
+
+class ExportFormat(str, Enum):
+    json = "json"
+    csv = "csv"
+
+
+@sightings_app.command("export")
+def sightings_export(
+    db: Annotated[Path | None, typer.Option("--db", envvar="SIGHTINGS_DB", help="The sightings database (default: DATA_DIR/sightings.db).")] = None,
+    data_dir: DataDirOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Directory to write (default sightings-export-<time>/).")] = None,
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="The index file: index.json or index.csv.")] = ExportFormat.json,
+    since: Annotated[str | None, typer.Option("--since", help="Only sightings last seen after: 30m, 1h, 2d, or a date.")] = None,
+    label: Annotated[str | None, typer.Option("--label", help="Only this animal.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many, newest first.")] = 10_000,
+) -> None:
+    """Copy the sightings' thumbnails and clips into a directory, with an index naming them."""
+    setup_logging("WARNING")
+    import time as _time
+
+    from detector_app.commands import sightings as cmd
+
+    store = cmd.open_store(_sightings_db(db, data_dir))
+    try:
+        rows = cmd.select(store, since, label, limit)
+        index = cmd.export(store, rows, out or Path(f"sightings-export-{_time.strftime('%Y%m%d-%H%M%S')}"), fmt.value)
+    finally:
+        store.close()
+    print(f"{len(rows)} sighting(s) exported: {index}")
 
 
 def main() -> None:
