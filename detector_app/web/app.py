@@ -41,14 +41,15 @@ class SightingsView(Protocol):
     """What the viewer reads of the sightings store (``detector_app.sightings.store.SightingStore``)."""
 
     @property
-    def version(self) -> int: ...
+    def last_change(self) -> int: ...
 
     def list(self, limit: int = 50, before_id: int | None = None, label: str | None = None,
              since: float | None = None) -> list[Any]: ...
 
     def get(self, sighting_id: int) -> Any | None: ...
 
-    def thumbnail_path(self, sighting: Any) -> Path | None: ...
+    def thumbnail_path(self, sighting: Any) -> Path | None:
+        """The file, or None until it is written (or after retention deleted it)."""
 
     def clip_path(self, sighting: Any) -> Path | None: ...
 
@@ -93,8 +94,9 @@ class _Routes:
         return web.FileResponse(STATIC / "index.html", headers=NO_STORE)
 
     async def state(self, request: web.Request) -> web.Response:
-        streams = [stream_json(sid, view) for sid, view, _ in self.registry.current()]
-        version = self.sightings.version if self.sightings is not None else None
+        streams = [stream_json(sid, view, enc) for sid, view, enc in self.registry.current()]
+        store = self.sightings
+        version = await asyncio.to_thread(lambda: store.last_change) if store is not None else None
         return web.json_response({"time": round(time.time(), 3), "streams": streams,
                                   "sightings": self.sightings is not None, "sightings_version": version},
                                  headers=NO_STORE)
@@ -145,33 +147,40 @@ class _Routes:
             since = float(request.query["since"]) if "since" in request.query else None
         except ValueError:
             raise web.HTTPBadRequest(text="limit and before are integers, since is a time in seconds") from None
-        rows = store.list(limit=limit, before_id=before, label=request.query.get("label") or None, since=since)
-        return web.json_response({"version": store.version, "sightings": [self._sighting_json(s) for s in rows]},
-                                 headers=NO_STORE)
+        label = request.query.get("label") or None
 
-    def _get(self, request: web.Request) -> Any:
-        sighting = self._store().get(int(request.match_info["id"]))
+        def read() -> tuple[int, list[dict[str, Any]]]:  # SQLite and file checks: off the loop
+            rows = store.list(limit=limit, before_id=before, label=label, since=since)
+            return store.last_change, [_sighting_json(store, s) for s in rows]
+
+        version, rows = await asyncio.to_thread(read)
+        return web.json_response({"version": version, "sightings": rows}, headers=NO_STORE)
+
+    async def _get(self, request: web.Request) -> Any:
+        sighting = await asyncio.to_thread(self._store().get, int(request.match_info["id"]))
         if sighting is None:
             raise web.HTTPNotFound(text="no such sighting")
         return sighting
 
     async def sighting(self, request: web.Request) -> web.Response:
-        return web.json_response(self._sighting_json(self._get(request)), headers=NO_STORE)
+        return web.json_response(_sighting_json(self._store(), await self._get(request)), headers=NO_STORE)
 
     async def thumbnail(self, request: web.Request) -> web.StreamResponse:
-        return _file(self._store().thumbnail_path(self._get(request)), "thumbnail")
+        return _file(self._store().thumbnail_path(await self._get(request)), "thumbnail")
 
     async def clip(self, request: web.Request) -> web.StreamResponse:
-        return _file(self._store().clip_path(self._get(request)), "clip")
+        return _file(self._store().clip_path(await self._get(request)), "clip")
 
-    def _sighting_json(self, s: Any) -> dict[str, Any]:
-        store = self._store()
-        data = dict(s.to_json())
-        base = f"api/sightings/{data['id']}"
-        thumb, clip = store.thumbnail_path(s), store.clip_path(s)
-        data["thumbnail_url"] = f"{base}/thumbnail.jpg" if thumb is not None and thumb.is_file() else None
-        data["clip_url"] = f"{base}/clip.mp4" if clip is not None and clip.is_file() else None
-        return data
+
+def _sighting_json(store: SightingsView, s: Any) -> dict[str, Any]:
+    """The store's record, with URLs of its files in place of their names in the media directory."""
+    data = dict(s.to_json())
+    base = f"api/sightings/{data['id']}"
+    data.pop("thumbnail", None)
+    data.pop("clip", None)
+    data["thumbnail_url"] = f"{base}/thumbnail.jpg" if store.thumbnail_path(s) is not None else None
+    data["clip_url"] = f"{base}/clip.mp4" if store.clip_path(s) is not None else None
+    return data
 
 
 def _file(path: Path | None, what: str) -> web.StreamResponse:

@@ -49,8 +49,9 @@ class StreamRegistry:
         return None
 
 
-def stream_json(stream_id: int, view: LiveView) -> dict[str, Any]:
-    """One stream's card: health (fps, bitrate, frame age), detections per second, model, what is seen now."""
+def stream_json(stream_id: int, view: LiveView, encoder: StreamEncoder) -> dict[str, Any]:
+    """One stream's card: health (fps, bitrate, frame age), detections per second, model, what is seen
+    now, and how many JPEGs the viewer made of it."""
     health = view.health()
     result = view.latest_result
     fresh = result is not None and time.time() - result.done_at <= MAX_BOX_AGE_S
@@ -63,4 +64,5 @@ def stream_json(stream_id: int, view: LiveView) -> dict[str, Any]:
         "inference_ms": round(result.inference_ms, 1) if result else None,
         "latency_ms": round(result.latency_ms, 1) if result else None,
         "seen": [d.to_json() for d in result.detections] if fresh and result else [],
+        "jpegs": encoder.encodes,
     }

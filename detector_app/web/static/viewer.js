@@ -98,16 +98,17 @@ function renderStreams(list) {
 
 // ---------------------------------------------------------------- sightings
 function describe(item, s) {
+  const open = s.status === "open";
+  item.classList.toggle("open", open);
   $(".label", item).textContent = s.label;
-  $(".track", item).textContent = s.track_id != null ? `#${s.track_id}` : "";
-  $(".conf", item).textContent = s.best_confidence != null ? `best ${Number(s.best_confidence).toFixed(2)}` : "";
-  const dur = s.first_seen && s.last_seen ? ` (${Math.max(0, s.last_seen - s.first_seen).toFixed(1)} s)` : "";
-  $(".times", item).textContent = `${clock(s.first_seen)} → ${s.ended === false ? "now" : clock(s.last_seen)}${dur}`;
-  $(".where", item).textContent = s.source || "";
+  $(".track", item).textContent = `#${s.track_id}`;
+  $(".conf", item).textContent = `best ${Number(s.best_confidence).toFixed(2)}`;
+  $(".times", item).textContent = `${clock(s.first_seen)} → ${open ? "in view now" : clock(s.last_seen)} (${s.duration.toFixed(1)} s)`;
+  $(".where", item).textContent = s.stream;
   const thumb = $(".thumb", item);
-  if (s.thumbnail_url && thumb.dataset.src !== s.thumbnail_url) {
-    thumb.dataset.src = s.thumbnail_url;
-    thumb.src = s.thumbnail_url;
+  if (s.thumbnail_url && thumb.dataset.src !== `${s.thumbnail_url}@${s.updated_at}`) {
+    thumb.dataset.src = `${s.thumbnail_url}@${s.updated_at}`; // the best frame may be replaced while in view
+    thumb.src = `${s.thumbnail_url}?v=${s.updated_at}`;
   }
   const clip = $(".clip", item);
   if (s.clip_url && !$("video", clip)) {
@@ -118,6 +119,8 @@ function describe(item, s) {
     video.playsInline = true;
     video.src = s.clip_url;
     clip.replaceChildren(video);
+  } else if (!s.clip_url) {
+    $(".pending", clip).textContent = open || !s.clip_note ? "clip being recorded…" : s.clip_note;
   }
 }
 
