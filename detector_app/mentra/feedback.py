@@ -14,6 +14,17 @@ after ``clear_after_s`` without animals a ``clear_view`` removes it.
 Speech (when ``hasDisplay`` is not true — Mentra Live has no screen, §5.4): an animal kind that newly
 becomes present is announced ("I see a cat on the left"), at most once per ``label_cooldown_s`` per
 kind and never closer than ``speech_gap_s`` to the previous utterance, so it never chatters.
+
+Tracked mode (the default once a detection carries a ``track_id``; ``--no-track`` keeps the per-frame
+policy above): what is present is the stream's confirmed tracks (``tracking.TrackBook`` on this
+engine's clock), so counts are unique animals ("2 cats: left, right") and the text changes only when
+the set of tracks or a track's side (with hysteresis) changes — a jittering box changes nothing.
+Each track is announced once when it appears: "a cat appeared on the left", or "another cat, on the
+right" while one is already known. The old per-kind cooldown keeps its meaning: a track of a kind
+that left less than ``label_cooldown_s`` ago, with none of that kind in view, is most likely the same
+animal found again and is not announced (unless its leaving was spoken). ``announce_left`` adds
+"the cat left" when the last one of a kind is gone (``LEFT_AFTER_S``). ``speech_gap_s`` still spaces
+every utterance, and "what do you see" answers from the tracks.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from detector_app.detection.types import Detection, FrameResult
+from detector_app.tracking.book import SIDES, Track, TrackBook, TrackEvent
 
 # ------------------------------------------------------------------------------- outputs
 
@@ -58,6 +70,8 @@ class FeedbackConfig:
     max_lines: int = 5
     max_chars: int = 40
     labels: frozenset[str] | None = None  # only these labels count (None = every detection)
+    tracked: bool | None = None  # None: track-based once a detection carries a track_id; False: per frame
+    announce_left: bool = False  # tracked: say "the cat left" when the last of a kind is gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +85,7 @@ class Sighting:
 
 # ------------------------------------------------------------------------------- wording
 
-_POSITIONS = ("left", "centre", "right")
+_POSITIONS = SIDES
 _IRREGULAR = {"sheep": "sheep", "deer": "deer", "fish": "fish", "mouse": "mice", "goose": "geese",
               "person": "people", "moose": "moose", "bison": "bison"}
 
@@ -151,6 +165,33 @@ def sightings_in(result: FrameResult, labels: Iterable[str] | None = None) -> di
     }
 
 
+def sightings_of(tracks: Iterable[Track], labels: Iterable[str] | None = None) -> dict[str, Sighting]:
+    """Per-label count of unique tracked animals and their sides."""
+    allowed = None if labels is None else set(labels)
+    grouped: dict[str, list[str]] = {}
+    for t in tracks:
+        if allowed is None or t.label in allowed:
+            grouped.setdefault(t.label, []).append(t.side)
+    return {
+        label: Sighting(label, len(sides), tuple(p for p in _POSITIONS if p in sides))
+        for label, sides in grouped.items()
+    }
+
+
+def _article(label: str) -> str:
+    return "an" if label[:1].lower() in "aeiou" else "a"
+
+
+def appeared_phrase(label: str, sides: Sequence[str], known: int) -> str:
+    """New tracks of one kind: "a cat appeared on the left", "another cat, on the right",
+    "2 cats appeared on the left and right", "2 more cats, in the centre" (``known``: already told)."""
+    where = _where(tuple(p for p in _POSITIONS if p in sides))
+    n = len(sides)
+    if known == 0:
+        return f"{_article(label)} {label} appeared {where}" if n == 1 else f"{n} {plural(label, n)} appeared {where}"
+    return f"another {label}, {where}" if n == 1 else f"{n} more {plural(label, n)}, {where}"
+
+
 # ------------------------------------------------------------------------------- engine
 
 
@@ -179,31 +220,55 @@ class FeedbackEngine:
         self._pending: set[str] = set()
         self._last_announced: dict[str, float] = {}
         self._last_spoke_at = -math.inf
+        # tracked mode
+        self._tracked = self.config.tracked is True
+        self.book = TrackBook()
+        self._to_announce: list[int] = []  # appeared tracks waiting for the speech gap
+        self._told: set[int] = set()  # live tracks the wearer has heard about (or that are not news)
+        self._label_left_at: dict[str, float] = {}  # kind → when its last track left
+        self._left_said: set[str] = set()  # kinds whose leaving was spoken (their return is news)
+        self._to_say_left: list[str] = []
 
     @property
     def speaks(self) -> bool:
         """Speech is used unless the glasses are known to have a display (unknown → speak; Mentra Live)."""
         return self.speak_enabled and self.has_display is not True
 
+    @property
+    def tracked(self) -> bool:
+        """Whether feedback follows tracks (True) or smooths per-frame boxes (False)."""
+        return self._tracked
+
     def present(self) -> tuple[Sighting, ...]:
         now = self._clock()
         if now - self._last_result_at > self.config.stale_after_s:
             return ()
-        hits: dict[str, int] = {}
-        newest: dict[str, Sighting] = {}
-        for entry in self._history:  # oldest → newest, so newest wins
-            for label, sighting in entry.items():
-                hits[label] = hits.get(label, 0) + 1
-                newest[label] = sighting
-        found = [newest[label] for label, n in hits.items() if n >= self.config.min_hits]
+        if self._tracked:
+            found = list(sightings_of(self.book.tracks, self.config.labels).values())
+        else:
+            hits: dict[str, int] = {}
+            newest: dict[str, Sighting] = {}
+            for entry in self._history:  # oldest → newest, so newest wins
+                for label, sighting in entry.items():
+                    hits[label] = hits.get(label, 0) + 1
+                    newest[label] = sighting
+            found = [newest[label] for label, n in hits.items() if n >= self.config.min_hits]
         return tuple(sorted(found, key=lambda s: (-s.count, s.label)))
 
     def on_result(self, result: FrameResult) -> list[Output]:
+        now = self._clock()
+        if self.config.tracked is None and not self._tracked:
+            self._tracked = any(d.track_id is not None for d in result.detections)
         self._history.append(sightings_in(result, self.config.labels))
-        self._last_result_at = self._clock()
+        self._last_result_at = now
+        if self._tracked:
+            self._on_events(self.book.update(result, now=now), now)
         return self._evaluate()
 
     def tick(self) -> list[Output]:
+        if self._tracked:
+            now = self._clock()
+            self._on_events(self.book.expire(now), now)
         return self._evaluate()
 
     def answer_query(self) -> list[Output]:
@@ -222,6 +287,8 @@ class FeedbackEngine:
             for s in present:
                 self._last_announced[s.label] = now
             self._pending.clear()
+            self._told.update(t.track_id for t in self._live_tracks())  # just described: not news any more
+            self._to_announce.clear()
         return out
 
     def notice(self, text: str) -> list[Output]:
@@ -243,6 +310,39 @@ class FeedbackEngine:
         self._last_display_at = now
         if empty:
             self._empty_since = now
+
+    def _live_tracks(self) -> list[Track]:
+        labels = self.config.labels
+        return [t for t in self.book.tracks if labels is None or t.label in labels]
+
+    def _on_events(self, events: list[TrackEvent], now: float) -> None:
+        """Book events → what to say: new tracks queue an announcement (unless a kind's return within
+        the cooldown), the last of a kind leaving may queue "the cat left"."""
+        labels = self.config.labels
+        for ev in events:
+            t = ev.track
+            if labels is not None and t.label not in labels:
+                continue
+            if ev.kind == "appeared":
+                others = [o for o in self._live_tracks() if o.label == t.label and o.track_id != t.track_id]
+                returning = (not others and t.label not in self._left_said
+                             and now - self._label_left_at.get(t.label, -math.inf) < self.config.label_cooldown_s)
+                if returning:
+                    self._told.add(t.track_id)
+                else:
+                    self._to_announce.append(t.track_id)
+                self._left_said.discard(t.label)
+                if t.label in self._to_say_left:
+                    self._to_say_left.remove(t.label)
+            elif ev.kind == "left":
+                was_told = t.track_id in self._told
+                self._told.discard(t.track_id)
+                if t.track_id in self._to_announce:
+                    self._to_announce.remove(t.track_id)
+                if not any(o.label == t.label for o in self._live_tracks()):
+                    self._label_left_at[t.label] = now
+                    if self.config.announce_left and was_told and t.label not in self._to_say_left:
+                        self._to_say_left.append(t.label)
 
     def _evaluate(self) -> list[Output]:
         now = self._clock()
@@ -270,6 +370,13 @@ class FeedbackEngine:
 
         if not self.speaks:
             self._pending.clear()
+            self._told.update(self._to_announce)
+            self._to_announce.clear()
+            self._to_say_left.clear()
+            return out
+        if self._tracked:
+            said = self._track_speech(now, stale=not present and bool(self.book.tracks))
+            out += [Speak(said)] if said else []
             return out
         # Drop kinds that left again or were announced recently (no re-announcing a flickering cat).
         self._pending = {
@@ -284,3 +391,25 @@ class FeedbackEngine:
                 self._last_announced[s.label] = now
             self._pending.clear()
         return out
+
+    def _track_speech(self, now: float, *, stale: bool) -> str | None:
+        """One utterance for the queued new tracks (and departures), or None (nothing, or too soon)."""
+        if stale or not (self._to_announce or self._to_say_left) or now - self._last_spoke_at < self.config.speech_gap_s:
+            return None
+        live = self._live_tracks()
+        queued = set(self._to_announce)
+        parts: list[str] = []
+        for label in dict.fromkeys(t.label for t in live if t.track_id in queued):  # in order of appearance
+            new = [t.side for t in live if t.label == label and t.track_id in queued]
+            known = sum(1 for t in live if t.label == label and t.track_id in self._told)
+            parts.append(appeared_phrase(label, new, known))
+        parts += [f"the {label} left" for label in self._to_say_left]
+        self._told |= queued
+        self._left_said |= set(self._to_say_left)
+        self._to_announce.clear()
+        self._to_say_left.clear()
+        if not parts:
+            return None
+        self._last_spoke_at = now
+        said = _join(parts)
+        return said[:1].upper() + said[1:]

@@ -12,6 +12,13 @@ publisher sessions (a reconnect resets the trackers, never the counter). A detec
 ``track_id`` once its track has matched in ``min_frames`` consecutive sampled frames; before that
 (and for low-confidence boxes matching nothing) ``track_id`` stays ``None``.
 
+Re-linking: ByteTrack re-finds a lost animal only where its motion model predicts it. One that
+walks out of the frame and comes back the way it left, or that stops behind cover, would come back
+as a new track. So a newly confirmed track takes over the id of a track of its label that was lost
+less than ``RELINK_S`` ago, about its size and near where it was last seen. ``RELINK_S`` equals the
+track book's ``LEFT_AFTER_S``: an animal back within it is the same track (and sighting), one gone
+longer is a new one.
+
 No threads: ``update`` runs on the inference thread, right after the detector.
 """
 
@@ -26,9 +33,13 @@ import supervision as sv
 from trackers import ByteTrackTracker
 
 from detector_app.detection.types import Detection
+from detector_app.tracking.book import LEFT_AFTER_S
 
 DEFAULT_FPS = 10.0  # the pipeline's default sampling rate
 BUFFER_S = 2.0  # a lost track is kept this long in media time: a ≤ 1 s miss keeps its id, 2× margin
+RELINK_S = LEFT_AFTER_S  # a new track may take over an id lost less than this ago…
+RELINK_SIZE = 3.0  # …if neither box is more than this many times the other's area…
+RELINK_REACH = 1.5  # …and its centre is within this many box sizes of where the old one was last seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +59,7 @@ class TrackerConfig:
     high_conf: float = 0.5
     min_iou: float = 0.1
     min_frames: int = 2
+    relink_s: float = RELINK_S
 
 
 class Tracker:
@@ -59,6 +71,7 @@ class Tracker:
             raise ValueError("tracker fps must be positive")
         self._by_label: dict[str, ByteTrackTracker] = {}
         self._ids: dict[tuple[str, int], int] = {}  # (label, ByteTrack's local id) → our id
+        self._seen: dict[int, tuple[str, np.ndarray, float]] = {}  # our id → label, last box, when
         self._next_id = 1
         self._session: object = None
         self._last_ts: float | None = None
@@ -72,6 +85,7 @@ class Tracker:
         """Forget every track (new publisher session); ids keep counting up."""
         self._by_label.clear()
         self._ids.clear()
+        self._seen.clear()
         self._last_ts = None
 
     def update(self, detections: Sequence[Detection], timestamp: float, session: object = None) -> tuple[Detection, ...]:
@@ -90,6 +104,8 @@ class Tracker:
         for i, d in enumerate(detections):
             by_label.setdefault(d.label, []).append(i)
         out = list(detections)
+        for tid in [tid for tid, (_, _, at) in self._seen.items() if timestamp - at >= self.config.relink_s]:
+            del self._seen[tid]  # bounded: only ids that may still be re-linked are remembered
         for label in set(by_label) | set(self._by_label):
             idx = by_label.get(label, [])
             for i, tid in zip(idx, self._track_label(label, [detections[i] for i in idx], timestamp), strict=True):
@@ -130,7 +146,7 @@ class Tracker:
         if len(tracked):
             for k, local in zip(tracked.data["index"], tracked.tracker_id, strict=True):
                 if local >= 0:
-                    ids[int(k)] = self._global_id(label, int(local))
+                    ids[int(k)] = self._global_id(trk, label, int(local), sv_dets.xyxy[int(k)], timestamp)
         alive = {(label, t.tracker_id) for t in trk.tracks if t.tracker_id >= 0}
         for key in [k for k in self._ids if k[0] == label and k not in alive]:
             del self._ids[key]  # bounded: only tracks ByteTrack still keeps have a mapping
@@ -138,10 +154,40 @@ class Tracker:
             del self._by_label[label]
         return ids
 
-    def _global_id(self, label: str, local: int) -> int:
+    def _global_id(self, trk: ByteTrackTracker, label: str, local: int, box: np.ndarray, ts: float) -> int:
         key = (label, local)
         tid = self._ids.get(key)
         if tid is None:
-            tid = self._ids[key] = self._next_id
-            self._next_id += 1
+            tid = self._relink(trk, label, box, ts)
+            if tid is None:
+                tid, self._next_id = self._next_id, self._next_id + 1
+            self._ids[key] = tid
+        self._seen[tid] = (label, box.copy(), ts)
         return tid
+
+    def _relink(self, trk: ByteTrackTracker, label: str, box: np.ndarray, ts: float) -> int | None:
+        """The id of a lost track of ``label`` this new one continues (see module doc), or None."""
+        area = _area(box)
+        best: tuple[float, int] | None = None
+        for tid, (lab, old, at) in self._seen.items():
+            if lab != label or at >= ts or ts - at >= self.config.relink_s:
+                continue  # another kind, seen in this very frame, or lost too long ago
+            a = _area(old)
+            if not area or not a or max(a, area) / min(a, area) > RELINK_SIZE:
+                continue
+            size = max(old[2] - old[0], old[3] - old[1], box[2] - box[0], box[3] - box[1])
+            dist = float(np.hypot(*((box[:2] + box[2:]) / 2 - (old[:2] + old[2:]) / 2))) / max(1.0, size)
+            if dist <= RELINK_REACH and (best is None or dist < best[0]):
+                best = (dist, tid)
+        if best is None:
+            return None
+        tid = best[1]
+        for key in [k for k, v in self._ids.items() if v == tid]:  # the lost track is superseded
+            del self._ids[key]
+            if key[0] == label:
+                trk.tracks = [t for t in trk.tracks if t.tracker_id != key[1]]
+        return tid
+
+
+def _area(b: np.ndarray) -> float:
+    return float(max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]))
