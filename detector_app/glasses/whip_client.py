@@ -32,10 +32,10 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import av
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from detector_app.ingest.rtc import set_ice_hosts
+from detector_app.ingest.rtc import prefer_h264, set_ice_hosts
 
 OFFER_TIMEOUT_S = 10.0
 DELETE_TIMEOUT_S = 2.0
@@ -47,12 +47,6 @@ class WhipRefused(RuntimeError):
     def __init__(self, status: int, text: str) -> None:
         super().__init__(f"WHIP endpoint refused the offer: HTTP {status} {text.strip()[:120]}")
         self.status = status
-
-
-def prefer_h264(transceiver) -> None:
-    """Only H.264 (what the glasses' encoder makes and our packets are)."""
-    caps = RTCRtpSender.getCapabilities("video").codecs
-    transceiver.setCodecPreferences([c for c in caps if c.mimeType.lower() in ("video/h264", "video/rtx")])
 
 
 class FileVideoTrack(MediaStreamTrack):
@@ -78,6 +72,7 @@ class FileVideoTrack(MediaStreamTrack):
         self._span = 0.0  # length of one pass, for looping
         self._offset = 0.0  # added per completed pass
         self._t0: float | None = None
+        self.origin_wall: float | None = None  # wall time of media time 0 (latency measurements)
         self.sent = 0
         self._demux = self._container.demux(self._stream)
 
@@ -117,6 +112,7 @@ class FileVideoTrack(MediaStreamTrack):
         now = time.monotonic()
         if self._t0 is None:
             self._t0 = now - rel
+            self.origin_wall = time.time() - rel
         delay = self._t0 + rel - now
         if delay > 0:
             await asyncio.sleep(delay)

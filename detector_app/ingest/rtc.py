@@ -46,6 +46,14 @@ def ice_hosts_for(bind_host: str) -> list[str] | None:
     return None if bind_host in ("", "0.0.0.0", "::") else [bind_host]
 
 
+def prefer_h264(transceiver: Any) -> None:
+    """Only H.264 on this transceiver: what the glasses' encoder makes, so packets pass unchanged."""
+    from aiortc import RTCRtpSender
+
+    caps = RTCRtpSender.getCapabilities("video").codecs
+    transceiver.setCodecPreferences([c for c in caps if c.mimeType.lower() in ("video/h264", "video/rtx")])
+
+
 def video_codec_of_sdp(sdp: str) -> str:
     """The first video codec an SDP answer settled on (``h264``, ``vp8``…), for the health line."""
     m = re.search(r"^m=video \S+ \S+ (\d+)", sdp, re.M)
@@ -152,6 +160,7 @@ class TrackSession:
         self.pc = pc
         self.started_at = time.monotonic()
         self.overwritten = 0  # frames replaced in the handoff before the decode thread took them
+        self.delivered = 0  # frames the decode thread took (0 at the end: media never flowed)
         self._cond = threading.Condition()
         self._frame: av.VideoFrame | None = None
         self._bytes = 0
@@ -224,6 +233,7 @@ class TrackSession:
                 self._cond.wait(min(left, 0.25))
             frame, self._frame = self._frame, None
             nbytes, self._bytes = self._bytes, 0
+            self.delivered += 1
             return frame, nbytes
 
     def close(self, timeout: float = 2.0) -> None:

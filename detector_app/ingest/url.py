@@ -28,7 +28,9 @@ def redact_url(url: str) -> str:
 class UrlSource:
     """Opens ``target`` once (files) or again after drops with backoff (live URLs)."""
 
-    def __init__(self, target: str, live: bool | None = None, read_timeout_s: float = 5.0, open_timeout_s: float = 10.0):
+    def __init__(self, target: str, live: bool | None = None, read_timeout_s: float = 5.0, open_timeout_s: float = 10.0,
+                 options: dict[str, str] | None = None, name: str | None = None):
+        """``options`` add to the demuxer's for a URL (e.g. HLS ``live_start_index``)."""
         self.target = target
         self.is_url = target.lower().startswith(LIVE_SCHEMES)
         if not self.is_url and not Path(target).exists():
@@ -38,7 +40,8 @@ class UrlSource:
         self.live = self.is_url if live is None else live
         self.reconnects = self.is_url
         self.rejected_publishers = 0  # nobody publishes to a URL we pull
-        self.name = target if not self.is_url else redact_url(target)
+        self.name = name or (target if not self.is_url else redact_url(target))
+        self._options = dict(options or {})
         self._timeouts = (open_timeout_s, read_timeout_s)
         self._closed = threading.Event()
         self._opened_once = False
@@ -50,7 +53,7 @@ class UrlSource:
             if self._opened_once and not self.is_url:
                 return None
             try:
-                options = dict(PROBE_OPTIONS) if self.is_url else {}
+                options = {**PROBE_OPTIONS, **self._options} if self.is_url else {}
                 container = av.open(self.target, options=options, timeout=self._timeouts)
             except (av.error.FFmpegError, OSError) as exc:
                 if not self.is_url:

@@ -114,10 +114,10 @@ class DecodeThread(threading.Thread):
                     break
                 if container is None:
                     break
-                if isinstance(container, av.container.InputContainer):
-                    self._run_session(container)
-                else:
+                if hasattr(container, "next_frame"):  # a FrameSession (WebRTC), not a container
                     self._run_frame_session(container)
+                else:
+                    self._run_session(container)
                 if not self.source.reconnects:
                     break
                 if not self.stop_event.is_set():
