@@ -125,6 +125,10 @@ KeepMbOpt = Annotated[
 CounterOpt = Annotated[
     bool, typer.Option("--frame-counter", help="Read the fixture videos' frame counter into each result (extra.frame_id).")
 ]
+TrackOpt = Annotated[
+    bool, typer.Option("--track/--no-track", help="Track animals across frames (ByteTrack): every detection gets a "
+                       "track_id, the glasses count and announce unique animals. --no-track: each frame stands alone."),
+]
 
 
 def _probe(enabled: bool):
@@ -257,6 +261,7 @@ def replay(
     web_host: WebHostOpt = "127.0.0.1",
     summary_json: Annotated[Path | None, typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
     frame_counter: CounterOpt = False,
+    track: TrackOpt = True,
     truth: Annotated[Path | None, typer.Option("--truth", help="Ground truth for --expect (MOT gt.txt, COCO JSON, fixture JSON).")] = None,
     truth_labels: Annotated[str | None, typer.Option("--truth-labels", help="MOT class ids to names: 1=cat,2=dog.")] = None,
     truth_label: Annotated[str | None, typer.Option("--truth-label", help="Every truth box is this class.")] = None,
@@ -295,7 +300,7 @@ def replay(
     if check is not None:
         sinks.append(check.collect)
     _run_and_report(
-        lambda: run_replay(video, det, protocol=protocol.value, fps=fps, sinks=sinks, headless=headless,
+        lambda: run_replay(video, det, protocol=protocol.value, fps=fps, sinks=sinks, headless=headless, track=track,
                            port=ingest_port, frame_probe=_probe(frame_counter),
                            on_ready=lambda pipeline, _url: shown.append(pipeline),
                            recorder=recording.recorder() if recording else None),
@@ -328,6 +333,7 @@ def detect(
     web_host: WebHostOpt = "127.0.0.1",
     summary_json: Annotated[Path | None, typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
     frame_counter: CounterOpt = False,
+    track: TrackOpt = True,
     sightings: SightingsOpt = None,
     sightings_db: SightingsDbOpt = None,
     data_dir: DataDirOpt = None,
@@ -354,7 +360,7 @@ def detect(
     if recording is not None:
         closers.append(recording.close)
     _run_and_report(
-        lambda: detect_source(src, det, fps=fps, sinks=sinks, headless=headless, live=realtime,
+        lambda: detect_source(src, det, fps=fps, sinks=sinks, headless=headless, live=realtime, track=track,
                               frame_probe=_probe(frame_counter), on_start=shown.append,
                               recorder=recording.recorder() if recording else None),
         closers, summary_json,
@@ -431,6 +437,7 @@ def serve(
     ingest: Annotated[str | None, typer.Option("--ingest", help="RTMP ingest (env INGEST): nginx (one nginx-rtmp, one port, publish hook) or embedded (a PyAV listener per session); default nginx where installed.")] = None,
     model: ModelOpt = None,
     fps: FpsOpt = 10.0,
+    track: TrackOpt = True,
     conf: ConfOpt = 0.35,
     imgsz: ImgszOpt = None,
     device: DeviceOpt = "cpu",
@@ -478,7 +485,7 @@ def serve(
     det = _detector(model, conf, imgsz, device, classes, backend, precision=precision, streams=2,  # several wearers
                     inference_url=inference_url)
     service = DetectionService(det, IngestConfig(advertise_host=settings.ingest_host, port=ingest_port, fps=fps,
-                                                 mode=mode))  # type: ignore[arg-type]
+                                                 mode=mode, track=track))  # type: ignore[arg-type]
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": "glasses"})
     service.sinks.extend(sinks)
     service.sightings = _sightings(sightings, sightings_db, data_dir, keep_days, keep_mb, default_on=True)

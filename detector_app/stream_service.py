@@ -52,6 +52,7 @@ class IngestConfig:
     #                nginx: the one port of every session (0 = one free port)
     fps: float = 10.0
     mode: Literal["embedded", "nginx"] = "embedded"  # RTMP ingest: PyAV listener per session, or one nginx
+    track: bool = True  # each stream its own tracker (Pipeline's); False = --no-track
 
 
 class StreamSession:
@@ -225,7 +226,7 @@ class DetectionService:
     def _adopt(self, endpoint: IngestEndpoint, source: VideoSource) -> tuple[StreamSession, bool]:
         pipeline = Pipeline(
             source, self.detector, fps=self.ingest.fps, sinks=list(self.sinks), source_label=endpoint.redacted(),
-            recorder=self.sightings.recorder() if self.sightings is not None else None,
+            recorder=self.sightings.recorder() if self.sightings is not None else None, track=self.ingest.track,
         )
         pipeline.start()
         stream = StreamSession(endpoint, pipeline)

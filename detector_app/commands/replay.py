@@ -35,12 +35,13 @@ def replay(
     on_ready: Callable[[Pipeline, str], None] | None = None,
     frame_probe: Callable | None = None,
     recorder: Recorder | None = None,
+    track: bool = True,
 ) -> RunSummary:
     """Listen, publish ``video`` from a separate process in real time, detect, summarise."""
     endpoint, source = open_listener(protocol, port=port, bind_host=bind_host, advertise="127.0.0.1", for_glasses=False)
     pipeline = Pipeline(
         source, detector, fps=fps, sinks=sinks, source_label=f"{protocol} replay of {video.name}", frame_probe=frame_probe,
-        recorder=recorder,
+        recorder=recorder, track=track,
     )
     pipeline.start()
     t0 = time.time()
@@ -103,10 +104,12 @@ def detect_source(
     headless: bool = True, live: bool | None = None, frame_probe: Callable | None = None,
     on_start: Callable[[Pipeline], None] | None = None,
     recorder: Recorder | None = None,
+    track: bool = True,
 ) -> RunSummary:
     """Run the pipeline on a file or stream URL until it ends (or Ctrl-C / window closed);
     ``on_start(pipeline)`` once it runs (the web viewer shows it)."""
-    pipeline = Pipeline(source, detector, fps=fps, sinks=sinks, live=live, frame_probe=frame_probe, recorder=recorder)
+    pipeline = Pipeline(source, detector, fps=fps, sinks=sinks, live=live, frame_probe=frame_probe, recorder=recorder,
+                        track=track)
     pipeline.start()
     if on_start is not None:
         on_start(pipeline)

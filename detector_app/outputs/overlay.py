@@ -37,7 +37,7 @@ def _scale(frame: np.ndarray) -> float:
 def draw_detections(bgr: np.ndarray, detections: Iterable[Detection],
                     colors: Mapping[str, Color] | None = None, *,
                     thickness: int | None = None, font_scale: float | None = None) -> np.ndarray:
-    """Boxes plus "label 0.87" tags; a dark outline and a filled tag keep them readable anywhere."""
+    """Boxes plus "cat #3 0.87" tags (``#id`` when tracked); a dark outline and a filled tag keep them readable."""
     h, w = bgr.shape[:2]
     s = _scale(bgr)
     th = thickness or max(1, round(2 * s))
@@ -54,7 +54,8 @@ def draw_detections(bgr: np.ndarray, detections: Iterable[Detection],
         cv2.rectangle(bgr, (x1, y1), (x2, y2), (0, 0, 0), th + 2, cv2.LINE_AA)
         cv2.rectangle(bgr, (x1, y1), (x2, y2), color, th, cv2.LINE_AA)
 
-        text = f"{det.label} {det.confidence:.2f}"
+        tag = det.label if det.track_id is None else f"{det.label} #{det.track_id}"
+        text = f"{tag} {det.confidence:.2f}"
         (tw, th_), base = cv2.getTextSize(text, _FONT, fs, fth)
         pad = max(2, th)
         tag_h = th_ + base + 2 * pad
