@@ -520,3 +520,172 @@ def test_sigterm_stops_stream_before_exit():
             assert "webhook: http://" in text
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------------------- against the simulator, per generation
+
+@pytest.fixture(scope="module")
+def sim_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import subprocess
+
+    out = tmp_path_factory.mktemp("simvid") / "clip.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=15", "-t", "4",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "15", str(out)], check=True, timeout=60)
+    return out
+
+
+@pytest.fixture
+def rtmp_receiver():
+    """A plain ffmpeg RTMP receiver in its own process (restarted when a publisher leaves): the fake
+    detection service hands out its URL, so the simulator's virtual glasses really go active."""
+    import subprocess
+
+    url = f"rtmp://127.0.0.1:{free_port()}/live/k"
+    proc = subprocess.Popen(["sh", "-c", f"while :; do ffmpeg -v error -listen 1 -i {url} -f null -; sleep 0.1; done"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+class ReceiverService(FakeService):
+    """FakeService whose streams' publish URL is a real receiver; ``open_playback_stream`` records the
+    managed stream's playback URLs it was asked to pull."""
+
+    def __init__(self, url: str = "rtmp://127.0.0.1:9/live/none") -> None:
+        super().__init__()
+        self.url = url
+        self.playback: list[tuple[str | None, str | None]] = []
+
+    def open_stream(self, protocol: str) -> FakeStream:
+        stream = super().open_stream(protocol)
+        stream.publish_url = self.url
+        return stream
+
+    def open_playback_stream(self, *, webrtc_url: str | None, hls_url: str | None) -> FakeStream:
+        self.playback.append((webrtc_url, hls_url))
+        stream = FakeStream(len(self.streams))
+        stream.publish_url = webrtc_url or hls_url or ""
+        self.streams.append(stream)
+        return stream
+
+
+class NowhereRelay:
+    """The simulator's managed-stream media server reduced to its protocol part: URLs that point at
+    nothing (the media path has its own tests); records what it was asked."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.stopped: list[str] = []
+
+    async def start(self, stream_id: str, video: Path | None) -> Any:
+        from types import SimpleNamespace
+
+        self.started.append(stream_id)
+        return SimpleNamespace(webrtc_url=f"http://127.0.0.1:9/whep/{stream_id}",
+                               hls_url=f"http://127.0.0.1:9/hls/{stream_id}.m3u8", dash_url=None)
+
+    async def stop(self, stream_id: str) -> None:
+        self.stopped.append(stream_id)
+
+    async def close(self) -> None:
+        pass
+
+
+async def sim_scenario(body: Callable[..., Any], service: ReceiverService, video: Path, generation: str,
+                       **settings_kw: Any) -> None:
+    from detector_app.mentra.simulator import CloudSimulator
+
+    port = free_port()
+    app = MiniApp(settings(port, **settings_kw), service, session_options=FAST, tick_interval=0.05)
+    relay = NowhereRelay()
+    sim = CloudSimulator(app_url=f"http://127.0.0.1:{port}", package_name=PKG, api_key=KEY, video=video,
+                         generation=generation, echo=False, grace_s=3.0, managed_media=relay)
+    await app.start()
+    try:
+        await sim.start()
+        await body(sim, app, relay)
+    finally:
+        try:
+            await asyncio.wait_for(app.stop(timeout=3), 10)
+        finally:
+            await asyncio.wait_for(sim.close(), 10)
+
+
+def _status(status: str, types: tuple[str, ...] = ("rtmp_stream_status",)) -> Callable[[Any], bool]:
+    return lambda e: e.direction == "cloud->app" and e.type in types and e.data.get("status") == status
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("generation", "cloud_protocol"), [("B", "v2"), ("D", "v2"), ("V3", "v3")])
+def test_miniapp_against_each_simulator_generation(generation, cloud_protocol, sim_video, rtmp_receiver):
+    """Our client on each generation: v2 init with the legacy sessionId on B/D; on V3 the 3.x handshake
+    (identity in the upgrade headers, /ws/miniapp, no sessionId in the init) and after an abrupt drop the
+    v3 ``reconnect`` (answered by ``reconnect_ack``) instead of a new init; the stream survives the drop and
+    "stop stream" stops it by its id."""
+    from detector_app.mentra.simulator import frame
+
+    user = "alice@example.com"
+
+    async def body(sim, app, relay):
+        await sim.start_session(user)
+        active = await sim.wait_for(_status("active"), 15)
+        init = sim.received("tpa_connection_init")[0]
+        opened = next(e for e in sim.events if e.direction == "ws" and e.type == "open")
+        if cloud_protocol == "v3":
+            assert "sessionId" not in init.data and init.data["sdkVersion"].startswith("3.")
+            assert opened.data["path"] == "/ws/miniapp"
+            assert opened.data["identity"] == {"x-user-id": user, "x-session-id": f"{user}-{PKG}",
+                                               "x-package-name": PKG, "x-api-key": "<set>"}
+        else:
+            assert init.data["sessionId"] == f"{user}-{PKG}" and "sdkVersion" not in init.data
+            assert opened.data["path"] == "/app-ws" and opened.data["identity"] == {}
+        n = len(sim.events)
+        await sim.drop_app_socket(user)  # abrupt TCP abort: the app sees 1006
+        if cloud_protocol == "v3":
+            await sim.wait_for(frame("app->cloud", "reconnect"), 5, start=n)
+            await sim.wait_for(frame("cloud->app", "reconnect_ack"), 5, start=n)
+            assert not sim.received("tpa_connection_init")[1:], "v3 resumes with reconnect, not a new init"
+        else:
+            await sim.wait_for(frame("app->cloud", "tpa_connection_init"), 5, start=n)
+        subs = await sim.wait_for(frame("app->cloud", "subscription_update"), 5, start=n)
+        assert "transcription:en-US" in subs.data["subscriptions"]
+        await sim.wait_for(frame("app->cloud", "stream_status_check"), 5, start=n)
+        await asyncio.sleep(0.3)
+        assert not [e for e in sim.events[n:] if e.direction == "app->cloud" and "stream_request" in e.type]
+        assert [e.type for e in sim.events if e.direction == "sim" and e.type == "resurrect"] == []
+        m = len(sim.events)
+        await sim.say("stop stream")
+        stop = await sim.wait_for(lambda e: e.direction == "app->cloud" and e.type in ("rtmp_stream_stop", "stream_stop"),
+                                  5, start=m)
+        assert stop.data["streamId"] == active.data["streamId"]
+        await sim.wait_for(_status("stopped"), 5, start=m)
+
+    asyncio.run(sim_scenario(body, ReceiverService(rtmp_receiver), sim_video, generation, cloud_protocol=cloud_protocol))
+
+
+@pytest.mark.timeout(60)
+def test_managed_stream_protocol_against_v3_simulator(sim_video):
+    """INGEST_PROTOCOL=managed: no ingest of ours; after the ack the session sends managed_stream_request,
+    waits for `active`, hands the playback URLs (WebRTC first, HLS) to the detection service to pull, and
+    on the stop webhook sends managed_stream_stop."""
+    from detector_app.mentra.simulator import frame
+
+    user = "bob@example.com"
+    service = ReceiverService()
+
+    async def body(sim, app, relay):
+        await sim.start_session(user)
+        req = await sim.wait_for(frame("app->cloud", "managed_stream_request"), 5)
+        assert req.data["packageName"] == PKG and req.data["enableWebRTC"] is True
+        active = await sim.wait_for(_status("active", ("managed_stream_status",)), 10)
+        await until(lambda: service.playback, 5, "the detection service asked to pull the playback URLs")
+        assert service.playback == [(active.data["webrtcUrl"], active.data["hlsUrl"])]
+        assert not sim.received("rtmp_stream_request") and not sim.received("stream_request")
+        await sim.stop_session(user)
+        await sim.wait_for(frame("app->cloud", "managed_stream_stop"), 5)
+        assert relay.started == relay.stopped == [active.data["streamId"]]
+
+    asyncio.run(sim_scenario(body, service, sim_video, "V3", cloud_protocol="v3", ingest_protocol="managed"))

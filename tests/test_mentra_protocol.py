@@ -177,7 +177,7 @@ class TestParsers:
 
     def test_pong_and_unknown(self):
         assert m.parse({"type": "pong", "timestamp": 1712052672000}) == m.Pong(1712052672000)
-        assert m.parse({"type": "reconnect_ack"}) is None
+        assert m.parse({"type": "reconnect_ack"}).reconnect is True  # v3 only; a v2 session ignores it
         assert m.parse({"type": "something_new", "x": 1}) is None
         assert m.parse([1, 2]) is None and m.parse({"no": "type"}) is None
 

@@ -41,12 +41,22 @@ class ScheduleReconnect:
 
 
 @dataclass(frozen=True, slots=True)
+class PlaybackUrls:
+    """A managed stream's playback URLs from ``managed_stream_status`` (the detection service pulls one)."""
+
+    webrtc_url: str | None
+    hls_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class StartPipeline:
     """Open an ingest + detection stream (fresh key), closing the session's previous one if any;
     report back with ``pipeline_ready(url)`` or ``pipeline_failed(error)``. The driver closes the
-    pipeline itself when the session ends."""
+    pipeline itself when the session ends. With ``playback`` (managed streams) the detection stream
+    pulls those URLs instead of listening."""
 
     protocol: str
+    playback: PlaybackUrls | None = None
 
 
 @dataclass(frozen=True, slots=True)

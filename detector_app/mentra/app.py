@@ -188,7 +188,7 @@ class MiniApp:
         return sum(1 for r in self._runners.values() if not r.session.ended)
 
     async def on_session_request(self, request: SessionRequest) -> None:
-        refusal = check_ws_url(request.ws_url, self.settings.ws_allowlist,
+        refusal = check_ws_url(request.url_for(self.settings.cloud_protocol), self.settings.ws_allowlist,
                                allow_insecure=self.settings.allow_insecure_ws)
         if refusal:
             logger.warning(f"refused session_request {request.session_id}: {refusal}")
@@ -220,6 +220,7 @@ class MiniApp:
         options: dict[str, Any] = {
             "subscriptions": (f"transcription:{s.transcription_language}", "button_press", "rtmp_stream_status"),
             "ingest_protocol": s.ingest_protocol,
+            "cloud_protocol": s.cloud_protocol,
             "video": s.video_config(),
             **self._session_options,
         }
@@ -230,7 +231,7 @@ class MiniApp:
             options["auto_start_stream"] = False
         config = SessionConfig(package_name=s.package_name, api_key=s.api_key, **options)
         feedback = FeedbackEngine(self._clock, self._feedback_config, speak_enabled=s.speak)
-        session = AppSession(config, request.session_id, request.ws_url, clock=self._clock,
+        session = AppSession(config, request.session_id, request.url_for(s.cloud_protocol), clock=self._clock,
                              feedback=feedback, user_id=request.user_id)
         return SessionRunner(session, self.get_service, tick_interval=self._tick_interval)
 

@@ -32,7 +32,7 @@ from detector_app.mentra.actions import (
     SessionEnded,
     StartPipeline,
 )
-from detector_app.mentra.contracts import DetectionServiceLike, StreamSessionLike
+from detector_app.mentra.contracts import DetectionServiceLike, PlaybackServiceLike, StreamSessionLike
 from detector_app.mentra.session import AppSession
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the [D] cloud's payload limit (§3.1)
@@ -73,7 +73,7 @@ class SessionRunner:
         self._stream_close_s = stream_close_s
         self._closing_pipeline = False
         self._retiring: set[asyncio.Task[None]] = set()  # closes of replaced (dead) streams
-        self._start_again: str | None = None  # a StartPipeline that came while one was opening
+        self._start_again: StartPipeline | None = None  # one that came while another was opening
         self._task: asyncio.Task[SessionEnded | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.end: SessionEnded | None = None
@@ -151,6 +151,7 @@ class SessionRunner:
                 open_timeout=self._open_timeout,
                 close_timeout=self._close_timeout,
                 max_size=MAX_MESSAGE_BYTES,
+                additional_headers=self.session.connect_headers() or None,  # v3: the session's identity
             ) as ws:
                 self._generation += 1
                 self._ws = ws
@@ -240,23 +241,23 @@ class SessionRunner:
                 self._reconnect_delay = action.delay
             elif isinstance(action, StartPipeline):
                 if self._pipeline_task is None or self._pipeline_task.done():
-                    self._pipeline_task = asyncio.create_task(self._start_pipeline(action.protocol))
+                    self._pipeline_task = asyncio.create_task(self._start_pipeline(action))
                 else:  # the stream being opened died at once: open another when this open is done
-                    self._start_again = action.protocol
+                    self._start_again = action
             elif isinstance(action, SessionEnded):
                 self.end = action
                 self._ended.set()
 
-    async def _start_pipeline(self, protocol: str) -> None:
+    async def _start_pipeline(self, start: StartPipeline) -> None:
         """Open and adopt a new stream, then retire the (dead) one it replaces in the background. New
         first: a dead stream's close waits for its decoder's read timeout, which would delay recovery."""
         with self._stream_lock:
             old = self._stream
         try:
             service = await self._get_service()
-            stream = await asyncio.to_thread(self._open_and_adopt, service, protocol)
+            stream = await asyncio.to_thread(self._open_and_adopt, service, start)
         except Exception as exc:  # noqa: BLE001
-            logger.opt(exception=exc).warning(f"[{self.session_id}] open_stream({protocol!r}) failed")
+            logger.opt(exception=exc).warning(f"[{self.session_id}] open_stream({start.protocol!r}) failed")
             self._dispatch(self.session.pipeline_failed(f"{type(exc).__name__}: {exc}"))
         else:
             if stream is not None and not self._ended.is_set():
@@ -273,10 +274,17 @@ class SessionRunner:
             if again is not None and not self._ended.is_set():
                 self._pipeline_task = asyncio.create_task(self._start_pipeline(again))
 
-    def _open_and_adopt(self, service: DetectionServiceLike, protocol: str) -> StreamSessionLike | None:
-        """Worker thread: open a stream and hand it to this runner — or, if the session stopped
-        meanwhile (its close did not wait for us), close it here: nobody else holds it."""
-        stream = service.open_stream(protocol)
+    def _open_and_adopt(self, service: DetectionServiceLike, start: StartPipeline) -> StreamSessionLike | None:
+        """Worker thread: open a stream (a listener, or for a managed stream a puller of its playback
+        URLs) and hand it to this runner — or, if the session stopped meanwhile (its close did not wait
+        for us), close it here: nobody else holds it."""
+        if start.playback is not None:
+            if not isinstance(service, PlaybackServiceLike):
+                raise RuntimeError("this detection service cannot pull a managed stream (no open_playback_stream)")
+            stream = service.open_playback_stream(webrtc_url=start.playback.webrtc_url,
+                                                  hls_url=start.playback.hls_url)
+        else:
+            stream = service.open_stream(start.protocol)
         stream.add_listener(self._on_result_threadsafe)
         with self._stream_lock:
             if not self._streams_closed:

@@ -41,8 +41,14 @@ class MentraSettings(BaseSettings):
         description="Public base URL registered in the developer console (only printed).",
     )
 
-    ingest_protocol: Literal["rtmp", "srt", "whip"] = Field(
-        "rtmp", validation_alias=AliasChoices("ingest_protocol", "INGEST_PROTOCOL")
+    ingest_protocol: Literal["rtmp", "srt", "whip", "managed"] = Field(
+        "rtmp", validation_alias=AliasChoices("ingest_protocol", "INGEST_PROTOCOL"),
+        description="managed: no ingest of ours; the cloud relays the glasses' video and we pull its playback URL.",
+    )
+    cloud_protocol: Literal["v2", "v3"] = Field(
+        "v2", validation_alias=AliasChoices("cloud_protocol", "MENTRAOS_PROTOCOL"),
+        description="v2: the 2.x SDK's wire protocol (every cloud); v3: the 3.x SDK's (header identity, "
+                    "reconnect; the newest cloud only). docs/mentraos-3x.md",
     )
     ingest_host: str | None = Field(
         None, validation_alias=AliasChoices("ingest_host", "INGEST_HOST"),

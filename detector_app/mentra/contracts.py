@@ -42,3 +42,11 @@ class DetectionServiceLike(Protocol):
     def open_stream(self, protocol: str) -> StreamSessionLike: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class PlaybackServiceLike(Protocol):
+    """A detection service that can also pull a managed stream's playback URLs (WebRTC/WHEP first,
+    HLS as the fallback) instead of listening for a publisher."""
+
+    def open_playback_stream(self, *, webrtc_url: str | None, hls_url: str | None) -> StreamSessionLike: ...

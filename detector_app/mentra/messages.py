@@ -88,6 +88,51 @@ def connection_init(package_name: str, session_id: str, api_key: str) -> dict[st
     }
 
 
+# What our client calls itself in the v3 handshake: the cloud only reads the major version (`isV3Sdk`, §3.2).
+V3_SDK_VERSION = "3.0.0"
+
+
+def connection_init_v3(package_name: str, api_key: str) -> dict[str, Any]:
+    """The 3.x SDK's init (docs/mentraos-3x.md): no ``sessionId`` — the upgrade headers name the session —
+    and ``sdkVersion`` ≥ 3, which gives us the v3 semantics (``reconnect``, stream state pushed on connect)."""
+    return {
+        "type": "tpa_connection_init",
+        "packageName": package_name,
+        "apiKey": api_key,
+        "sdkVersion": V3_SDK_VERSION,
+        "timestamp": now_iso(),
+    }
+
+
+def v3_headers(package_name: str, session_id: str, user_id: str | None, api_key: str) -> dict[str, str]:
+    """WebSocket upgrade headers of a 3.x SDK session (``_SessionManager``): the cloud resolves the user
+    from ``x-user-id`` (else the legacy id in ``x-session-id``)."""
+    headers = {"x-session-id": session_id, "x-package-name": package_name, "x-api-key": api_key}
+    if user_id:
+        headers["x-user-id"] = user_id
+    return headers
+
+
+def reconnect(session_id: str) -> dict[str, Any]:
+    """v3 resume after a drop (instead of a new init): the cloud answers ``reconnect_ack`` (§3.8)."""
+    return {"type": "reconnect", "sessionId": session_id, "sdkVersion": V3_SDK_VERSION, "timestamp": now_iso()}
+
+
+def managed_stream_request(package_name: str, session_id: str, *, video: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A managed stream (§4.8): the cloud relays the glasses' video and answers with playback URLs
+    (WebRTC/WHEP ``webrtcUrl`` by default, ``hlsUrl``/``dashUrl``)."""
+    msg: dict[str, Any] = {"type": "managed_stream_request", "packageName": package_name, "sessionId": session_id,
+                           "enableWebRTC": True, "timestamp": now_iso()}
+    if video:
+        msg["video"] = dict(video)
+    return msg
+
+
+def managed_stream_stop(package_name: str, session_id: str) -> dict[str, Any]:
+    return {"type": "managed_stream_stop", "packageName": package_name, "sessionId": session_id,
+            "timestamp": now_iso()}
+
+
 def subscription_update(package_name: str, session_id: str, subscriptions: list[str]) -> dict[str, Any]:
     return {
         "type": "subscription_update",
@@ -234,10 +279,37 @@ class ConnectionAck:
     mentraos_settings: dict[str, Any]
     capabilities: dict[str, Any] | None
     user_id: str | None = None
+    reconnect: bool = False  # ``reconnect_ack`` (v3): same fields, answers our ``reconnect``
 
     @property
     def has_display(self) -> bool | None:
         return capabilities_has_display(self.capabilities)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectRejected:
+    """v3: the cloud will not resume; NOT_RUNNING/BOOT_TIMEOUT end the session, other codes mean a fresh init."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectDeferred:
+    """v3: the cloud is still restoring the session; the ack comes within ``timeout_s``."""
+
+    code: str
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedStreamStatus:
+    status: str  # initializing | preparing | active | stopping | stopped | error
+    stream_id: str | None
+    webrtc_url: str | None = None
+    hls_url: str | None = None
+    dash_url: str | None = None
+    message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +407,21 @@ Incoming = (
     | AudioPlayResponse
     | AppStopped
     | PermissionError_
+    | ReconnectRejected
+    | ReconnectDeferred
+    | ManagedStreamStatus
 )
+
+
+def _parse_managed_status(data: dict[str, Any]) -> ManagedStreamStatus:
+    return ManagedStreamStatus(
+        status=str(data.get("status", "")),
+        stream_id=_str(data.get("streamId")),
+        webrtc_url=_str(data.get("webrtcUrl")),
+        hls_url=_str(data.get("hlsUrl")),
+        dash_url=_str(data.get("dashUrl")),
+        message=_str(data.get("message")),
+    )
 
 
 def capabilities_has_display(capabilities: dict[str, Any] | None) -> bool | None:
@@ -382,6 +468,8 @@ def _parse_data_stream(msg: dict[str, Any]) -> Incoming | None:
         )
     if stream_type in STATUS_TYPES or data.get("type") in STATUS_TYPES:
         return _parse_stream_status(data, via=f"data_stream:{stream_type or data.get('type')}")
+    if stream_type == "managed_stream_status" or data.get("type") == "managed_stream_status":
+        return _parse_managed_status(data)
     return None
 
 
@@ -390,7 +478,7 @@ def parse(msg: Any) -> Incoming | None:
     if not isinstance(msg, dict):
         return None
     mtype = msg.get("type")
-    if mtype == "tpa_connection_ack":
+    if mtype in ("tpa_connection_ack", "reconnect_ack"):
         settings_obj = msg.get("mentraosSettings")
         if not isinstance(settings_obj, dict):
             settings_obj = msg.get("augmentosSettings")
@@ -402,7 +490,16 @@ def parse(msg: Any) -> Incoming | None:
             mentraos_settings=settings_obj if isinstance(settings_obj, dict) else {},
             capabilities=caps if isinstance(caps, dict) else None,
             user_id=_str(msg.get("userId")),
+            reconnect=mtype == "reconnect_ack",
         )
+    if mtype == "reconnect_rejected":
+        return ReconnectRejected(code=str(msg.get("code") or "UNKNOWN"), message=str(msg.get("message") or ""))
+    if mtype == "reconnect_deferred":
+        timeout_ms = msg.get("timeoutMs")
+        return ReconnectDeferred(code=str(msg.get("code") or "UNKNOWN"),
+                                 timeout_s=timeout_ms / 1000 if isinstance(timeout_ms, (int, float)) else 30.0)
+    if mtype == "managed_stream_status":
+        return _parse_managed_status(msg)
     if mtype in ("tpa_connection_error", "connection_error"):
         return ConnectionError(
             code=str(msg.get("code") or "UNKNOWN"),

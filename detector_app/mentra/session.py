@@ -35,6 +35,7 @@ from detector_app.mentra.actions import (
     Action,
     Close,
     Log,
+    PlaybackUrls,
     ScheduleReconnect,
     Send,
     SessionEnded,
@@ -44,6 +45,7 @@ from detector_app.mentra.commands import Command, match_button, match_transcript
 from detector_app.mentra.feedback import ClearDisplay, FeedbackEngine, Output, ShowText, Speak
 
 NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1008})
+RECONNECT_FINAL_CODES = ("NOT_RUNNING", "BOOT_TIMEOUT")  # reconnect_rejected codes that end the session (v3 SDK)
 NO_RECONNECT_REASONS = ("App stopped", "User session ended")
 ACK_TIMEOUT_CLOSE = 4000  # our own close code when the ack does not come (reconnect follows)
 
@@ -84,7 +86,8 @@ class SessionConfig:
     package_name: str
     api_key: SecretStr
     subscriptions: tuple[str, ...] = ("transcription:en-US", "button_press", "rtmp_stream_status")
-    ingest_protocol: str = "rtmp"
+    ingest_protocol: str = "rtmp"  # "managed": no ingest of ours; the cloud relays and we pull its URLs
+    cloud_protocol: str = "v2"  # "v3": header identity, v3 init, `reconnect` after a drop (docs/mentraos-3x.md)
     video: dict[str, Any] | None = None
     auto_start_stream: bool = True
     ping_interval_s: float = 15.0
@@ -92,6 +95,7 @@ class SessionConfig:
     reconnect_delays: tuple[float, ...] = (1.0, 2.0, 4.0)
     stream_retry_delays: tuple[float, ...] = (2.0, 4.0, 8.0, 8.0, 8.0)  # max tries = len
     stream_start_timeout_s: float = 10.0
+    managed_start_timeout_s: float = 30.0  # the 3.x SDK's MANAGED_STREAM_TIMEOUT_MS (the cloud's relay is slow)
     stream_stable_s: float = 20.0  # an active stream this old resets the failure count
     status_check_timeout_s: float = 5.0
     stop_close_grace_s: float = 3.0
@@ -168,6 +172,7 @@ class AppSession:
         self._audio_seq = 0
         self._rebuilds = 0  # ingest rebuilds since detections last flowed
         self._rebuild_at: float | None = None
+        self._playback: PlaybackUrls | None = None  # managed stream: the URLs the detection stream pulls
 
     # ----------------------------------------------------------------- introspection
 
@@ -191,6 +196,21 @@ class AppSession:
     def last_error_code(self) -> str | None:
         return self._last_error_code
 
+    @property
+    def v3(self) -> bool:
+        return self.config.cloud_protocol == "v3"
+
+    @property
+    def managed(self) -> bool:
+        return self.config.ingest_protocol == "managed"
+
+    def connect_headers(self) -> dict[str, str]:
+        """Upgrade headers for the next WebSocket: v3 names the session by them; v2 sends none (§3.1)."""
+        if not self.v3:
+            return {}
+        return m.v3_headers(self.config.package_name, self.session_id, self.user_id,
+                            self.config.api_key.get_secret_value())
+
     # ----------------------------------------------------------------- connection events
 
     def connection_opened(self) -> list[Action]:
@@ -201,8 +221,15 @@ class AppSession:
         self.phase = Phase.AWAIT_ACK
         self._ack_deadline = now + self.config.ack_timeout_s
         self._next_ping = math.inf
-        init = m.connection_init(self.config.package_name, self.session_id, self.config.api_key.get_secret_value())
-        return [Send(init), Log("DEBUG", f"[{self.session_id}] sent tpa_connection_init")]
+        if self.v3 and self._acks:  # v3 resumes the session it had (§3.8); a refusal falls back to an init
+            return [Send(m.reconnect(self.session_id)), Log("DEBUG", f"[{self.session_id}] sent reconnect")]
+        return [Send(self._init()), Log("DEBUG", f"[{self.session_id}] sent tpa_connection_init")]
+
+    def _init(self) -> dict[str, Any]:
+        key = self.config.api_key.get_secret_value()
+        if self.v3:
+            return m.connection_init_v3(self.config.package_name, key)
+        return m.connection_init(self.config.package_name, self.session_id, key)
 
     def connection_closed(self, code: int | None, reason: str = "") -> list[Action]:
         """The socket closed (or a connect attempt failed: pass 1006)."""
@@ -243,7 +270,16 @@ class AppSession:
         if msg is None:
             return []
         if isinstance(msg, m.ConnectionAck):
+            if msg.reconnect and not self.v3:
+                return [Log("WARNING", f"[{self.session_id}] reconnect_ack without our reconnect ignored")]
             return self._on_ack(msg)
+        if isinstance(msg, m.ReconnectRejected):
+            return self._on_reconnect_rejected(msg)
+        if isinstance(msg, m.ReconnectDeferred):
+            self._ack_deadline = self._clock() + msg.timeout_s
+            return [Log("INFO", f"[{self.session_id}] reconnect deferred ({msg.code}); waiting up to {msg.timeout_s:g} s")]
+        if isinstance(msg, m.ManagedStreamStatus):
+            return self._on_managed_status(msg)
         if isinstance(msg, m.ConnectionError):
             self._last_error_code = msg.code
             hint = _ERROR_HINTS.get(msg.code)
@@ -277,6 +313,17 @@ class AppSession:
         # Pong, DeviceStateUpdate: nothing to do.
         return []
 
+    def _on_reconnect_rejected(self, r: m.ReconnectRejected) -> list[Action]:
+        """Like the 3.x SDK: NOT_RUNNING / BOOT_TIMEOUT end the session; any other code means the cloud
+        lost it, so a fresh init follows on the same socket."""
+        self._last_error_code = r.code
+        if r.code in RECONNECT_FINAL_CODES:
+            return [Log("ERROR", f"[{self.session_id}] reconnect rejected {r.code}: {r.message}; ending"),
+                    Close(1000, "Reconnect rejected"), *self._end(f"reconnect rejected {r.code}")]
+        self._ack_deadline = self._clock() + self.config.ack_timeout_s
+        return [Log("WARNING", f"[{self.session_id}] reconnect rejected {r.code}: {r.message}; sending a new init"),
+                Send(self._init())]
+
     def _on_ack(self, ack: m.ConnectionAck) -> list[Action]:
         now = self._clock()
         first = self._acks == 0
@@ -296,7 +343,7 @@ class AppSession:
             Send(m.subscription_update(self.config.package_name, self.session_id, list(self.config.subscriptions))),
         ]
         if first:
-            if not self._pipeline_requested:
+            if not self._pipeline_requested and not self.managed:  # managed: the pipeline waits for the URLs
                 self._pipeline_requested = True
                 acts.append(StartPipeline(self.config.ingest_protocol))
         else:
@@ -343,6 +390,9 @@ class AppSession:
             st.active_since = None
         return [Log("WARNING", f"[{self.session_id}] ingest lost: {error}; rebuilding it"), *self._schedule_rebuild()]
 
+    def _start_pipeline(self) -> StartPipeline:
+        return StartPipeline(self.config.ingest_protocol, self._playback if self.managed else None)
+
     def _schedule_rebuild(self) -> list[Action]:
         delays = self.config.ingest_rebuild_delays
         if self._rebuilds >= len(delays):
@@ -352,7 +402,7 @@ class AppSession:
         delay = delays[self._rebuilds]
         self._rebuilds += 1
         if delay <= 0:
-            return [StartPipeline(self.config.ingest_protocol)]
+            return [self._start_pipeline()]
         self._rebuild_at = self._clock() + delay
         return [Log("INFO", f"[{self.session_id}] ingest rebuild {self._rebuilds}/{len(delays)} in {delay:g} s")]
 
@@ -385,7 +435,7 @@ class AppSession:
             return acts
         if self._rebuild_at is not None and now >= self._rebuild_at:
             self._rebuild_at = None
-            acts.append(StartPipeline(self.config.ingest_protocol))
+            acts.append(self._start_pipeline())
         if self.phase is Phase.AWAIT_ACK and now >= self._ack_deadline:
             self._ack_deadline = math.inf
             self._reconnect_on_close = True
@@ -411,10 +461,12 @@ class AppSession:
             st.check_deadline = None
             acts.append(Log("INFO", f"[{self.session_id}] no stream_status_check_response; assuming no stream"))
             acts += self._forget_lost_stream()
-        if st.status is StreamPhase.REQUESTED and now - st.requested_at >= self.config.stream_start_timeout_s:
+        limit = self.config.managed_start_timeout_s if self.managed else self.config.stream_start_timeout_s
+        waiting = st.status is StreamPhase.REQUESTED or (self.managed and st.status is StreamPhase.INITIALIZING)
+        if waiting and now - st.requested_at >= limit:
             st.status = None
-            acts += self._stream_failed(now, f"no stream status {self.config.stream_start_timeout_s:g} s "
-                                             "after the request")
+            acts += self._stream_failed(now, f"no {'playback URLs' if self.managed else 'stream status'} "
+                                             f"{limit:g} s after the request")
         if st.retry_at is not None and now >= st.retry_at:
             st.retry_at = None
             acts += self._maybe_start_stream()
@@ -461,7 +513,7 @@ class AppSession:
         if (
             st.want
             and self.phase is Phase.READY
-            and st.publish_url
+            and (st.publish_url or self.managed)
             and st.status in (None, *_STREAM_ENDED)
             and st.retry_at is None
             and st.check_deadline is None
@@ -471,6 +523,10 @@ class AppSession:
 
     def _request_stream(self) -> list[Action]:
         st = self._stream
+        if self.managed:
+            st.stream_id, st.status, st.requested_at = None, StreamPhase.REQUESTED, self._clock()
+            msg = m.managed_stream_request(self.config.package_name, self.session_id, video=self.config.video)
+            return [Log("INFO", f"[{self.session_id}] managed_stream_request"), Send(msg)]
         assert st.publish_url is not None
         if st.stream_id:
             # Retire the previous stream: a new unmanaged request pre-empts it (§4.2), and its late
@@ -486,6 +542,12 @@ class AppSession:
         st = self._stream
         if st.status not in (*_STREAM_LIVE, StreamPhase.STOPPING):
             return []
+        if self.managed:  # one managed stream per user: the stop names none (SDK `managed_stream_stop`)
+            if st.stream_id:
+                st.stop_ids.add(st.stream_id)
+            st.status = StreamPhase.STOPPING
+            return [Log("INFO", f"[{self.session_id}] managed_stream_stop streamId={st.stream_id}"),
+                    Send(m.managed_stream_stop(self.config.package_name, self.session_id))]
         legacy = st.publish_url is None or m.is_rtmp_url(st.publish_url)
         if st.stream_id:
             st.stop_ids.add(st.stream_id)
@@ -540,6 +602,51 @@ class AppSession:
             st.active_since = None
         return acts
 
+    def _on_managed_status(self, s: m.ManagedStreamStatus) -> list[Action]:
+        """initializing/preparing → active (the pipeline pulls the playback URLs once they come) →
+        stopped; an `error` or a `stopped` we did not ask for is a failure, retried like a direct stream."""
+        st = self._stream
+        sid = self.session_id
+        if not self.managed:
+            return [Log("DEBUG", f"[{sid}] managed_stream_status {s.status} ignored (not a managed session)")]
+        if s.stream_id and s.stream_id in st.stop_ids:
+            if s.status in ("stopped", "error") and s.stream_id == st.stream_id:
+                st.status = StreamPhase.STOPPED
+            return [Log("INFO", f"[{sid}] managed stream {s.stream_id} {s.status} (as requested)")] \
+                if s.status in ("stopped", "error") else []
+        if s.stream_id:
+            st.stream_id = s.stream_id
+        now = self._clock()
+        if s.status in ("initializing", "preparing"):
+            if st.status is StreamPhase.REQUESTED:
+                st.status = StreamPhase.INITIALIZING
+            return [Log("INFO", f"[{sid}] managed stream {s.stream_id} {s.status}")]
+        if s.status == "active":
+            acts: list[Action] = []
+            if st.status is not StreamPhase.ACTIVE:
+                st.status, st.active_since = StreamPhase.ACTIVE, now
+            urls = PlaybackUrls(s.webrtc_url, s.hls_url) if (s.webrtc_url or s.hls_url) else None
+            if urls is None:
+                return [Log("INFO", f"[{sid}] managed stream {s.stream_id} active; waiting for its playback URLs")]
+            if urls != self._playback:
+                self._playback = urls
+                self._pipeline_requested = True
+                acts += [Log("INFO", f"[{sid}] managed stream {s.stream_id} active: pulling "
+                                     f"{m.url_for_log(s.webrtc_url or s.hls_url or '')}"),
+                         self._start_pipeline()]
+                if s.stream_id and s.stream_id not in st.announced:
+                    st.announced.add(s.stream_id)
+                    acts += self._feedback(self.feedback.notice("Animal detection on"))
+            return acts
+        if s.status == "stopping":
+            st.status = StreamPhase.STOPPING
+            return []
+        st.status = StreamPhase.STOPPED  # stopped / error without our request
+        st.active_since = None
+        self._playback = None
+        return self._stream_failed(now, f"managed stream {s.stream_id} {s.status} without our request"
+                                        f"{f' ({s.message})' if s.message else ''}")
+
     def _stream_failed(self, now: float, why: str) -> list[Action]:
         st = self._stream
         if st.active_since is not None and now - st.active_since >= self.config.stream_stable_s:
@@ -562,7 +669,7 @@ class AppSession:
         st.check_deadline = None
         ours = r.has_active_stream and r.stream_id is not None and (
             r.stream_id == st.stream_id or (st.publish_url is not None and r.url == st.publish_url)
-        )
+        ) and ((r.stream_type == "managed") == self.managed or r.stream_type is None)
         if ours:
             assert r.stream_id is not None
             st.stream_id = r.stream_id

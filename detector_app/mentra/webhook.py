@@ -34,6 +34,12 @@ class SessionRequest:
     user_id: str | None
     ws_url: str
     timestamp: str | None = None
+    miniapp_ws_url: str | None = None  # ``websocketUrl``: the v3 path ``/ws/miniapp`` ([D] only)
+
+    def url_for(self, cloud_protocol: str) -> str:
+        """The URL a client of this protocol connects to: the 3.x SDK prefers ``websocketUrl``
+        (``_SessionManager``), the 2.x SDK never reads it (v2 clients must stay on ``/app-ws``)."""
+        return (self.miniapp_ws_url or self.ws_url) if cloud_protocol == "v3" else self.ws_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +62,7 @@ def _opt_str(value: Any) -> str | None:
 
 def parse_webhook(body: Any) -> SessionRequest | StopRequest:
     """Validate a webhook body. The URL is ``mentraOSWebsocketUrl`` or else ``augmentOSWebsocketUrl``
-    (what the SDK uses, §2.1); ``websocketUrl`` is the v3 path and deliberately not used."""
+    (what the 2.x SDK uses, §2.1); ``websocketUrl`` (the v3 path) is kept for v3 clients (``url_for``)."""
     if not isinstance(body, dict):
         raise WebhookError(400, "Body must be a JSON object")
     kind = body.get("type")
@@ -65,7 +71,8 @@ def parse_webhook(body: Any) -> SessionRequest | StopRequest:
         ws_url = _opt_str(body.get("mentraOSWebsocketUrl")) or _opt_str(body.get("augmentOSWebsocketUrl"))
         if ws_url is None:
             raise WebhookError(400, "Missing field: mentraOSWebsocketUrl or augmentOSWebsocketUrl")
-        return SessionRequest(session_id, _opt_str(body.get("userId")), ws_url, _opt_str(body.get("timestamp")))
+        return SessionRequest(session_id, _opt_str(body.get("userId")), ws_url, _opt_str(body.get("timestamp")),
+                              _opt_str(body.get("websocketUrl")))
     if kind == "stop_request":
         return StopRequest(_required_str(body, "sessionId"), _opt_str(body.get("userId")), _opt_str(body.get("reason")))
     raise WebhookError(400, "Unknown webhook request type")

@@ -36,9 +36,10 @@ class AppConnections:
         ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=16 * 1024 * 1024, timeout=3.0)
         await ws.prepare(request)
         core.sockets.add(ws)
-        core.record("ws", "open", None, {"path": request.path})
-        bound: UserSession | None = None
         headers = {k.lower(): v for k, v in request.headers.items() if k.lower().startswith("x-")}
+        core.record("ws", "open", None, {"path": request.path, "identity": {  # never the key itself
+            k: ("<set>" if k == "x-api-key" else v) for k, v in headers.items()}})
+        bound: UserSession | None = None
         try:
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.BINARY and bound is not None and core.gen.audio_streams:
