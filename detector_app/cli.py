@@ -447,6 +447,8 @@ def serve(
     inference_url: InferenceUrlOpt = None,
     out: OutOpt = None,
     feed_port: FeedPortOpt = 8765,
+    web_port: Annotated[int | None, typer.Option("--web-port", help="Live web viewer port, e.g. 8080 (env WEB_PORT; 0 = off, the default): every wearer's stream, health and sightings.")] = None,
+    web_host: Annotated[str | None, typer.Option("--web-host", help="Viewer address (env WEB_HOST, default 127.0.0.1); anything else needs the token (WEB_TOKEN, or printed).")] = None,
     headless: HeadlessOpt = False,
     sightings: SightingsOpt = None,
     sightings_db: SightingsDbOpt = None,
@@ -465,7 +467,8 @@ def serve(
 
     overrides = {k: v for k, v in {
         "port": port, "ingest_protocol": protocol.value if protocol else None,
-        "ingest_host": ingest_host, "ingest_port": ingest_port, "ingest": ingest,
+        "ingest_host": ingest_host, "ingest_port": ingest_port, "ingest": ingest, "web_port": web_port,
+        "web_host": web_host,
     }.items() if v is not None}
     try:
         settings = MentraSettings(**overrides)
@@ -492,6 +495,10 @@ def serve(
     if service.sightings is not None:
         closers.append(service.sightings.close)  # after service.close(): every stream's recorder has finished
     try:  # the miniapp's loop in a thread; the main thread shows the newest glasses stream (or waits)
+        viewer = _web_viewer(settings.web_port, settings.web_host, service.views,  # a taken port: exit 2 here
+                             service.sightings.store if service.sightings is not None else None)
+        if viewer is not None:
+            closers.insert(0, viewer.stop)
         if mode == "nginx":  # start it now: a taken port or a bad nginx ends here with one line (exit 2)
             from detector_app.mentra.app import ingest_hook_url
 
@@ -558,15 +565,31 @@ def demo(
     model: ModelOpt = None,
     duration: Annotated[float, typer.Option("--duration", help="Stop after N seconds (0 = until Ctrl-C).")] = 0.0,
     device_profile: Annotated[str, typer.Option("--glasses", help="mentra_live (speech) or even_g1 (display).")] = "mentra_live",
+    web_port: WebPortOpt = 0,
+    web_host: WebHostOpt = "127.0.0.1",
+    sightings: SightingsOpt = None,
+    sightings_db: SightingsDbOpt = None,
+    data_dir: DataDirOpt = None,
+    keep_days: KeepDaysOpt = 30.0,
+    keep_mb: KeepMbOpt = 2048.0,
     log_level: LogOpt = "INFO",
 ) -> None:
     """Offline demo, no hardware, no internet: simulator + miniapp + ingest + detection. The window shows
-    the video with boxes; the terminal shows the glasses' text walls and speech."""
+    the video with boxes; the terminal shows the glasses' text walls and speech; --web-port 8080 shows
+    the stream, its health and the sightings in a browser."""
     setup_logging(log_level)
     from detector_app.commands.demo import run_demo
+    from detector_app.web.server import WebConfig
 
-    raise typer.Exit(run_demo(headless=headless, protocol=protocol.value, video=video, model=model,
-                              duration=duration, glasses=device_profile))
+    recording = _sightings(sightings, sightings_db, data_dir, keep_days, keep_mb, default_on=True)
+    try:
+        code = run_demo(headless=headless, protocol=protocol.value, video=video, model=model, duration=duration,
+                        glasses=device_profile, web=WebConfig.from_env(web_host, web_port) if web_port else None,
+                        sightings=recording)
+    finally:
+        if recording is not None:
+            recording.close()
+    raise typer.Exit(code)
 
 
 # -- bench --------------------------------------------------------------------------------------

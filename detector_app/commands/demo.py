@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -28,6 +28,10 @@ from detector_app.errors import UserError
 from detector_app.ingest.addresses import free_port
 from detector_app.main_thread import RunEnd, run_with_window
 from detector_app.video.probe import video_size
+from detector_app.web.server import WebConfig, WebViewer
+
+if TYPE_CHECKING:
+    from detector_app.sightings.recorder import Sightings
 
 DEMO_PACKAGE = "com.example.detector.demo"
 DEMO_API_KEY = "demo-api-key-not-secret"  # the simulator checks it; it never leaves this machine
@@ -121,9 +125,10 @@ async def _miniapp_and_simulator(settings: Any, service: Any, sim_config: Any, i
 # ------------------------------------------------------------------------------------ entry
 
 def run_demo(headless: bool, protocol: str, video: Path | None, model: str | None, duration: float,
-             glasses: str) -> int:
+             glasses: str, web: WebConfig | None = None, sightings: Sightings | None = None) -> int:
     """Run the offline demo until Ctrl-C / SIGTERM / ``duration`` s after start-up; returns the exit code
-    (0 clean, 1 the demo broke); something to fix first raises a ``UserError`` (exit 2)."""
+    (0 clean, 1 the demo broke); something to fix first raises a ``UserError`` (exit 2). ``web``: also
+    serve the live web viewer; ``sightings``: record every tracked animal there (the caller closes it)."""
     if glasses not in ("mentra_live", "even_g1", "even_g1_camera"):
         raise DemoError("--glasses must be mentra_live or even_g1")
     if glasses == "even_g1":
@@ -148,6 +153,7 @@ def run_demo(headless: bool, protocol: str, video: Path | None, model: str | Non
 
     # Everything on loopback: the glasses' ingest URL, the webhook, the simulated cloud.
     service = DetectionService(detector, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1", port=0))
+    service.sightings = sightings
     settings = MentraSettings(
         _env_file=None, package_name=DEMO_PACKAGE, api_key=DEMO_API_KEY, port=free_port(), host="127.0.0.1",
         ws_allowlist=["127.0.0.1", "localhost"], ingest_protocol=protocol,
@@ -161,13 +167,18 @@ def run_demo(headless: bool, protocol: str, video: Path | None, model: str | Non
           f"{'headless' if headless else 'window shows the detections'}; Ctrl-C stops"
           f"{f' (or after {duration:g} s)' if duration else ''}.", flush=True)
     deadline = time.monotonic() + duration if duration > 0 else None
+    viewer: WebViewer | None = None
     try:
+        if web is not None:  # a taken port: WebViewerError, exit 2
+            viewer = WebViewer(web, service.views, sightings.store if sightings is not None else None).start()
         code, reason = run_with_window(
             lambda stop: _miniapp_and_simulator(settings, service, sim_config, interactive, stop),
             None if headless else service.views, title="detector-app demo",
             until=lambda: deadline is not None and time.monotonic() >= deadline, shutdown_s=SHUTDOWN_TIMEOUT_S,
         )
     finally:
+        if viewer is not None:
+            viewer.stop()
         service.close()
     why = f"--duration {duration:g} s reached" if reason is RunEnd.FINISHED and deadline is not None else reason.value
     logger.info("demo: stopped ({})", why)
