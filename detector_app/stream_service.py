@@ -167,6 +167,21 @@ class DetectionService:
 
     PORT_SPAN = 32  # with a fixed first port, concurrent sessions take the next free ones
 
+    def open_playback_stream(self, webrtc_url: str | None, hls_url: str | None, stream_id: str = "",
+                             prefer: str = "webrtc") -> StreamSession:
+        """A managed stream: nothing listens, we pull the cloud's playback URL (WHEP by default, HLS
+        as the fallback: ``ingest.managed``). Same pipeline, listeners and close as ``open_stream``."""
+        from detector_app.ingest.managed import open_playback_source
+
+        with self._open_lock:
+            if self._closed:
+                raise ServiceClosedError("the detection service is shutting down")
+            source = open_playback_source(webrtc_url, hls_url, prefer)  # type: ignore[arg-type]
+            url = webrtc_url or hls_url or ""
+            endpoint = IngestEndpoint("managed", stream_id or "managed", 0, "", "", publish_url=url, local_publish_url=url)
+            stream, closed = self._adopt(endpoint, source)
+        return self._opened(stream, closed)
+
     def open_stream(self, protocol: str = "rtmp") -> StreamSession:
         """A listener with a fresh key on its own port (one publisher per listener)."""
         # Sessions open concurrently (one worker thread each) and our listeners bind lazily (in their

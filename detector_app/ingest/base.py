@@ -16,7 +16,7 @@ import av.container
 
 from detector_app.errors import PortInUseError, UserError
 
-Protocol_ = Literal["rtmp", "srt", "whip"]
+Protocol_ = Literal["rtmp", "srt", "whip", "managed"]  # managed: we pull the cloud's playback URL
 
 
 # Live-stream probing: ~0.45 s to the first frame instead of ~5 s (field notes). Never add
