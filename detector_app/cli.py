@@ -45,6 +45,20 @@ class Protocol(str, Enum):
     whip = "whip"
 
 
+class ServeProtocol(str, Enum):
+    """How serve gets the glasses' video: pushed to our ingest, or (managed) pulled from the cloud's relay."""
+
+    rtmp = "rtmp"
+    srt = "srt"
+    whip = "whip"
+    managed = "managed"
+
+
+class CloudProtocol(str, Enum):
+    v2 = "v2"
+    v3 = "v3"
+
+
 class Backend(str, Enum):
     auto = "auto"
     pytorch = "pytorch"
@@ -431,7 +445,8 @@ def eval_(
 @app.command()
 def serve(
     port: Annotated[int | None, typer.Option("--port", help="Webhook server port (env PORT, default 3000).")] = None,
-    protocol: Annotated[Protocol | None, typer.Option("--protocol", "-p", help="Ingest protocol (env INGEST_PROTOCOL, default rtmp).")] = None,
+    protocol: Annotated[ServeProtocol | None, typer.Option("--protocol", "-p", help="Ingest protocol (env INGEST_PROTOCOL, default rtmp); managed: pull the cloud's managed stream (WebRTC, HLS fallback).")] = None,
+    cloud_protocol: Annotated[CloudProtocol | None, typer.Option("--cloud-protocol", help="MentraOS wire protocol (env MENTRAOS_PROTOCOL, default v2): v3 = the 3.x SDK's (header identity, reconnect; newest cloud only).")] = None,
     ingest_host: Annotated[str | None, typer.Option("--ingest-host", help="Address the glasses push to (env INGEST_HOST; default: auto-detected LAN address).")] = None,
     ingest_port: Annotated[int | None, typer.Option("--ingest-port", help="Ingest port (env INGEST_PORT; nginx: the one port of every session, default 1935; embedded: the first, default a free port per session).")] = None,
     ingest: Annotated[str | None, typer.Option("--ingest", help="RTMP ingest (env INGEST): nginx (one nginx-rtmp, one port, publish hook) or embedded (a PyAV listener per session); default nginx where installed.")] = None,
@@ -470,6 +485,8 @@ def serve(
         "ingest_host": ingest_host, "ingest_port": ingest_port, "ingest": ingest, "web_port": web_port,
         "web_host": web_host,
     }.items() if v is not None}
+    if cloud_protocol is not None:
+        overrides["cloud_protocol"] = cloud_protocol.value
     try:
         settings = MentraSettings(**overrides)
     except Exception as exc:  # noqa: BLE001 - pydantic validation of env/flags
@@ -517,7 +534,7 @@ def serve(
 def simulate(
     app_url: Annotated[str, typer.Option("--app-url", help="The miniapp's base URL (webhook = APP_URL/webhook).")] = "http://127.0.0.1:3000",
     video: Annotated[Path | None, typer.Option("--video", help="What the virtual glasses' camera sees.")] = None,
-    generation: Annotated[str, typer.Option("--generation", help="Cloud generation: B (SDK 2.1.x cloud) or D (newest).")] = "D",
+    generation: Annotated[str, typer.Option("--generation", help="Cloud generation: B (SDK 2.1.x cloud), D (newest, as 2.x SDKs see it) or V3 (newest, as 3.x SDKs see it: header identity, reconnect, managed streams).")] = "D",
     port: Annotated[int, typer.Option("--port", help="Simulator HTTP/WebSocket port.")] = 8002,
     package_name: Annotated[str, typer.Option("--package-name", envvar="PACKAGE_NAME")] = "com.example.detector",
     api_key: Annotated[str, typer.Option("--api-key", envvar="MENTRAOS_API_KEY", show_default=False)] = "sim-api-key",
@@ -540,8 +557,9 @@ def simulate(
     from detector_app.mentra.simulator import Faults
     from detector_app.mentra.simulator.runner import run_simulate, soak_faults
 
-    if generation not in ("B", "D"):
-        raise _fail("--generation must be B or D")
+    generation = generation.upper()
+    if generation not in ("B", "D", "V3"):
+        raise _fail("--generation must be B, D or V3")
     if soak and (stream_drop_after is not None or drop_ws_after is not None):
         raise _fail("--soak sets the drops itself: use --drop-every/--down-for/--soak-ws, not --stream-drop-after/--drop-ws-after")
     if soak:
