@@ -147,3 +147,26 @@ def test_whip_publisher_is_a_separate_process(fixture_videos):
 
     cmd = build_publish_command("http://127.0.0.1:9/whip/k", fixture_videos["cat_480p15"], loop=False)
     assert cmd[:3] == [sys.executable, "-m", "detector_app.glasses.whip_client"]
+
+
+def test_whip_through_the_miniapp_and_simulated_glasses(detector, fixture_videos):
+    """``INGEST_PROTOCOL=whip`` end to end: the miniapp serves ``/whip/<key>`` on its own HTTP port, asks
+    the (generation D) simulator for a stream to ``http://127.0.0.1:PORT/whip/<key>``, the virtual
+    glasses publish WHIP, and the detections reach the wearer as a text wall naming the cat."""
+    from .test_e2e_glasses import USER, harness, requested_url, stream_request
+
+    async def main() -> None:
+        async with harness(detector, fixture_videos["cat_480p15"], protocol="whip") as h:
+            await h.sim.start_session(USER)
+            req = await h.sim.wait_for(stream_request, 15)
+            url = requested_url(req)
+            assert url.startswith(f"http://127.0.0.1:{h.port}/whip/"), url
+            await h.sim.wait_for(lambda e: e.direction == "app->cloud" and e.type == "display_event"
+                                 and "cat" in str(e.get("layout", {}).get("text", "")).lower(), 25)
+            stream = h.stream()
+            assert stream.health().codec == "h264" and stream.pipeline.stats.per_label["cat"] > 0
+            async with aiohttp.ClientSession() as s:  # a wrong key on the miniapp's port: 404
+                async with s.post(url[:-4] + "zzzz", data="v=0", headers={"Content-Type": "application/sdp"}) as r:
+                    assert r.status == 404
+
+    asyncio.run(main())
