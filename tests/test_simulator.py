@@ -511,3 +511,148 @@ def test_event_log_is_bounded_and_keeps_absolute_positions() -> None:
     assert log.find(lambda e: True, start=0).get("i") == log.events[0].get("i")  # older ones are gone
     hit = log.find(lambda e: e.get("i") >= 20, start=22)
     assert hit is not None and hit.get("i") == 22 and log.position(hit) == 22
+
+
+# ------------------------------------------------------------------ generation V3 (docs/mentraos-3x.md)
+
+def v3_init() -> str:
+    """What 3.0.0-alpha.4's MiniAppServer sends: no sessionId, sdkVersion >= 3."""
+    return json.dumps({"type": "tpa_connection_init", "packageName": PKG, "apiKey": KEY, "sdkVersion": "3.0.0-hono.8"})
+
+
+def v3_headers(hook: dict[str, Any]) -> dict[str, str]:
+    return {"x-user-id": hook["userId"], "x-session-id": hook["sessionId"], "x-package-name": PKG, "x-api-key": KEY}
+
+
+def test_v3_pure_decisions() -> None:
+    from detector_app.mentra.simulator.protocol import GENERATIONS
+    from detector_app.mentra.simulator.replies import check_reconnect, init_user, is_v3_sdk, split_audio_frame
+
+    sid = f"{USER}-{PKG}"
+    v3, d = GENERATIONS["V3"], GENERATIONS["D"]
+    assert init_user(v3, {"x-user-id": USER}, {}, PKG) == USER
+    assert init_user(v3, {"x-session-id": sid}, {}, PKG) == USER  # the legacy id in the header
+    assert init_user(v3, {}, {"sessionId": sid}, PKG) == USER  # legacy init still works on V3
+    assert init_user(d, {"x-user-id": USER}, {}, PKG) is None  # D (as 2.x SDKs see it) reads the init only
+    assert is_v3_sdk("3.0.0-alpha.4") and not is_v3_sdk("2.1.29") and not is_v3_sdk(None) and not is_v3_sdk("x")
+    running = {"sessionId": sid, "sdkVersion": "3.0.0"}
+    assert check_reconnect(v3, running, "running") is None
+    assert check_reconnect(v3, running, "stopped").code == "NOT_RUNNING"
+    assert check_reconnect(v3, running, None).code == "SESSION_NOT_FOUND"
+    refused = check_reconnect(v3, {"sessionId": sid, "sdkVersion": "2.1.29"}, "running")
+    assert (refused.code, refused.close) == ("SESSION_NOT_FOUND", True)
+    assert check_reconnect(d, running, "running").close  # no reconnect on D
+    uuid = "0123456789abcdef0123456789abcdef0123"
+    assert split_audio_frame(uuid.encode() + b"\xff" * 10) == (uuid, 10)
+    assert split_audio_frame(b'{"type":"ping"}') is None and split_audio_frame(uuid.encode()) is None
+
+
+def test_v3_header_identity_early_request_audio_stream_and_reconnect(clip: Path, rtmp_receiver: int) -> None:
+    """A v3 client: init without sessionId (identity in the upgrade headers), its stream_request sent before
+    the ack is answered after it, audio_stream_start → audio_stream_ready and binary frames are counted;
+    after a drop, `reconnect` → reconnect_ack and the live stream's state is pushed without asking."""
+    async def body() -> None:
+        async with FakeApp() as app, sim_for(app, "V3", video=clip) as sim:
+            task = asyncio.create_task(sim.start_session(USER))
+            hook = await app.wait_webhook("session_request")
+            assert hook["websocketUrl"].endswith("/ws/miniapp")
+            ws = await connect(hook["websocketUrl"], additional_headers=v3_headers(hook))
+            await ws.send(v3_init())
+            await ws.send(json.dumps({"type": "stream_request", "packageName": PKG,
+                                      "streamUrl": f"rtmp://127.0.0.1:{rtmp_receiver}/live/k"}))
+            ack = await recv_json(ws)
+            assert ack["type"] == "tpa_connection_ack" and ack["sessionId"] == hook["sessionId"]
+            await asyncio.wait_for(task, 5)
+            active = await recv_until(ws, lambda m: m["type"] == "stream_status" and m["status"] == "active", 15)
+            uuid = "5f0c1a2b-0000-4000-8000-00000000abcd"
+            await ws.send(json.dumps({"type": "audio_stream_start", "packageName": PKG, "sessionId": "", "streamId": uuid}))
+            ready = await recv_until(ws, lambda m: m["type"] == "audio_stream_ready")
+            assert ready["streamId"] == uuid and ready["streamUrl"].endswith(f"/api/audio/stream/{USER.replace('@', '%40')}/{uuid}")
+            await ws.send(uuid.encode() + b"\xff" * 500)
+            await ws.send(json.dumps({"type": "audio_stream_end", "packageName": PKG, "sessionId": "", "streamId": uuid}))
+            ended = await sim.wait_for(frame("sim", "audio_stream_ended"), 5)
+            assert ended.data["bytes"] == 500
+
+            await sim.drop_app_socket(USER)  # abrupt: the app sees 1006
+            ws2 = await connect(hook["websocketUrl"], additional_headers=v3_headers(hook))
+            await ws2.send(json.dumps({"type": "reconnect", "sessionId": hook["sessionId"], "sdkVersion": "3.0.0"}))
+            rack = await recv_json(ws2)
+            assert rack["type"] == "reconnect_ack" and rack["capabilities"]["modelName"] == "Mentra Live"
+            pushed = await recv_until(ws2, lambda m: m["type"] == "stream_status")
+            assert (pushed["streamId"], pushed["status"]) == (active["streamId"], "active")
+            assert not sim.sent("tpa_connection_error")
+            await ws2.close()
+    run(body)
+
+
+def test_v3_reconnect_refusals() -> None:
+    """`reconnect` from a v2 SDK is refused and closed (1008); after the app stopped it is NOT_RUNNING;
+    D knows no reconnect (unbound frame: SESSION_NOT_FOUND, as before)."""
+    async def body() -> None:
+        async with FakeApp() as app, sim_for(app, "V3") as sim:
+            hook, ws, _ = await started(app, sim)
+            async with connect(sim.miniapp_ws_url, additional_headers=v3_headers(hook)) as old_sdk:
+                await old_sdk.send(json.dumps({"type": "reconnect", "sessionId": hook["sessionId"], "sdkVersion": "2.1.29"}))
+                rej = await recv_json(old_sdk)
+                assert (rej["type"], rej["code"]) == ("reconnect_rejected", "SESSION_NOT_FOUND")
+                assert (await expect_close(old_sdk))[0] == 1008
+            await sim.stop_session(USER)
+            async with connect(sim.miniapp_ws_url, additional_headers=v3_headers(hook)) as late:
+                await late.send(json.dumps({"type": "reconnect", "sessionId": hook["sessionId"], "sdkVersion": "3.0.0"}))
+                rej = await recv_json(late)
+                assert (rej["type"], rej["code"]) == ("reconnect_rejected", "NOT_RUNNING")
+            await ws.close()
+        async with FakeApp() as app, sim_for(app, "D") as sim:
+            async with connect(sim.ws_url) as ws:
+                await ws.send(json.dumps({"type": "reconnect", "sessionId": f"{USER}-{PKG}", "sdkVersion": "3.0.0"}))
+                assert (await recv_json(ws))["code"] == "SESSION_NOT_FOUND"
+    run(body)
+
+
+class _Relay:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail, self.started, self.stopped = fail, [], []
+
+    async def start(self, stream_id: str, video: Path | None) -> Any:
+        from types import SimpleNamespace
+
+        if self.fail:
+            raise RuntimeError("relay could not start")
+        self.started.append(stream_id)
+        return SimpleNamespace(webrtc_url=f"http://127.0.0.1:9/whep/{stream_id}", hls_url="http://127.0.0.1:9/x.m3u8",
+                               dash_url=None)
+
+    async def stop(self, stream_id: str) -> None:
+        self.stopped.append(stream_id)
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_v3_managed_stream_sequence(fail: bool) -> None:
+    """managed_stream_request → initializing ("Waiting for stream to start...") → active with webrtcUrl/hlsUrl
+    (no dashUrl when the relay has none) → managed_stream_stop → stopped; a relay that fails → `error`."""
+    async def body() -> None:
+        relay = _Relay(fail)
+        async with FakeApp() as app, sim_for(app, "V3", managed_media=relay) as sim:
+            hook, ws, _ = await started(app, sim)
+            await ws.send(json.dumps({"type": "managed_stream_request", "packageName": PKG, "enableWebRTC": True}))
+            init = await recv_until(ws, lambda m: m["type"] == "managed_stream_status")
+            assert init["status"] == "initializing" and init["message"] == "Waiting for stream to start..."
+            assert "hlsUrl" not in init and "webrtcUrl" not in init
+            nxt = await recv_until(ws, lambda m: m["type"] == "managed_stream_status")
+            if fail:
+                assert nxt["status"] == "error" and "relay could not start" in nxt["message"]
+                assert sim.managed_state(USER) is None
+                return
+            assert nxt["status"] == "active" and nxt["streamId"] == init["streamId"]
+            assert nxt["webrtcUrl"].endswith(init["streamId"]) and nxt["hlsUrl"] and "dashUrl" not in nxt
+            await ws.send(json.dumps({"type": "stream_status_check", "packageName": PKG}))
+            check = await recv_until(ws, lambda m: m["type"] == "stream_status_check_response")
+            assert check["streamInfo"]["type"] == "managed" and check["streamInfo"]["webrtcUrl"] == nxt["webrtcUrl"]
+            await ws.send(json.dumps({"type": "managed_stream_stop", "packageName": PKG}))
+            stopped = await recv_until(ws, lambda m: m["type"] == "managed_stream_status")
+            assert stopped["status"] == "stopped" and relay.started == relay.stopped == [init["streamId"]]
+            await ws.close()
+    run(body)
