@@ -754,3 +754,108 @@ def test_redact_masks_stream_keys_in_ingest_urls():
         shown = str(redact(message))
         assert "SECRETKEY123" not in shown and "192.0.2.2" in shown
     assert "SECRETKEY123" in msg["rtmpUrl"]  # the message itself is untouched
+
+
+# ----------------------------------------------------------------------------------- 3.x (MENTRAOS_PROTOCOL=v3)
+
+class TestV3:
+    def v3_session(self, clock: Clock, **overrides) -> AppSession:
+        cfg = SessionConfig(package_name=PKG, api_key=SecretStr(API_KEY), cloud_protocol="v3", **overrides)
+        return AppSession(cfg, SID, WS, clock=clock, user_id="alice@example.com")
+
+    def test_handshake_headers_and_init(self):
+        s = self.v3_session(Clock())
+        assert s.connect_headers() == {"x-user-id": "alice@example.com", "x-session-id": SID,
+                                       "x-package-name": PKG, "x-api-key": API_KEY}
+        init = sent(s.connection_opened())[0]
+        assert init["type"] == "tpa_connection_init" and "sessionId" not in init
+        assert init["sdkVersion"].split(".")[0] == "3" and init["apiKey"] == API_KEY
+        assert make_session(Clock()).connect_headers() == {}  # v2: no headers, the init names the session
+
+    def test_drop_resumes_with_reconnect_and_reconnect_ack(self):
+        clock = Clock()
+        s = self.v3_session(clock)
+        s.connection_opened()
+        s.message_received(ACK_D)
+        s.pipeline_ready(RTMP)
+        s.connection_closed(1006, "")
+        acts = s.connection_opened()
+        assert sent(acts) == [{**sent(acts)[0], "type": "reconnect", "sessionId": SID}]
+        acts = s.message_received({**ACK_D, "type": "reconnect_ack"})
+        assert types(acts) == ["subscription_update", "stream_status_check"] and s.phase is Phase.READY
+
+    @pytest.mark.parametrize("code,ends", [("SESSION_NOT_FOUND", False), ("SESSION_EXPIRED", False),
+                                           ("NOT_RUNNING", True), ("BOOT_TIMEOUT", True)])
+    def test_reconnect_rejected(self, code, ends):
+        s = self.v3_session(Clock())
+        s.connection_opened()
+        s.message_received(ACK_D)
+        s.connection_closed(1006, "")
+        s.connection_opened()
+        acts = s.message_received({"type": "reconnect_rejected", "code": code, "message": "no"})
+        assert s.ended is ends
+        if ends:
+            assert any(isinstance(a, Close) for a in acts) and any(isinstance(a, SessionEnded) for a in acts)
+        else:  # the cloud lost the session: a fresh init on the same socket, like the SDK
+            assert types(acts) == ["tpa_connection_init"]
+
+    def test_reconnect_deferred_extends_the_ack_wait(self):
+        clock = Clock()
+        s = self.v3_session(clock)
+        s.connection_opened()
+        s.message_received(ACK_D)
+        s.connection_closed(1006, "")
+        s.connection_opened()
+        s.message_received({"type": "reconnect_deferred", "code": "BOOTING", "timeoutMs": 30000})
+        clock.advance(10)
+        assert not any(isinstance(a, Close) for a in s.tick())
+        clock.advance(21)
+        assert any(isinstance(a, Close) for a in s.tick())
+
+    def test_v2_session_ignores_a_reconnect_ack(self):
+        s = make_session(Clock())
+        s.connection_opened()
+        assert types(s.message_received({**ACK_D, "type": "reconnect_ack"})) == [] and s.phase is Phase.AWAIT_ACK
+
+
+def managed(stream_id: str, st: str, **urls: str) -> dict:
+    return {"type": "managed_stream_status", "streamId": stream_id, "status": st, **urls}
+
+
+class TestManaged:
+    URLS = {"webrtcUrl": "https://relay/whep/m1", "hlsUrl": "https://relay/m1.m3u8", "dashUrl": "https://relay/m1.mpd"}
+
+    def session(self, clock: Clock) -> AppSession:
+        s = make_session(clock, ingest_protocol="managed")
+        s.connection_opened()
+        return s
+
+    def test_request_after_ack_pipeline_waits_for_urls_then_stop(self):
+        clock = Clock()
+        s = self.session(clock)
+        acts = s.message_received(ACK_D)
+        assert "managed_stream_request" in types(acts) and not any(isinstance(a, StartPipeline) for a in acts)
+        assert sent(acts)[-1]["enableWebRTC"] is True
+        assert not [a for a in s.message_received(managed("m1", "initializing")) if isinstance(a, StartPipeline)]
+        assert not [a for a in s.message_received(managed("m1", "active")) if isinstance(a, StartPipeline)], \
+            "active without URLs: the cloud sends them in a later update"
+        starts = [a for a in s.message_received(managed("m1", "active", **self.URLS)) if isinstance(a, StartPipeline)]
+        assert len(starts) == 1 and starts[0].protocol == "managed"
+        assert (starts[0].playback.webrtc_url, starts[0].playback.hls_url) == (self.URLS["webrtcUrl"], self.URLS["hlsUrl"])
+        assert not [a for a in s.message_received(managed("m1", "active", **self.URLS)) if isinstance(a, StartPipeline)]
+        s.pipeline_ready(self.URLS["webrtcUrl"])
+        acts = s.stop()
+        assert types(acts) == ["managed_stream_stop"]
+        assert logs(s.message_received(managed("m1", "stopped")), "INFO")[-1].endswith("(as requested)")
+
+    def test_unrequested_error_is_retried_and_no_urls_in_time_is_a_failure(self):
+        clock = Clock()
+        s = self.session(clock)
+        s.message_received(ACK_D)
+        s.message_received(managed("m1", "active", **self.URLS))
+        acts = s.message_received(managed("m1", "error", message="relay gone"))
+        assert any("relay gone" in t and "retry 1/" in t for t in logs(acts, "WARNING"))
+        clock.advance(2.1)
+        assert "managed_stream_request" in types(s.tick())
+        clock.advance(30.1)  # initializing never reaches active with URLs
+        assert any("no playback URLs 30 s after the request" in t for t in logs(s.tick(), "WARNING"))
