@@ -226,3 +226,99 @@ def test_wording():
     assert describe([Sighting("elephant", 1, ("right",))]) == "I see an elephant on the right"
     three = [Sighting("cat", 1, ("left",)), Sighting("dog", 1, ("centre",)), Sighting("cow", 1, ("right",))]
     assert describe(three) == "I see a cat on the left, a dog in the centre and a cow on the right"
+
+
+# ------------------------------------------------------------------------------- tracked mode
+
+
+def tdet(tid: int, x: float, label: str = "cat") -> Detection:
+    """A tracked box centred at ``x``."""
+    return Detection(label, 0.8, Box(x - 60, 300, x + 60, 420), -1, tid)
+
+
+def run(e: FeedbackEngine, c: Clock, frames: list[tuple[Detection, ...]], dt: float = 0.1) -> list:
+    out: list = []
+    for dets in frames:
+        out += feed(e, c, frame(*dets), dt=dt)
+        out += e.tick()
+    return out
+
+
+def test_tracked_one_jittering_cat_never_changes_the_text():
+    e, c = make(has_display=None)
+    # a cat near the left/centre boundary (x = W/3 ± 3 %), with a missed sample now and then
+    frames = [(tdet(1, W / 3 + (-1) ** i * 0.03 * W),) if i % 7 else () for i in range(300)]
+    out = run(e, c, frames)
+    assert e.tracked
+    assert len(texts(out)) == 1 and texts(out)[0] in ("1 cat: left", "1 cat: centre")
+    assert spoken(out) == [f"A cat appeared {'on the left' if 'left' in texts(out)[0] else 'in the centre'}"]
+    assert not any(isinstance(o, ClearDisplay) for o in out)
+
+
+def test_tracked_counts_unique_animals_and_announces_each_new_one_once():
+    e, c = make(has_display=None, speech_gap_s=3.0)
+    one = [(tdet(1, 200),)] * 40
+    two = [(tdet(1, 200), tdet(2, 1100))] * 80
+    out = run(e, c, one + two)
+    assert texts(out) == ["1 cat: left", "2 cats: left, right"]
+    assert spoken(out) == ["A cat appeared on the left", "Another cat, on the right"]
+
+
+def test_tracked_two_at_once_and_a_second_kind():
+    e, c = make(has_display=False)
+    out = run(e, c, [(tdet(1, 200), tdet(2, 1100), tdet(3, 640, "horse"))] * 10)
+    assert spoken(out) == ["2 cats appeared on the left and right and a horse appeared in the centre"]
+    assert spoken(e.answer_query()) == ["I see 2 cats on the left and right and a horse in the centre"]
+
+
+def test_tracked_speech_waits_for_the_gap_and_a_new_cat_is_never_lost():
+    e, c = make(has_display=False, speech_gap_s=3.0)
+    out = run(e, c, [(tdet(1, 200),)] * 5 + [(tdet(1, 200), tdet(2, 1100))] * 40)
+    assert spoken(out) == ["A cat appeared on the left", "Another cat, on the right"]
+
+
+def test_tracked_return_within_cooldown_is_silent_later_it_is_news():
+    e, c = make(has_display=False, label_cooldown_s=10.0)
+    cat = [(tdet(1, 200),)] * 10
+    gone = [()] * 40  # 4 s: the track leaves (LEFT_AFTER_S = 3 s)
+    out = run(e, c, cat + gone + [(tdet(2, 200),)] * 10)  # back 1 s after it left: probably the same cat
+    assert spoken(out) == ["A cat appeared on the left"]
+    out = run(e, c, gone + [()] * 80 + [(tdet(3, 1100),)] * 10)  # 12 s unseen, 9 s after it left: still silent
+    assert spoken(out) == []
+    out = run(e, c, gone + [()] * 110 + [(tdet(4, 1100),)] * 10)  # 15 s unseen, 12 s after it left: news
+    assert spoken(out) == ["A cat appeared on the right"]
+
+
+def test_tracked_announce_left_and_return():
+    e, c = make(has_display=False, announce_left=True, speech_gap_s=1.0)
+    out = run(e, c, [(tdet(1, 200),)] * 10 + [()] * 40 + [(tdet(2, 1100),)] * 10)
+    assert spoken(out) == ["A cat appeared on the left", "The cat left", "A cat appeared on the right"]
+
+
+def test_tracked_answer_query_and_display_clear_after_the_track_leaves():
+    e, c = make(has_display=True, clear_after_s=3.0)
+    out = run(e, c, [(tdet(1, 200), tdet(2, 1100))] * 10)
+    assert texts(out) == ["2 cats: left, right"] and spoken(out) == []
+    assert texts(e.answer_query()) == ["2 cats: left, right"]
+    out = run(e, c, [(tdet(2, 1100),)] * 40)  # cat 1 unseen for 4 s: it left, the text follows
+    assert texts(out) == ["1 cat: right"]
+    out = run(e, c, [()] * 70)
+    assert sum(isinstance(o, ClearDisplay) for o in out) == 1
+
+
+def test_tracked_never_chatters_where_per_frame_mode_did():
+    """One cat that the detector keeps losing for up to 1 s, for 60 s: tracked = one announcement."""
+    frames = [(tdet(1, 640 + 200 * ((i // 50) % 2)),) if i % 13 > 3 else () for i in range(600)]
+    e, c = make(has_display=False)
+    assert spoken(run(e, c, frames)) == ["A cat appeared in the centre"]
+    untracked = [tuple(Detection(d.label, d.confidence, d.box) for d in f) for f in frames]
+    e2, c2 = make(has_display=False)
+    assert len(spoken(run(e2, c2, untracked))) >= 2 and not e2.tracked  # the old per-frame policy
+
+
+def test_tracked_label_filter_and_forced_untracked():
+    e, c = make(has_display=False, labels=frozenset({"cat"}))
+    assert spoken(run(e, c, [(tdet(1, 200, "person"),)] * 10)) == []
+    e2, c2 = make(has_display=False, tracked=False)
+    out = run(e2, c2, [(tdet(1, 200), tdet(2, 1100))] * 5)
+    assert spoken(out) == ["I see 2 cats on the left and right"] and not e2.tracked
