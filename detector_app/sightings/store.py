@@ -143,6 +143,8 @@ class SightingStore:
         version = db.execute("SELECT max(version) FROM schema_version").fetchone()[0] if known else None
         if version is not None and version > SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"written by a newer detector-app (schema {version} > {SCHEMA_VERSION})")
+        if version == SCHEMA_VERSION:
+            return  # readers (the viewer, ``sightings list``) never take the write lock
         db.execute("BEGIN IMMEDIATE")  # two processes opening a new file at once: one creates, one waits
         try:
             if version is None:

@@ -1,0 +1,342 @@
+"""Sightings: real fixture videos through the real pipeline (the ``detect`` path on files, the RTMP ingest
+through ``replay`` in a child process that is then SIGKILLed), the SQLite store and its retention, the
+packet ring, and ``sightings list|export``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from detector_app.detection.types import Box, Detection, FrameResult
+from detector_app.fixtures.formats import mot_path
+from detector_app.sightings.packets import PacketRing
+from detector_app.sightings.recorder import NO_PACKETS, Sightings, SightingsConfig
+from detector_app.sightings.store import Sighting, SightingStore
+
+from .conftest import MODEL, ROOT
+
+FPS = 15.0
+IN_VIEW = 0.3  # truth: an animal counts as in view from a third of it in the frame
+TOLERANCE_S = 0.5
+
+
+def truth_intervals(video: Path, fps: float = FPS) -> list[tuple[float, float]]:
+    """(first, last) media time of each ground-truth animal in view (MOT ids), by first appearance."""
+    spans: dict[int, list[float]] = {}
+    for line in mot_path(video).read_text().splitlines():
+        frame, tid, *_rest, vis = line.split(",")
+        if float(vis) >= IN_VIEW:
+            t = (int(frame) - 1) / fps
+            spans.setdefault(int(tid), []).append(t)
+    return sorted((min(ts), max(ts)) for ts in spans.values())
+
+
+def expected_sightings(video: Path) -> list[tuple[float, float]]:
+    """What a person counts: in cat_returns_480p15 the cat that comes back 1.2 s after leaving on the same
+    side is the same animal (one track, re-linked by the tracker); back after ~4 s it is a new sighting."""
+    spans = truth_intervals(video)
+    if video.stem == "cat_returns_480p15":
+        (a, _), (_, b), third = spans
+        return [(a, b), third]
+    return spans
+
+
+def source_packets(video: Path) -> tuple[list[bytes], bytes]:
+    with av.open(str(video)) as c:
+        vs = c.streams.video[0]
+        return [bytes(p) for p in c.demux(vs) if p.size], bytes(vs.codec_context.extradata or b"")
+
+
+def check_clip(store: SightingStore, s: Sighting, video: Path, stream_end: float) -> None:
+    """H.264, the received packets byte for byte (no re-encoding), starts at 0 on a keyframe, covers
+    [first − 2 s, last + 2 s] where the stream has it, and decodes."""
+    path = store.clip_path(s)
+    assert path is not None and path.suffix == ".mp4", s
+    src, src_extradata = source_packets(video)
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        assert vs.codec_context.name == "h264"
+        assert bytes(vs.codec_context.extradata) == src_extradata, "codec parameters changed: re-encoded?"
+        packets = [p for p in c.demux(vs) if p.size]
+        assert packets[0].is_keyframe and packets[0].pts == 0 and packets[0].dts == 0
+        data = [bytes(p) for p in packets]
+        start = src.index(data[0])
+        assert data == src[start:start + len(data)], "clip packets differ from the received ones"
+        c.seek(0)
+        frames = sum(1 for _ in c.decode(vs))
+    assert frames == len(data)
+    assert s.clip_start_pts is not None and s.clip_end_pts is not None
+    assert s.clip_start_pts <= max(0.0, s.first_pts - 2.0) + 1e-3, s
+    assert s.clip_end_pts >= min(s.last_pts + 2.0, stream_end) - 1.5 / FPS, s
+    assert abs((s.clip_end_pts - s.clip_start_pts) - (len(data) - 1) / FPS) < 1.5 / FPS
+
+
+def frame_at(video: Path, pts: float) -> np.ndarray:
+    with av.open(str(video)) as c:
+        for f in c.decode(video=0):
+            if f.time is not None and f.time >= pts - 0.5 / FPS:
+                return f.to_ndarray(format="bgr24")
+    raise AssertionError(f"no frame at {pts} s")
+
+
+def check_thumbnail(store: SightingStore, s: Sighting, frame: np.ndarray) -> None:
+    """A JPEG of the best frame, scaled, with the sighting's box drawn: it differs from ``frame`` (the
+    undrawn best frame) along the box's outline, and (JPEG noise aside) nowhere else."""
+    path = store.thumbnail_path(s)
+    assert path is not None and path.read_bytes()[:2] == b"\xff\xd8"
+    img = cv2.imread(str(path))
+    assert img is not None and max(img.shape[:2]) <= 640
+    h, w = img.shape[:2]
+    ref = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+    diff = np.abs(img.astype(int) - ref.astype(int)).max(axis=2)
+    scale = w / s.frame_size[0]
+    x1, y1, x2, y2 = (round(v * scale) for v in s.best_box)
+    outline = np.zeros((h, w), np.uint8)
+    cv2.rectangle(outline, (x1, y1), (x2, y2), 1, 3)
+    near = cv2.dilate(outline, np.ones((25, 25), np.uint8))
+    near[max(0, y1 - 40):y1 + 5, max(0, x1 - 5):x2] = 1  # the label tag above the box
+    on_line = diff[outline.astype(bool)].mean()
+    elsewhere = diff[~near.astype(bool)].mean()
+    assert on_line > 40 and elsewhere < 10, f"box outline diff {on_line:.0f}, elsewhere {elsewhere:.0f}: no box drawn there"
+
+
+def assert_matches_truth(sightings: list[Sighting], video: Path) -> None:
+    truth = expected_sightings(video)
+    got = sorted(sightings, key=lambda s: s.first_pts)
+    assert len(got) == len(truth), f"{len(got)} sightings for {len(truth)} animals: {[(s.first_pts, s.last_pts) for s in got]}"
+    for s, (first, last) in zip(got, truth, strict=True):
+        assert s.label == "cat" and s.status == "closed"
+        assert abs(s.first_pts - first) <= TOLERANCE_S and abs(s.last_pts - last) <= TOLERANCE_S, (
+            f"sighting {s.first_pts:.2f}–{s.last_pts:.2f} s vs truth {first:.2f}–{last:.2f} s")
+        assert s.best_confidence >= 0.5
+
+
+# -- the detect path on files (deterministic, fast) -----------------------------------------------
+@pytest.fixture(scope="module")
+def offline(fixture_videos, detector, tmp_path_factory):
+    """detect on two_cats_480p15 (two at once, crossing) and cat_returns_480p15 (one cat, hidden, back twice)."""
+    from detector_app.commands.replay import detect_source
+    from detector_app.ingest.url import UrlSource
+
+    out = {}
+    for name in ("two_cats_480p15", "cat_returns_480p15"):
+        db = tmp_path_factory.mktemp(name) / "sightings.db"
+        sightings = Sightings(SightingsConfig(db=db))
+        summary = detect_source(UrlSource(str(fixture_videos[name])), detector, live=False, recorder=sightings.recorder())
+        assert not summary.errors
+        out[name] = (sightings.store, fixture_videos[name])
+    yield out
+    for store, _ in out.values():
+        store.close()
+
+
+@pytest.mark.parametrize("name", ["two_cats_480p15", "cat_returns_480p15"])
+def test_file_sightings_match_the_animals(offline, name):
+    store, video = offline[name]
+    rows = store.list()
+    assert_matches_truth(rows, video)
+    assert len({s.track_id for s in rows}) == len(rows)
+    with av.open(str(video)) as c:
+        end = float(c.streams.video[0].duration * c.streams.video[0].time_base) - 1 / FPS
+    for s in rows:
+        check_thumbnail(store, s, frame_at(video, s.best_pts))
+        check_clip(store, s, video, stream_end=end)
+        assert s.nbytes == store.thumbnail_path(s).stat().st_size + store.clip_path(s).stat().st_size
+    assert store.integrity_ok()
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_store_api_pages_filters_and_counts_changes(offline):
+    store, _ = offline["cat_returns_480p15"]
+    rows = store.list()
+    assert [s.id for s in rows] == sorted((s.id for s in rows), reverse=True)  # newest first
+    assert store.list(limit=1, before_id=rows[0].id)[0].id == rows[1].id
+    assert store.list(label="dog") == [] and len(store.list(label="cat")) == len(rows)
+    assert store.list(since=time.time() + 60) == []
+    assert store.get(rows[0].id) == rows[0] and store.get(10**9) is None
+    assert json.loads(json.dumps(rows[0].to_json()))["label"] == "cat"
+    before = store.last_change
+    store.update(rows[0].id, clip_note=rows[0].clip_note)
+    assert store.last_change == before + 1
+
+
+# -- the live RTMP ingest, and kill -9 in the middle of a session ----------------------------------
+def test_kill_9_mid_session_keeps_every_closed_sighting(fixture_videos, tmp_path):
+    """``replay`` (real RTMP ingest, ffmpeg publisher in real time) records into a database; once the cat's
+    first sighting is closed with its clip and its second (after ~4 s away) is open, the process is SIGKILLed:
+    the database opens cleanly and the closed sighting is all there, with its clip cut from the received packets."""
+    video = fixture_videos["cat_returns_480p15"]
+    db = tmp_path / "sightings.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "detector_app.cli", "replay", str(video), "--model", str(MODEL), "--headless",
+         "--feed-port", "0", "--sightings-db", str(db), "--log-level", "WARNING"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        state: list = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.exists():
+                try:
+                    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+                        state = con.execute("SELECT status, clip FROM sightings ORDER BY id").fetchall()
+                except sqlite3.OperationalError:
+                    state = []
+            if any(st == "closed" and clip for st, clip in state) and any(st == "open" for st, _ in state):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, f"replay ended before the kill: {proc.stderr.read().decode()[-1500:]}"
+        assert state, "no sighting within 60 s"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    store = SightingStore(db, create=False)
+    try:
+        assert store.integrity_ok()
+        rows = store.list()
+        closed = [s for s in rows if s.status == "closed"]
+        assert len(closed) == 1 and [s.status for s in rows] == ["open", "closed"], rows
+        first = closed[0]
+        (t_first, t_last), _second = expected_sightings(video)
+        assert abs(first.first_pts - t_first) <= TOLERANCE_S and abs(first.last_pts - t_last) <= TOLERANCE_S, first
+        assert first.stream.startswith("rtmp replay")
+        check_thumbnail(store, first, frame_at(video, first.best_pts))
+        check_clip(store, first, video, stream_end=13.0)
+    finally:
+        store.close()
+
+
+# -- without packets (decoded-frame sources) --------------------------------------------------------
+def _result(seq: int, pts: float, dets: tuple[Detection, ...]) -> FrameResult:
+    return FrameResult(seq=seq, frame_index=seq, pts=pts, stream_pts=pts, width=640, height=360, received_at=1000 + pts,
+                       done_at=1000 + pts, inference_ms=1.0, detections=dets, source="webrtc", extra={"session": 1})
+
+
+def test_a_source_without_packets_keeps_the_thumbnail_and_says_why_there_is_no_clip(tmp_path):
+    sightings = Sightings(SightingsConfig(db=tmp_path / "s.db"))
+    rec = sightings.recorder()
+    frame = np.full((360, 640, 3), 90, np.uint8)
+    for i in range(20):
+        conf = 0.6 + 0.01 * i
+        rec.on_frame(_result(i + 1, i * 0.1, (Detection("dog", conf, Box(100 + i, 80, 300 + i, 250), 1, track_id=7),)), frame)
+    for i in range(20, 60):  # gone: the book lets it leave after 3 s unseen
+        rec.on_frame(_result(i + 1, i * 0.1, ()), frame)
+    rec.close(5.0)
+    (s,) = sightings.store.list()
+    assert (s.label, s.track_id, s.status, s.clip, s.clip_note) == ("dog", 7, "closed", None, NO_PACKETS)
+    assert s.best_confidence == pytest.approx(0.79) and s.best_pts == pytest.approx(1.9)
+    assert s.first_pts == 0.0 and s.last_pts == pytest.approx(1.9)
+    check_thumbnail(sightings.store, s, frame)
+    sightings.close()
+
+
+# -- the packet ring ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("budget", [{"max_seconds": 4.0}, {"max_bytes": 600_000}])
+def test_packet_ring_is_bounded_and_starts_at_a_keyframe(fixture_videos, budget):
+    ring = PacketRing(**{"max_seconds": 1000.0, "max_bytes": 10**9, **budget})
+    with av.open(str(fixture_videos["cat_480p15"])) as c:
+        vs = c.streams.video[0]
+        ring.session_started(1, vs)
+        for p in c.demux(vs):
+            ring.packet(p)
+            assert ring.seconds <= budget.get("max_seconds", 1000.0)
+            assert ring.nbytes <= budget.get("max_bytes", 10**9)
+        ring.session_ended()
+    assert ring.evicted > 100
+    cut = ring.cut(1, 0.0, 100.0)
+    assert cut is not None and cut.packets[0].keyframe and cut.end_t >= 15.9
+    assert ring.cut(2, 0.0, 100.0) is None and ring.reached(1, 1e9)
+
+
+# -- retention ------------------------------------------------------------------------------------------
+def _row(store: SightingStore, last_seen: float, size: int, status: str = "closed") -> int:
+    sid = store.insert(stream="t", session=1, track_id=1, label="cat", first_seen=last_seen - 5, last_seen=last_seen,
+                       best_confidence=0.9, status=status)
+    store.write_media(f"d/{sid}.jpg", b"j" * size)
+    store.write_media(f"d/{sid}.mp4", b"m" * size)
+    store.update(sid, thumbnail=f"d/{sid}.jpg", clip=f"d/{sid}.mp4", nbytes=2 * size)
+    return sid
+
+
+def test_retention_by_age_deletes_rows_and_files(tmp_path):
+    store = SightingStore(tmp_path / "s.db")
+    now = time.time()
+    old, recent = _row(store, now - 10 * 86400, 1000), _row(store, now - 3600, 1000)
+    old_open = _row(store, now - 10 * 86400, 1000, status="open")  # still in view: never deleted
+    old_files = [store.thumbnail_path(store.get(old)), store.clip_path(store.get(old))]
+    assert store.apply_retention(max_age_days=7) == 1
+    assert store.get(old) is None and store.get(recent) and store.get(old_open)
+    assert not any(p.exists() for p in old_files)
+    assert store.clip_path(store.get(recent)) is not None
+
+
+def test_retention_by_size_deletes_the_oldest_until_it_fits(tmp_path):
+    store = SightingStore(tmp_path / "s.db")
+    ids = [_row(store, time.time() - 100 + i, 300_000) for i in range(5)]  # 0.6 MB each, 3 MB in all
+    assert store.total_bytes() == 3_000_000
+    assert store.apply_retention(max_mb=1.5) == 3
+    assert [s.id for s in store.list()] == [ids[4], ids[3]]
+    assert store.total_bytes() <= 1.5 * 1024 * 1024
+    assert sorted(p.name for p in (tmp_path / "s-media" / "d").iterdir()) == sorted(
+        f"{i}.{ext}" for i in ids[3:] for ext in ("jpg", "mp4"))
+
+
+def test_a_file_that_is_not_a_sightings_database_is_one_clear_error(tmp_path):
+    from detector_app.sightings.store import SightingStoreError
+
+    bad = tmp_path / "x.db"
+    bad.write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(SightingStoreError, match="cannot open the sightings database"):
+        SightingStore(bad)
+    with pytest.raises(SightingStoreError, match="no sightings database"):
+        SightingStore(tmp_path / "missing.db", create=False)
+
+
+# -- the command line ----------------------------------------------------------------------------------
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "detector_app.cli", "sightings", *args], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+
+
+def test_cli_list_and_export(offline, tmp_path):
+    store, _ = offline["two_cats_480p15"]
+    db = str(store.path)
+    listed = _cli("list", "--db", db, "--json", "--since", "1h", "--label", "cat")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [r["id"] for r in rows] == [s.id for s in store.list()] and all(r["label"] == "cat" for r in rows)
+    table = _cli("list", "--db", db, "--label", "dog")
+    assert table.returncode == 0 and table.stdout.strip() == "no sightings"
+    out = tmp_path / "export"
+    exported = _cli("export", "--db", db, "--out", str(out), "--format", "csv")
+    assert exported.returncode == 0, exported.stderr
+    index = (out / "index.csv").read_text().splitlines()
+    assert len(index) == 1 + len(rows) and index[0].startswith("id,label,track_id")
+    for s in store.list():
+        assert (out / f"{s.id:06d}-cat.mp4").read_bytes() == store.clip_path(s).read_bytes()
+        assert (out / f"{s.id:06d}-cat.jpg").stat().st_size == store.thumbnail_path(s).stat().st_size
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    missing = _cli("list", "--db", str(tmp_path / "none.db"))
+    assert missing.returncode == 2 and "no sightings database at" in missing.stderr
+    assert len([ln for ln in missing.stderr.splitlines() if ln.strip()]) == 1, missing.stderr
+    SightingStore(tmp_path / "s.db").close()
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    unwritable = _cli("export", "--db", str(tmp_path / "s.db"), "--out", str(blocked / "sub"))
+    assert unwritable.returncode == 2 and "cannot write to" in unwritable.stderr
+    assert len([ln for ln in unwritable.stderr.splitlines() if ln.strip()]) == 1, unwritable.stderr
