@@ -23,7 +23,7 @@ from aiohttp.test_utils import make_mocked_request
 from loguru import logger
 
 from detector_app.glasses.publish import Publisher
-from detector_app.ingest.addresses import wait_listening
+from detector_app.ingest.addresses import free_port, wait_listening
 from detector_app.ingest.factory import open_listener
 from detector_app.pipeline import Pipeline
 from detector_app.web.auth import COOKIE, Access, decide, token_middleware
@@ -329,22 +329,58 @@ def test_viewer_leaving_mid_frame_logs_nothing(live, caplog):
     assert logs.problems() == []
 
 
-def test_port_in_use_is_one_line_and_exit_2(fixture_videos):
+def test_port_in_use_raises_a_user_error():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(WebViewerError, match=f"port {port} is in use"):
             WebViewer(WebConfig(port=port), lambda: []).start()
-        proc = subprocess.run(
-            [sys.executable, "-m", "detector_app", "detect", str(fixture_videos["cat_480p15"]), "--headless",
-             "--feed-port", "0", "--web-port", str(port)],
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
-        )
+    assert not any(t.name == "web-viewer" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("command", ["detect", "serve"])
+def test_port_in_use_is_one_line_and_exit_2(command, fixture_videos, tmp_path):
+    from tests.conftest import serve_env
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        if command == "detect":
+            args, env = ["detect", str(fixture_videos["cat_480p15"]), "--feed-port", "0"], None
+        else:
+            args, env = ["serve", "--feed-port", "0"], serve_env(free_port(), "k", "com.example.webtest")
+            env["DATA_DIR"] = str(tmp_path)
+        proc = subprocess.run([sys.executable, "-m", "detector_app", *args, "--headless", "--web-port", str(port)],
+                              capture_output=True, text=True, timeout=90, cwd=ROOT, env=env)
     assert proc.returncode == 2, proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if "ERROR" in ln]
     assert len(errors) == 1 and f"port {port} is in use" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_streams_keep_their_ids_and_closed_ones_are_forgotten(live, detector):
+    """serve: one stream per wearer, coming and going; ids are never reused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from detector_app.web.streams import StreamRegistry
+
+    pipe, _ = live
+    _, source = open_listener("rtmp", port=0, bind_host="127.0.0.1", advertise="127.0.0.1", for_glasses=False)
+    other = Pipeline(source, detector, source_label="second wearer")  # a real pipeline, not started
+    views = [pipe, other]
+    with ThreadPoolExecutor(1) as pool:
+        reg = StreamRegistry(lambda: list(views), pool, max_fps=10)
+        first = [(sid, v) for sid, v, _ in reg.current()]
+        assert first == [(1, pipe), (2, other)]
+        enc = reg.encoder(2)
+        assert enc is not None and enc.view is other and reg.encoder(2) is enc  # one shared encoder
+        views.remove(other)
+        assert [sid for sid, _, _ in reg.current()] == [1] and reg.encoder(2) is None
+        views.append(other)  # the same stream back: a new id, a new encoder
+        assert [sid for sid, _, _ in reg.current()] == [1, 3] and reg.encoder(3) is not enc
+    source.close()
 
 
 # ------------------------------------------------------------------------------------ sightings
