@@ -42,7 +42,7 @@ def default_media_server(core: SimCore) -> ManagedMediaServer:
     """The project's media server for managed streams (WHEP + HLS from the glasses' video)."""
     from .managed_media import ManagedMedia  # noqa: PLC0415 - optional part: only managed streams need it
 
-    return ManagedMedia()  # type: ignore[return-value]
+    return ManagedMedia(host=core.config.host)  # type: ignore[return-value]
 
 
 class ManagedStreams:
@@ -85,6 +85,9 @@ class ManagedStreams:
             return
         stream.status = "active"
         stream.urls = playback_urls(urls.webrtc_url, urls.hls_url, urls.dash_url, None, None)
+        if not urls.dash_url:  # the real cloud always has one (Cloudflare); the 3.x SDK waits for both
+            logger.warning("managed stream {} has no dashUrl: a 3.x SDK's startStream() resolves only with "
+                           "hlsUrl and dashUrl (CameraManager), so it times out after 30 s", stream.stream_id)
         core.echo(f"[cloud] {s.user_id}: managed stream {stream.stream_id} active: {stream.urls}")
         await core.send(s, managed_status_frame(stream))
 
