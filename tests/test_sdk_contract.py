@@ -287,3 +287,40 @@ async def _drive(generation: str, video: Path, app_port: int, relay: StubRelay, 
         await sim.stop_session(USER)
         await sim.wait_for(lambda e: e.direction == "ws" and e.type == "close", timeout=10)
         return list(sim.events)
+
+
+def test_alpha4_miniappserver_is_refused_by_generation_d(tmp_path: Path) -> None:
+    """Generation D is the newest cloud as a 2.x SDK meets it (identity from the init's sessionId only), so
+    alpha.4's MiniAppServer — init without sessionId, identity in headers — is refused at its first frame
+    with SESSION_NOT_FOUND and 1008, as issue 8 found; V3 above is the generation that accepts it. The SDK
+    counts that 1008 as retryable (unlike 2.x) and tries again."""
+    line = _installed(LINES["3.0.0-alpha.4"])
+    app_port = free_port()
+    env = {**os.environ, "PORT": str(app_port), "PACKAGE_NAME": PKG, "MENTRAOS_API_KEY": KEY,
+           "STREAM_URL": "rtmp://127.0.0.1:9/live/none", "SDK_DIR": str(line.dir)}
+    log_path = tmp_path / "app.log"
+    with log_path.open("w") as log:
+        app = subprocess.Popen([str(BUN), "run", str(HERE / "apps" / line.app)], cwd=line.dir, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+
+    async def drive() -> list[SimEvent]:
+        async with CloudSimulator(app_url=f"http://127.0.0.1:{app_port}", package_name=PKG, api_key=KEY,
+                                  generation="D", echo=False) as sim:
+            await sim.start_session(USER, wait=False)
+            await sim.wait_for(lambda e: e.type == "tpa_connection_error", timeout=15)
+            await sim.wait_for(lambda e: e.direction == "ws" and e.type == "open", timeout=10,
+                               start=len(sim.events))  # the retry
+            return list(sim.events)
+
+    try:
+        _wait_http(f"http://127.0.0.1:{app_port}/health", 30, app)
+        events = asyncio.run(drive())
+    except BaseException:
+        print(log_path.read_text()[-6000:])
+        raise
+    finally:
+        _killpg(app)
+    err = next(e for e in events if e.type == "tpa_connection_error")
+    assert err.data["code"] == "SESSION_NOT_FOUND"
+    assert next(e for e in events if e.direction == "sim" and e.type == "close_sent").data["code"] == 1008
+    assert not [e for e in events if e.type == "tpa_connection_ack"]
