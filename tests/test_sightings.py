@@ -24,7 +24,7 @@ from detector_app.sightings.packets import PacketRing
 from detector_app.sightings.recorder import NO_PACKETS, Sightings, SightingsConfig
 from detector_app.sightings.store import Sighting, SightingStore
 
-from .conftest import MODEL, ROOT
+from .conftest import MODEL, ROOT, serve_env, wait_healthy
 
 FPS = 15.0
 IN_VIEW = 0.3  # truth: an animal counts as in view from a third of it in the frame
@@ -172,7 +172,84 @@ def test_store_api_pages_filters_and_counts_changes(offline):
 
 
 # -- the live RTMP ingest, and kill -9 in the middle of a session ----------------------------------
-def test_kill_9_mid_session_keeps_every_closed_sighting(fixture_videos, tmp_path):
+def db_state(db: Path) -> list[tuple[str, str | None]]:
+    """(status, clip) of every row, read-only (as a second process reads it), or [] before it exists."""
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute("SELECT status, clip FROM sightings ORDER BY id").fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
+def mid_session(state: list[tuple[str, str | None]]) -> bool:
+    """One sighting closed with its clip, the next one open: the moment to kill."""
+    return any(st == "closed" and clip for st, clip in state) and any(st == "open" for st, _ in state)
+
+
+def check_after_kill(db: Path, video: Path, stream: str) -> None:
+    store = SightingStore(db, create=False)
+    try:
+        assert store.integrity_ok()
+        rows = store.list()
+        assert [s.status for s in rows] == ["open", "closed"], rows
+        first = rows[1]
+        (t_first, t_last), _second = expected_sightings(video)
+        assert abs(first.first_pts - t_first) <= TOLERANCE_S and abs(first.last_pts - t_last) <= TOLERANCE_S, first
+        assert first.stream.startswith(stream), first.stream
+        check_thumbnail(store, first, frame_at(video, first.best_pts))
+        check_clip(store, first, video, stream_end=13.0)
+    finally:
+        store.close()
+
+
+def test_serve_kill_9_mid_session_keeps_every_closed_sighting(fixture_videos, tmp_path):
+    """The real ``serve`` (real model, nginx-rtmp ingest) with a simulated Mentra Live session: once the cat's
+    first sighting is closed with its clip and its second is open, serve is SIGKILLed; the database opens
+    cleanly and the closed sighting is all there."""
+    import asyncio
+
+    import aiohttp
+
+    from detector_app.ingest.addresses import free_port
+    from detector_app.mentra.simulator import CloudSimulator
+
+    video = fixture_videos["cat_returns_480p15"]
+    db = tmp_path / "sightings.db"
+    key, pkg = "sightings-test-key", "com.example.detector"
+
+    async def main() -> None:
+        port = free_port()
+        log = tmp_path / "serve.log"
+        with log.open("wb") as out:  # a file, not a pipe: a full pipe would block the child
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "detector_app.cli", "serve", "--model", str(MODEL), "--headless", "--feed-port", "0",
+                "--sightings-db", str(db), env=serve_env(port, key, pkg), cwd=str(tmp_path), stdout=out,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            async with aiohttp.ClientSession() as http:
+                await wait_healthy(http, port, 30, alive=lambda: proc.returncode is None, what="serve")
+            async with CloudSimulator(app_url=f"http://127.0.0.1:{port}", package_name=pkg, api_key=key, video=video,
+                                      generation="D", device="mentra_live", port=0, printer=lambda _: None) as sim:
+                await sim.start_session("bob@example.com")
+                deadline = time.monotonic() + 60
+                while not mid_session(db_state(db)):
+                    assert proc.returncode is None, log.read_text()[-2000:]
+                    assert time.monotonic() < deadline, f"no closed + open sighting within 60 s: {db_state(db)}"
+                    await asyncio.sleep(0.1)
+                proc.kill()
+                await asyncio.wait_for(proc.wait(), 10)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await asyncio.wait_for(proc.wait(), 5)
+
+    asyncio.run(main())
+    check_after_kill(db, video, "rtmp://")
+
+
+def test_replay_kill_9_mid_session_keeps_every_closed_sighting(fixture_videos, tmp_path):
     """``replay`` (real RTMP ingest, ffmpeg publisher in real time) records into a database; once the cat's
     first sighting is closed with its clip and its second (after ~4 s away) is open, the process is SIGKILLed:
     the database opens cleanly and the closed sighting is all there, with its clip cut from the received packets."""
@@ -184,39 +261,17 @@ def test_kill_9_mid_session_keeps_every_closed_sighting(fixture_videos, tmp_path
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        state: list = []
-        while time.monotonic() < deadline and proc.poll() is None:
-            if db.exists():
-                try:
-                    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-                        state = con.execute("SELECT status, clip FROM sightings ORDER BY id").fetchall()
-                except sqlite3.OperationalError:
-                    state = []
-            if any(st == "closed" and clip for st, clip in state) and any(st == "open" for st, _ in state):
-                break
+        while not mid_session(db_state(db)):
+            assert proc.poll() is None, f"replay ended before the kill: {proc.stderr.read().decode()[-1500:]}"
+            assert time.monotonic() < deadline, f"no closed + open sighting within 60 s: {db_state(db)}"
             time.sleep(0.1)
-        assert proc.poll() is None, f"replay ended before the kill: {proc.stderr.read().decode()[-1500:]}"
-        assert state, "no sighting within 60 s"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-    store = SightingStore(db, create=False)
-    try:
-        assert store.integrity_ok()
-        rows = store.list()
-        closed = [s for s in rows if s.status == "closed"]
-        assert len(closed) == 1 and [s.status for s in rows] == ["open", "closed"], rows
-        first = closed[0]
-        (t_first, t_last), _second = expected_sightings(video)
-        assert abs(first.first_pts - t_first) <= TOLERANCE_S and abs(first.last_pts - t_last) <= TOLERANCE_S, first
-        assert first.stream.startswith("rtmp replay")
-        check_thumbnail(store, first, frame_at(video, first.best_pts))
-        check_clip(store, first, video, stream_end=13.0)
-    finally:
-        store.close()
+    check_after_kill(db, video, "rtmp replay")
 
 
 # -- without packets (decoded-frame sources) --------------------------------------------------------
