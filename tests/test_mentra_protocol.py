@@ -148,6 +148,7 @@ class TestBuilders:
         # same rule as the SDK's convertToHttps: scheme → https, only a trailing /app-ws is dropped
         assert m.tts_url("ws://127.0.0.1:8123/app-ws", "hi") == "https://127.0.0.1:8123/api/tts?text=hi"
         assert m.tts_url("wss://h/x/app-ws", "a&b") == "https://h/x/api/tts?text=a%26b"
+        assert m.tts_url("wss://api.mentra.glass/ws/miniapp", "hi") == "https://api.mentra.glass/api/tts?text=hi"  # v3
 
 
 class TestParsers:

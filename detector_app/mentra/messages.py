@@ -231,9 +231,10 @@ def display_clear(package_name: str, *, view: str = "main") -> dict[str, Any]:
 
 def tts_url(ws_url: str, text: str) -> str:
     """The cloud's TTS endpoint, built exactly like the SDK's ``session.audio.speak()`` (§9):
-    drop the ``ws(s)://`` scheme and a trailing ``/app-ws``, prefix ``https://``, add ``/api/tts?text=…``."""
+    drop the ``ws(s)://`` scheme and a trailing ``/app-ws`` (or the v3 ``/ws/miniapp``), prefix ``https://``,
+    add ``/api/tts?text=…``. (The 3.x SDK sends the bare path; an absolute URL works on every cloud.)"""
     base = re.sub(r"^wss?://", "", ws_url)
-    base = re.sub(r"/app-ws$", "", base)
+    base = re.sub(r"/(app-ws|ws/miniapp)$", "", base)
     return f"https://{base}/api/tts?{urlencode({'text': text})}"
 
 
