@@ -130,9 +130,14 @@ def test_live_stream_health_and_a_sighting_in_a_real_browser(demo, browser, tmp_
     print(f"\nbrowser: {f1 - f0} frames in 2 s, fps shown {fps}, sighting {got}")
 
     shot = tmp_path / "web-viewer.png"
+    if os.environ.get("WEB_VIEWER_SCREENSHOT"):  # the README's picture: also the next, still open sighting
+        _wait(lambda: browser.execute_script("return document.querySelectorAll('.sighting').length >= 2 && "
+                                             "document.querySelector('[data-k=seen]').textContent.includes('#')"),
+              30, "a second sighting, with the cat in view", alive)
     browser.execute_script("document.querySelector('.sighting video').currentTime = 3.0")
     _wait(lambda: browser.execute_script("const v = document.querySelector('.sighting video');"
                                          "return !v.seeking && v.readyState >= 2"), 5, "the clip to seek", alive)
+    time.sleep(1.0)  # the controls' spinner fades out
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 20_000
     if os.environ.get("WEB_VIEWER_SCREENSHOT"):
