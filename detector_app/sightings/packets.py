@@ -118,7 +118,7 @@ class PacketRing:
         self.max_bytes = max_bytes
         self._segments: deque[_Segment] = deque()
         self._lock = threading.Lock()
-        self._time_base: Fraction | None = None
+        self._time_base: float | None = None  # float, not Fraction: Fraction arithmetic costs ~8 µs a packet
         self._session = 0
         self._bytes = 0
         self.evicted = 0  # packets dropped by the budget (a statistic)
@@ -129,7 +129,7 @@ class PacketRing:
         with self._lock:
             self._end_current()
             self._session = session
-            self._time_base = Fraction(stream.time_base) if stream.time_base else None
+            self._time_base = float(stream.time_base) if stream.time_base else None
             self._segments.append(_Segment(session, fmt))
 
     def packet(self, packet: av.Packet) -> None:
@@ -137,7 +137,7 @@ class PacketRing:
         tb = self._time_base
         if ts is None or tb is None or not packet.size:
             return
-        stored = StoredPacket(bytes(packet), packet.pts, packet.dts, packet.is_keyframe, float(ts * tb))
+        stored = StoredPacket(bytes(packet), packet.pts, packet.dts, packet.is_keyframe, ts * tb)
         with self._lock:
             seg = self._segments[-1] if self._segments else None
             if seg is None or seg.ended or seg.format is None:
@@ -202,13 +202,19 @@ class PacketRing:
             return sum(s.span for s in self._segments)
 
     # -- internals (lock held) ----------------------------------------------------------------
+    def _span(self) -> float:
+        """Seconds held: the newest segment's span plus the older ones' (which change only on eviction)."""
+        if len(self._segments) == 1:
+            return self._segments[0].span
+        return sum(s.span for s in self._segments)
+
     def _end_current(self) -> None:
         if self._segments:
             self._segments[-1].ended = True
 
     def _evict(self) -> None:
         """Drop whole GOPs from the oldest end until both budgets hold (the newest GOP always stays)."""
-        while self._bytes > self.max_bytes or sum(s.span for s in self._segments) > self.max_seconds:
+        while self._bytes > self.max_bytes or self._span() > self.max_seconds:
             seg = self._segments[0]
             if len(self._segments) == 1 and len(seg.gops) <= 1:
                 return

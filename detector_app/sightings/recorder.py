@@ -280,13 +280,13 @@ class SightingRecorder:
                               else "no clip: its packets were no longer in the ring")
             return
         info = write_clip(cut, self.store.media_file(f"{p.stem}.mp4"))
-        start, end = info.start_t - p.offset, info.end_t - p.offset
+        start, end = round(info.start_t - p.offset, 4), round(info.end_t - p.offset, 4)
         notes = []
         want_start, want_end = p.start_raw - p.offset, p.end_raw - p.offset
         if start > want_start + 0.05:
-            notes.append(f"pre-roll {max(0.0, (p.track.first_pts or 0) - start):.1f} s (the ring began later)")
+            notes.append(f"pre-roll {max(0.0, (p.track.first_pts or 0) - start):.1f} s: nothing earlier was received (or kept)")
         if end < want_end - 0.25:
-            notes.append(f"post-roll {max(0.0, end - (p.track.last_pts or 0)):.1f} s (the stream ended)")
+            notes.append(f"post-roll {max(0.0, end - (p.track.last_pts or 0)):.1f} s: the stream ended")
         current = self.store.get(p.row)
         nbytes = (current.nbytes if current else 0) + info.nbytes
         self.store.update(p.row, clip=f"{p.stem}.mp4", clip_start_pts=start, clip_end_pts=end,
