@@ -689,3 +689,45 @@ def test_managed_stream_protocol_against_v3_simulator(sim_video):
         assert relay.started == relay.stopped == [active.data["streamId"]]
 
     asyncio.run(sim_scenario(body, service, sim_video, "V3", cloud_protocol="v3", ingest_protocol="managed"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_managed_session_end_to_end_with_the_real_relay(detector, fixture_videos):
+    """The whole managed path with real parts: our v3 miniapp asks simulator V3 for a managed stream, the
+    simulator's ManagedMedia serves the cat video over WHEP, the real DetectionService pulls it and the
+    real model sees the cat, which Mentra Live hears; the stop webhook sends managed_stream_stop."""
+    from detector_app.mentra.simulator import CloudSimulator, frame
+    from detector_app.stream_service import DetectionService, IngestConfig
+
+    user = "carol@example.com"
+
+    async def main() -> None:
+        service = DetectionService(detector, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1",
+                                                          mode="embedded"))  # type: ignore[arg-type]
+        port = free_port()
+        app = MiniApp(settings(port, ingest_protocol="managed", cloud_protocol="v3"), service, session_options=FAST,
+                      tick_interval=0.1)
+        sim = CloudSimulator(app_url=f"http://127.0.0.1:{port}", package_name=PKG, api_key=KEY,
+                             video=fixture_videos["cat_480p15"], generation="V3", device="mentra_live", echo=False)
+        await app.start()
+        try:
+            await sim.start()
+            await sim.start_session(user)
+            active = await sim.wait_for(_status("active", ("managed_stream_status",)), 20)
+            said = await sim.wait_for(lambda e: e.direction == "app->cloud" and e.type == "audio_play_request"
+                                      and "cat" in str(e.data.get("audioUrl")), 40)
+            assert str(said.data["audioUrl"]).startswith(f"https://127.0.0.1:{sim.port}/api/tts?")
+            stream = service.streams()[-1]
+            assert stream.publish_url == active.data["webrtcUrl"] and stream.pipeline.stats.per_label["cat"] > 0
+            await sim.stop_session(user)
+            await sim.wait_for(frame("app->cloud", "managed_stream_stop"), 5)
+            assert sim.managed_state(user) is None
+        finally:
+            try:
+                await asyncio.wait_for(app.stop(timeout=3), 10)
+            finally:
+                await asyncio.wait_for(sim.close(), 10)
+                await asyncio.wait_for(asyncio.to_thread(service.close), 15)
+
+    asyncio.run(main())
