@@ -21,12 +21,13 @@ import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from loguru import logger
 
 from detector_app.main_thread import LiveView
+from detector_app.sightings.store import Sighting, SightingStore
 from detector_app.web.auth import token_middleware
 from detector_app.web.frames import StreamEncoder
 from detector_app.web.streams import StreamRegistry, stream_json
@@ -37,28 +38,11 @@ MAX_LIST = 200
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-class SightingsView(Protocol):
-    """What the viewer reads of the sightings store (``detector_app.sightings.store.SightingStore``)."""
-
-    @property
-    def last_change(self) -> int: ...
-
-    def list(self, limit: int = 50, before_id: int | None = None, label: str | None = None,
-             since: float | None = None) -> list[Any]: ...
-
-    def get(self, sighting_id: int) -> Any | None: ...
-
-    def thumbnail_path(self, sighting: Any) -> Path | None:
-        """The file, or None until it is written (or after retention deleted it)."""
-
-    def clip_path(self, sighting: Any) -> Path | None: ...
-
-
 REGISTRY = web.AppKey("registry", StreamRegistry)
 SOCKETS = web.AppKey("sockets", weakref.WeakSet)
 
 
-def create_app(views: Callable[[], Sequence[LiveView]], executor: Executor, *, sightings: SightingsView | None = None,
+def create_app(views: Callable[[], Sequence[LiveView]], executor: Executor, *, sightings: SightingStore | None = None,
                token: str | None = None, max_fps: float = 10.0) -> web.Application:
     """The viewer for ``views()`` (open streams, oldest first); ``token`` None = no token needed."""
     app = web.Application(middlewares=[token_middleware(token)])
@@ -84,7 +68,7 @@ async def _close_sockets(app: web.Application) -> None:
 
 
 class _Routes:
-    def __init__(self, registry: StreamRegistry, sightings: SightingsView | None, sockets: weakref.WeakSet) -> None:
+    def __init__(self, registry: StreamRegistry, sightings: SightingStore | None, sockets: weakref.WeakSet) -> None:
         self.registry = registry
         self.sightings = sightings
         self.sockets = sockets
@@ -134,7 +118,7 @@ class _Routes:
         return ws
 
     # -- sightings ----------------------------------------------------------------------------
-    def _store(self) -> SightingsView:
+    def _store(self) -> SightingStore:
         if self.sightings is None:
             raise web.HTTPNotFound(text="sightings are not recorded in this run")
         return self.sightings
@@ -156,7 +140,7 @@ class _Routes:
         version, rows = await asyncio.to_thread(read)
         return web.json_response({"version": version, "sightings": rows}, headers=NO_STORE)
 
-    async def _get(self, request: web.Request) -> Any:
+    async def _get(self, request: web.Request) -> Sighting:
         sighting = await asyncio.to_thread(self._store().get, int(request.match_info["id"]))
         if sighting is None:
             raise web.HTTPNotFound(text="no such sighting")
@@ -172,7 +156,7 @@ class _Routes:
         return _file(self._store().clip_path(await self._get(request)), "clip")
 
 
-def _sighting_json(store: SightingsView, s: Any) -> dict[str, Any]:
+def _sighting_json(store: SightingStore, s: Sighting) -> dict[str, Any]:
     """The store's record, with URLs of its files in place of their names in the media directory."""
     data = dict(s.to_json())
     base = f"api/sightings/{data['id']}"

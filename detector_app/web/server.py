@@ -21,7 +21,8 @@ from loguru import logger
 from detector_app.errors import UserError
 from detector_app.ingest.addresses import detect_lan_address, is_loopback
 from detector_app.main_thread import LiveView, LoopThread, join_bounded
-from detector_app.web.app import SightingsView, create_app
+from detector_app.sightings.store import SightingStore
+from detector_app.web.app import create_app
 from detector_app.web.auth import QUERY
 
 START_TIMEOUT_S = 5.0
@@ -48,7 +49,7 @@ class WebViewer:
     """``start()`` binds (``WebViewerError`` if it cannot) and serves until ``stop()``."""
 
     def __init__(self, config: WebConfig, views: Callable[[], Sequence[LiveView]],
-                 sightings: SightingsView | None = None, *, require_token: bool | None = None) -> None:
+                 sightings: SightingStore | None = None, *, require_token: bool | None = None) -> None:
         """``require_token`` forces the token mode either way (tests bind 127.0.0.1 but need the token)."""
         self.config = config
         need = not is_loopback(config.host) if require_token is None else require_token
