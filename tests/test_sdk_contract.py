@@ -169,11 +169,12 @@ class StubRelay:
         pass
 
 
-# (line, generation, transport): every line on the generations it is meant for; SRT where the API allows it.
+# (line, generation, transport): every line on the generations it is meant for; SRT where the cloud allows it
+# (2.x and hono.8 put an srt:// URL in rtmpUrl: B refuses it, D copies it into streamUrl and sends it on).
 CASES = [
-    ("2.1.29", "B", "rtmp"), ("2.1.29", "D", "rtmp"),
+    ("2.1.29", "B", "rtmp"), ("2.1.29", "D", "rtmp"), ("2.1.29", "D", "srt"),
     ("2.1.31-beta.5", "B", "rtmp"), ("2.1.31-beta.5", "D", "rtmp"),
-    ("3.0.0-hono.8", "D", "rtmp"), ("3.0.0-hono.8", "V3", "rtmp"),
+    ("3.0.0-hono.8", "D", "rtmp"), ("3.0.0-hono.8", "V3", "srt"),
     ("3.0.0-alpha.4", "V3", "rtmp"), ("3.0.0-alpha.4", "V3", "srt"), ("3.0.0-alpha.4", "V3", "managed"),
 ]
 
