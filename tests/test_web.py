@@ -151,9 +151,9 @@ def test_non_loopback_bind_needs_a_token(monkeypatch):
     assert lan.url.endswith(f":8080/?token={lan.token}")
 
 
-def test_every_route_needs_the_token_when_required(live, tmp_path):
+def test_every_route_needs_the_token_when_required(live, tmp_path, fixture_videos):
     pipe, _ = live
-    store = _store_with_sightings(tmp_path, 1)
+    store = _store_with_sightings(tmp_path, 1, fixture_videos["cat_480p15"])
     viewer = _viewer(lambda: [pipe], sightings=store, require_token=True, token=TOKEN)
     base = f"http://127.0.0.1:{viewer.port}"
     routes = ["/", "/static/viewer.js", "/static/viewer.css", "/api/state", "/api/streams/1/frame.jpg",
@@ -385,12 +385,11 @@ def test_streams_keep_their_ids_and_closed_ones_are_forgotten(live, detector):
 
 # ------------------------------------------------------------------------------------ sightings
 
-def _store_with_sightings(tmp_path: Path, n: int):
-    """A real store with ``n`` closed sightings, each with a real JPEG thumbnail and MP4 clip."""
+def _store_with_sightings(tmp_path: Path, n: int, clip: Path):
+    """A real store with ``n`` closed sightings, each with a real JPEG thumbnail and MP4 ``clip``."""
     from detector_app.sightings.store import SightingStore
 
     store = SightingStore(tmp_path / "sightings.db")
-    clip = ROOT / "data" / "fixtures" / "cat_480p15.mp4"
     jpeg = cv2.imencode(".jpg", np.full((90, 120, 3), 127, np.uint8))[1].tobytes()
     t = time.time() - 100
     for i in range(n):
@@ -403,11 +402,11 @@ def _store_with_sightings(tmp_path: Path, n: int):
     return store
 
 
-def test_sightings_api_files_and_ranges(tmp_path, caplog):
-    store = _store_with_sightings(tmp_path, 3)
+def test_sightings_api_files_and_ranges(tmp_path, caplog, fixture_videos):
+    store = _store_with_sightings(tmp_path, 3, fixture_videos["cat_480p15"])
     viewer = _viewer(lambda: [], sightings=store)
     base = f"http://127.0.0.1:{viewer.port}"
-    clip_size = (ROOT / "data" / "fixtures" / "cat_480p15.mp4").stat().st_size
+    clip_size = fixture_videos["cat_480p15"].stat().st_size
 
     async def run() -> None:
         async with aiohttp.ClientSession() as http:

@@ -144,3 +144,31 @@ def test_live_stream_health_and_a_sighting_in_a_real_browser(demo, browser, tmp_
         target = ROOT / os.environ["WEB_VIEWER_SCREENSHOT"]
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, target)
+
+
+def test_token_flow_in_a_real_browser(browser, tmp_path, fixture_videos):
+    """Token mode (forced on 127.0.0.1): nothing without it; the printed URL's ?token= once gives the page,
+    its API calls, thumbnails and clips (an HttpOnly cookie the page's scripts cannot read)."""
+    from detector_app.web.server import WebConfig, WebViewer
+    from tests.test_web import _store_with_sightings
+
+    store = _store_with_sightings(tmp_path, 2, fixture_videos["cat_480p15"])
+    viewer = WebViewer(WebConfig(port=0, token="browser-token-123"), lambda: [], store, require_token=True).start()
+    base = f"http://127.0.0.1:{viewer.port}"
+    try:
+        browser.get(base + "/")
+        body = browser.find_element("tag name", "body").text
+        assert "401" in body and "Sightings" not in body
+        browser.get(viewer.url)  # http://127.0.0.1:PORT/?token=…, as printed at start
+        assert browser.current_url == base + "/", "the token stayed in the address bar"
+        js = """const li = document.querySelector('.sighting'); if (!li) return null;
+                const img = li.querySelector('.thumb'), v = li.querySelector('video');
+                return {n: document.querySelectorAll('.sighting').length, thumb: img.complete ? img.naturalWidth : 0,
+                        ready: v ? v.readyState : -1};"""
+        got = _wait(lambda: (s := browser.execute_script(js)) and s["thumb"] > 0 and s["ready"] >= 1 and s, 15,
+                    "the sightings through the cookie")
+        assert got["n"] == 2
+        assert browser.execute_script("return document.cookie") == "", "the token cookie is readable by scripts"
+    finally:
+        viewer.stop()
+        store.close()
