@@ -35,12 +35,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def serve_env(port: int, api_key: str, package: str) -> dict[str, str]:
     """Environment for a real ``detector-app serve`` child on loopback: its webhook port, its own ingest port
-    (nginx-rtmp where installed, so several serves can run side by side), loopback-only WebSocket hosts."""
+    (nginx-rtmp where installed, so several serves can run side by side), loopback-only WebSocket hosts,
+    and its sightings (on by default in serve) in a temporary DATA_DIR, not the user's data directory."""
+    import tempfile
+
     from detector_app.ingest.addresses import free_port
 
     return {**os.environ, "PYTHONPATH": str(ROOT), "MENTRAOS_API_KEY": api_key, "PACKAGE_NAME": package,
             "PORT": str(port), "WEBHOOK_HOST": "127.0.0.1", "INGEST_HOST": "127.0.0.1",
-            "MENTRAOS_WS_ALLOWLIST": "127.0.0.1,localhost", "INGEST_PORT": str(free_port(outside_ephemeral=True))}
+            "MENTRAOS_WS_ALLOWLIST": "127.0.0.1,localhost", "INGEST_PORT": str(free_port(outside_ephemeral=True)),
+            "DATA_DIR": tempfile.mkdtemp(prefix="detector-app-data-")}
 
 
 def in_threads(target: Callable[[], None], n: int, timeout: float = 60.0) -> None:

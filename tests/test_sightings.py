@@ -395,3 +395,29 @@ def test_cli_errors_are_one_line(tmp_path):
     unwritable = _cli("export", "--db", str(tmp_path / "s.db"), "--out", str(blocked / "sub"))
     assert unwritable.returncode == 2 and "cannot write to" in unwritable.stderr
     assert len([ln for ln in unwritable.stderr.splitlines() if ln.strip()]) == 1, unwritable.stderr
+    since = _cli("list", "--db", str(tmp_path / "s.db"), "--since", "yesterday")
+    assert since.returncode == 2 and "--since 'yesterday': use a duration like 30m" in since.stderr
+    assert len([ln for ln in since.stderr.splitlines() if ln.strip()]) == 1, since.stderr
+
+
+def test_since_parses_durations_and_dates():
+    from detector_app.commands.sightings import parse_since
+
+    assert parse_since("90s", now=1000.0) == 910.0 and parse_since("2h", now=10_000.0) == 2800.0
+    assert parse_since("1d", now=86_400.0) == 0.0
+    assert parse_since("2026-12-01") == time.mktime((2026, 12, 1, 0, 0, 0, 0, 0, -1))
+
+
+def test_an_interrupted_sighting_is_closed_by_the_next_start(tmp_path):
+    store = SightingStore(tmp_path / "s.db")
+    now = time.time()
+    stale = store.insert(stream="t", session=1, track_id=1, label="cat", first_seen=now - 130, last_seen=now - 120,
+                         best_confidence=0.9)
+    store._db.execute("UPDATE sightings SET updated_at = ? WHERE id = ?", (time.time() - 120, stale))
+    fresh = store.insert(stream="t", session=1, track_id=2, label="cat", first_seen=now - 5, last_seen=now,
+                         best_confidence=0.9)
+    store.close()
+    sightings = Sightings(SightingsConfig(db=tmp_path / "s.db"))
+    assert sightings.store.get(stale).status == "closed" and "interrupted" in sightings.store.get(stale).clip_note
+    assert sightings.store.get(fresh).status == "open"  # another process's sighting, still being updated
+    sightings.close()

@@ -97,10 +97,7 @@ class Sightings:
             logger.info("sightings retention: {} old sighting(s) deleted", n)
 
     def _close_stale(self) -> int:
-        stale = [s for s in self.store.list(limit=10_000) if s.status == "open" and s.updated_at < time.time() - STALE_OPEN_S]
-        for s in stale:
-            self.store.update(s.id, status="closed", clip_note="interrupted: the process ended before the track left")
-        return len(stale)
+        return self.store.close_stale(STALE_OPEN_S, "interrupted: the process ended before the track left")
 
     def close(self) -> None:
         self.store.close()

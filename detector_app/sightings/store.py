@@ -253,6 +253,14 @@ class SightingStore:
         """Where a media file of this relative name lives (for writers that write themselves: clips)."""
         return self.media_dir / rel
 
+    def close_stale(self, idle_s: float, note: str) -> int:
+        """Close open sightings not updated for ``idle_s`` (their process died: an open row is updated every
+        few seconds while its track is in view); returns how many."""
+        with self._lock, self._transaction():
+            cur = self._db.execute("UPDATE sightings SET status = 'closed', clip_note = ?, updated_at = ? "
+                                   "WHERE status = 'open' AND updated_at < ?", (note, time.time(), time.time() - idle_s))
+            return cur.rowcount
+
     def delete(self, sighting_id: int) -> None:
         with self._lock:
             self._delete_locked([sighting_id])
