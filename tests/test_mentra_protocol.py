@@ -860,3 +860,13 @@ class TestManaged:
         assert "managed_stream_request" in types(s.tick())
         clock.advance(30.1)  # initializing never reaches active with URLs
         assert any("no playback URLs 30 s after the request" in t for t in logs(s.tick(), "WARNING"))
+
+
+def test_v3_refused_by_an_older_cloud_says_what_to_do():
+    cfg = SessionConfig(package_name=PKG, api_key=SecretStr(API_KEY), cloud_protocol="v3")
+    s = AppSession(cfg, SID, WS, clock=Clock(), user_id="alice@example.com")
+    s.connection_opened()
+    err = logs(s.message_received({"type": "tpa_connection_error", "code": "SESSION_NOT_FOUND", "message": "Session not found"}), "ERROR")
+    assert len(err) == 1 and "use v2 with this cloud" in err[0]
+    assert "v2" not in logs(make_session(Clock()).message_received({"type": "tpa_connection_error", "code": "SESSION_NOT_FOUND",
+                                                                     "message": "x"}), "ERROR")[0]

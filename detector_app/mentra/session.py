@@ -283,6 +283,9 @@ class AppSession:
         if isinstance(msg, m.ConnectionError):
             self._last_error_code = msg.code
             hint = _ERROR_HINTS.get(msg.code)
+            if self.v3 and msg.code == "SESSION_NOT_FOUND" and not self._acks:
+                hint = ("MENTRAOS_PROTOCOL=v3 needs the newest cloud (it names the session by upgrade headers); "
+                        "use v2 with this cloud")
             kind = "connection_error (legacy)" if msg.legacy else "tpa_connection_error"
             return [Log("ERROR", f"[{self.session_id}] MentraOS {kind} {msg.code}: {msg.message}"
                                  + (f" — {hint}" if hint else ""))]

@@ -17,7 +17,7 @@ from .lifecycle import AppLifecycle
 from .media import GlassesMedia
 from .protocol import now_ms
 from .replies import (Rejection, ack_frames, check_init, check_reconnect, filter_by_permission, init_user,
-                      reconnect_rejected_frame, requested_streams)
+                      is_v3_sdk, reconnect_rejected_frame, requested_streams)
 from .state import UserSession
 from .streaming import Streaming
 
@@ -89,7 +89,7 @@ class AppConnections:
         if s.app_state not in ("loading", "running"):
             await core.reject(ws, s, Rejection("APP_NOT_STARTED", "App not started for this session"))
             return None
-        return await self._bind(s, ws, transport, "tpa_connection_ack")
+        return await self._bind(s, ws, transport, "tpa_connection_ack", v3_client=is_v3_sdk(data.get("sdkVersion")))
 
     async def reconnect(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None,
                         data: dict[str, Any], headers: dict[str, str]) -> UserSession | None:
@@ -106,10 +106,10 @@ class AppConnections:
                 await ws.close(code=1008, message=b"Reconnect unsupported")
             return None
         assert s is not None
-        return await self._bind(s, ws, transport, "reconnect_ack")
+        return await self._bind(s, ws, transport, "reconnect_ack", v3_client=True)
 
     async def _bind(self, s: UserSession, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None,
-                    ack_type: str) -> UserSession:
+                    ack_type: str, *, v3_client: bool) -> UserSession:
         """The socket now speaks for the session: the old one goes, the grace ends, the ack is sent."""
         core = self.core
         old = s.ws
@@ -130,7 +130,7 @@ class AppConnections:
         frames[0]["type"] = ack_type
         await core.send_all(s, frames)
         self.lifecycle.acked(s)
-        if core.gen.accepts_reconnect and reconnect:  # [D] deliverActiveStreamState: v3 SDKs only
+        if core.gen.accepts_reconnect and v3_client and reconnect:  # [D] deliverActiveStreamState: v3 SDKs only
             await self.streaming.deliver_state(s)
         core.echo(f"[cloud] {core.config.package_name} connected for {s.user_id}"
                   f"{' (reconnect)' if reconnect else ''}; glasses: {core.device.model_name}")
