@@ -452,7 +452,8 @@ def serve(
     ingest: Annotated[str | None, typer.Option("--ingest", help="RTMP ingest (env INGEST): nginx (one nginx-rtmp, one port, publish hook) or embedded (a PyAV listener per session); default nginx where installed.")] = None,
     model: ModelOpt = None,
     fps: FpsOpt = 10.0,
-    track: TrackOpt = True,
+    track: Annotated[bool | None, typer.Option("--track/--no-track", help="Track animals (env TRACK, default on): "
+                                               "unique counts and one announcement per animal on the glasses.")] = None,
     conf: ConfOpt = 0.35,
     imgsz: ImgszOpt = None,
     device: DeviceOpt = "cpu",
@@ -493,6 +494,8 @@ def serve(
         raise _fail(f"invalid configuration: {exc}") from None
     if not settings.api_key.get_secret_value():
         raise _fail("MENTRAOS_API_KEY is not set (developer console → your app → API key)")
+    if track is not None:  # the flag wins over env TRACK
+        settings.track = track
     # Load the model and open the outputs first: a bad model or path ends here with a clear message,
     # before the webhook server announces itself (the cloud only calls it when a user starts the app).
     from detector_app.ingest.factory import choose_rtmp_ingest
@@ -505,7 +508,7 @@ def serve(
     det = _detector(model, conf, imgsz, device, classes, backend, precision=precision, streams=2,  # several wearers
                     inference_url=inference_url)
     service = DetectionService(det, IngestConfig(advertise_host=settings.ingest_host, port=ingest_port, fps=fps,
-                                                 mode=mode, track=track))  # type: ignore[arg-type]
+                                                 mode=mode, track=settings.track))  # type: ignore[arg-type]
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": "glasses"})
     service.sinks.extend(sinks)
     service.sightings = _sightings(sightings, sightings_db, data_dir, keep_days, keep_mb, default_on=True)

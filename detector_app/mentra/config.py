@@ -81,6 +81,8 @@ class MentraSettings(BaseSettings):
     stream_fps: int = Field(15, ge=1, le=30)
     stream_bitrate: int = Field(1_500_000, ge=100_000, le=10_000_000)
     speak: bool = Field(True, description="Speak announcements (TTS) when the glasses have no display.")
+    track: bool = Field(True, description="Track animals (ByteTrack) on every stream: unique counts, one announcement "
+                        "per animal; False (--no-track) = per-frame boxes and feedback.")
     web_port: int = Field(0, ge=0, le=65535, validation_alias=AliasChoices("web_port", "WEB_PORT"),
                           description="Live web viewer port (0 = off).")
     web_host: str = Field("127.0.0.1", validation_alias=AliasChoices("web_host", "WEB_HOST"),

@@ -325,8 +325,10 @@ class FeedbackEngine:
                 continue
             if ev.kind == "appeared":
                 others = [o for o in self._live_tracks() if o.label == t.label and o.track_id != t.track_id]
-                returning = (not others and t.label not in self._left_said
-                             and now - self._label_left_at.get(t.label, -math.inf) < self.config.label_cooldown_s)
+                cooldown = self.config.label_cooldown_s
+                returning = not others and t.label not in self._left_said and (
+                    now - self._label_left_at.get(t.label, -math.inf) < cooldown
+                    or now - self._last_announced.get(t.label, -math.inf) < cooldown)  # said before ids came
                 if returning:
                     self._told.add(t.track_id)
                 else:
