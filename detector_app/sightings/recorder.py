@@ -140,11 +140,13 @@ class SightingRecorder:
         self._queue: queue.Queue[_Job | None] = queue.Queue(QUEUE_SIZE)
         self.dropped = 0
         self._closed = False
+        # Started by the first frame: a recorder that never sees one (tracking off) leaves no thread.
         self._worker = threading.Thread(target=self._run, name="sightings", daemon=True)
-        self._worker.start()
 
     # -- inference thread -----------------------------------------------------------------------
     def on_frame(self, result: FrameResult, bgr: np.ndarray) -> None:
+        if self._worker.ident is None and not self._closed:
+            self._worker.start()
         session = result.extra.get("session") if result.extra else None
         if result.pts is not None and result.stream_pts is not None:
             self._offsets[session] = result.stream_pts - result.pts
@@ -198,6 +200,8 @@ class SightingRecorder:
         if self._closed:
             return
         self._closed = True
+        if self._worker.ident is None:
+            return  # never saw a frame: nothing to close
         offsets = dict(self._offsets)
         for ev in self._book.close():
             best = self._best.pop(ev.track.track_id, None)
