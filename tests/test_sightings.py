@@ -298,6 +298,32 @@ def test_a_source_without_packets_keeps_the_thumbnail_and_says_why_there_is_no_c
     sightings.close()
 
 
+def test_a_full_writer_queue_drops_events_and_never_blocks_detection(tmp_path, monkeypatch):
+    """The disk is stuck (the store's lock is held): the inference thread's calls return at once, the
+    bounded queue fills, and what does not fit is dropped (counted, logged), not queued without bound."""
+    from detector_app.sightings import recorder as recorder_mod
+
+    monkeypatch.setattr(recorder_mod, "QUEUE_SIZE", 4)
+    sightings = Sightings(SightingsConfig(db=tmp_path / "s.db"))
+    rec = sightings.recorder()
+    frame = np.zeros((360, 640, 3), np.uint8)
+    with sightings.store._lock:
+        t0 = time.monotonic()
+        for j in range(12):  # four rows of ten cats, each row confirmed after three frames: 40 sightings open
+            row = j // 3
+            dets = tuple(Detection("cat", 0.9, Box(60 * k, 10 + 85 * row, 60 * k + 50, 70 + 85 * row), 15,
+                                   track_id=100 * row + k) for k in range(10))
+            rec.on_frame(_result(j + 1, j * 0.1, dets), frame)
+        took = time.monotonic() - t0
+    assert took < 1.0, f"on_frame blocked for {took:.2f} s"
+    assert rec.dropped >= 30, rec.dropped
+    rec.close(5.0)
+    rows = sightings.store.list(limit=100)
+    # At close there is time to wait for room: every close got in, and a close whose open was dropped inserts it.
+    assert len(rows) == 40 and all(r.status == "closed" for r in rows) and sightings.store.integrity_ok()
+    sightings.close()
+
+
 # -- the packet ring ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("budget", [{"max_seconds": 4.0}, {"max_bytes": 600_000}])
 def test_packet_ring_is_bounded_and_starts_at_a_keyframe(fixture_videos, budget):

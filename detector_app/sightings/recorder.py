@@ -185,9 +185,10 @@ class SightingRecorder:
         got = self._best.get(track_id)
         return got[1] if got else None
 
-    def _put(self, job: _Job | None) -> None:
+    def _put(self, job: _Job | None, wait: float = 0.0) -> None:
+        """Never blocks the inference thread (``wait`` 0); ``close`` may wait for room (detection is over)."""
         try:
-            self._queue.put_nowait(job)
+            self._queue.put(job, timeout=wait) if wait > 0 else self._queue.put_nowait(job)
         except queue.Full:
             self.dropped += 1
             logger.warning("sightings: writer queue full, {} event of track {} dropped", job.kind if job else "stop",
@@ -202,16 +203,15 @@ class SightingRecorder:
         self._closed = True
         if self._worker.ident is None:
             return  # never saw a frame: nothing to close
+        deadline = time.monotonic() + timeout
         offsets = dict(self._offsets)
         for ev in self._book.close():
             best = self._best.pop(ev.track.track_id, None)
-            self._put(_Job("close", ev.track, best[1] if best else None, offsets.get(ev.track.session)))
+            self._put(_Job("close", ev.track, best[1] if best else None, offsets.get(ev.track.session)),
+                      wait=max(0.01, (deadline - time.monotonic()) / 2))
         self.ring.session_ended()
-        try:
-            self._queue.put(None, timeout=max(0.1, timeout / 2))
-        except queue.Full:
-            logger.warning("sightings: writer queue full at close; pending sightings may lack clips")
-        self._worker.join(timeout)
+        self._put(None, wait=max(0.1, (deadline - time.monotonic()) / 2))
+        self._worker.join(max(0.1, deadline - time.monotonic()))
         if self._worker.is_alive():
             logger.warning("sightings: writer did not finish within {:.1f} s", timeout)
 
