@@ -1,4 +1,5 @@
-"""The benchmark's timed publisher: remux a recorded video to RTMP or SRT in real time and log send times.
+"""The benchmark's timed publisher: remux a recorded video to RTMP or SRT (or send it over WHIP) in real
+time and log send times.
 
 Run it as its own process (``python -m detector_app.bench.publisher``): publishing and listening with
 PyAV in one interpreter deadlocks on the GIL (field notes), and the pipeline's CPU must not include it.
@@ -64,8 +65,33 @@ class _SrtRelay:
             stop_process(self.proc)
 
 
+def publish_whip(video: Path, url: str, duration: float, log_path: Path, wait_go: bool = False) -> int:
+    """WHIP: the virtual glasses' own aiortc client (``glasses.whip_client``), video only, the file's
+    H.264 as it is; a frame's send time is when it is handed to aiortc's RTP packetizer."""
+    import asyncio
+
+    from detector_app.glasses.whip_client import publish as whip_publish
+
+    if wait_go:
+        print("PUBLISHER_READY", flush=True)
+        sys.stdin.readline()
+    with open(log_path, "w") as log:
+        log.write(json.dumps({"event": "connect_start", "t": time.time()}) + "\n")
+
+        def on_sent(i: int, t: float) -> None:
+            if i == 0:
+                log.write(json.dumps({"event": "connected", "t": t}) + "\n")
+            log.write(json.dumps({"frame": i, "t": t}) + "\n")
+
+        sent = asyncio.run(whip_publish(url, video, duration=duration, on_sent=on_sent))
+        log.write(json.dumps({"event": "end", "t": time.time(), "frames": sent}) + "\n")
+    return sent
+
+
 def publish(video: Path, url: str, duration: float, log_path: Path, wait_go: bool = False) -> int:
     """Publish ``duration`` seconds of ``video`` to ``url`` in real time; returns the number of video frames sent."""
+    if url.lower().startswith(("http://", "https://")):
+        return publish_whip(video, url, duration, log_path, wait_go)
     srt = url.lower().startswith("srt://")
     relay: _SrtRelay | None = None
     inp = av.open(str(video))
@@ -133,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         n = publish(args.video, args.url, args.duration, args.log, wait_go=args.wait_go)
-    except (av.error.FFmpegError, OSError) as exc:
+    except (av.error.FFmpegError, OSError, RuntimeError) as exc:  # RuntimeError: WhipRefused
         print(f"publisher failed: {exc}", file=sys.stderr)
         return 1
     print(f"published {n} video frames", file=sys.stderr)

@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--conf", type=float, default=0.35)
     ap.add_argument("--imgsz", type=int, default=None, help="network input long side (baseline: required)")
     ap.add_argument("--frame-size", default="1280x720")
-    ap.add_argument("--protocol", default="rtmp", choices=("rtmp", "srt"))
+    ap.add_argument("--protocol", default="rtmp", choices=("rtmp", "srt", "whip"))
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--fps", type=float, default=10.0)
     ap.add_argument("--streams", type=int, default=1, help="ours: concurrent sessions sharing one Detector")

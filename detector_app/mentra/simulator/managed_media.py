@@ -126,15 +126,17 @@ class ManagedMedia:
                "-hls_time", str(HLS_TIME_S), "-hls_list_size", str(HLS_LIST_SIZE),
                "-hls_flags", "delete_segments+independent_segments+omit_endlist",
                "-hls_segment_filename", str(out / "seg%05d.ts"), str(out / "index.m3u8")]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True, preexec_fn=die_with_parent)
+        log = out / "ffmpeg.log"  # a file, not a pipe nobody reads (a full pipe would stall ffmpeg)
+        with open(log, "wb") as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                    start_new_session=True, preexec_fn=die_with_parent)
         stream = self._streams[stream_id] = _Stream(stream_id, source, out, proc)
         deadline = time.monotonic() + PLAYLIST_WAIT_S
         while not (out / "index.m3u8").exists():  # "active" means a player can start now
             if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode(errors="replace").strip() if proc.poll() is not None and proc.stderr else ""
+                why = log.read_text(errors="replace").strip()[-300:] or f"no playlist within {PLAYLIST_WAIT_S:.0f} s"
                 await self._stop(stream_id)
-                raise RuntimeError(f"HLS packager did not start: {err or 'no playlist within %.0f s' % PLAYLIST_WAIT_S}")
+                raise RuntimeError(f"HLS packager did not start: {why}")
             await asyncio.sleep(0.1)
         logger.info("managed stream {}: WHEP + HLS of {} on {}", stream_id, stream.video.name, self.base_url())
         return ManagedUrls(webrtc_url=f"{self.base_url()}/whep/{stream_id}",
