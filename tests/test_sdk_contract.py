@@ -67,9 +67,13 @@ LINES = {
 
 
 def _npm_ci(where: Path) -> None:
-    if not (where / "node_modules").is_dir():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=where, check=True, timeout=300,
-                       stdout=subprocess.DEVNULL)
+    """The pinned install (CI makes it in `.ci/run`); one that cannot be made here skips with npm's reason."""
+    if (where / "node_modules").is_dir():
+        return
+    done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=where, timeout=300, capture_output=True, text=True)
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"cannot install {where.relative_to(HERE)} from the npm registry here (npm ci: {why})")
 
 
 def _installed(line: SdkLine) -> SdkLine:
