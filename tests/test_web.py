@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from loguru import logger
+from websockets.asyncio.client import connect as ws_connect
 
 from detector_app.glasses.publish import Publisher
 from detector_app.ingest.addresses import free_port, wait_listening
@@ -301,11 +302,10 @@ def test_viewer_leaving_mid_frame_logs_nothing(live, caplog):
 
     async def run() -> None:
         for _ in range(3):
-            async with aiohttp.ClientSession() as http:
-                ws = await http.ws_connect(f"http://127.0.0.1:{viewer.port}/api/streams/1/ws")
-                await ws.send_str("next")
-                await ws.receive(timeout=5)  # the frame's meta line; its JPEG is on the way
-                ws._response.connection.transport.abort()  # a reset, not a close handshake
+            ws = await ws_connect(f"ws://127.0.0.1:{viewer.port}/api/streams/1/ws")
+            await ws.send("next")
+            await asyncio.wait_for(ws.recv(), 5)  # the frame's meta line; its JPEG is on the way
+            ws.transport.abort()  # a reset, not a close handshake
         for _ in range(3):  # the same for a snapshot download
             reader, writer = await asyncio.open_connection("127.0.0.1", viewer.port)
             writer.write(b"GET /api/streams/1/frame.jpg HTTP/1.1\r\nHost: x\r\n\r\n")

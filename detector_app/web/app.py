@@ -103,7 +103,10 @@ class _Routes:
 
     async def frames_ws(self, request: web.Request) -> web.WebSocketResponse:
         enc = self._encoder(request)
-        ws = web.WebSocketResponse(heartbeat=15.0, max_msg_size=1024)
+        # No permessage-deflate: JPEGs do not shrink, and aiohttp's compressed sends run in a task whose
+        # error, when the browser resets mid-frame, is logged as "Task exception was never retrieved"
+        # (seen here with aiohttp 3.14; also home-assistant/core#166875).
+        ws = web.WebSocketResponse(heartbeat=15.0, max_msg_size=1024, compress=False)
         await ws.prepare(request)
         self.sockets.add(ws)
         wanted = asyncio.Event()
