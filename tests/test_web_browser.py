@@ -73,6 +73,8 @@ def demo(tmp_path, fixture_videos):
             proc.kill()
             proc.wait(5)
         log.close()
+    text = (tmp_path / "demo.log").read_text()
+    assert proc.returncode == 0 and "Traceback" not in text and "Task exception" not in text, text[-3000:]
 
 
 @pytest.fixture
