@@ -23,6 +23,7 @@ Real-glasses mode (default) checks the configuration, then runs `detector-app se
   PUBLIC_URL         public base URL registered in the developer console (e.g. your tunnel)
   DETECTOR_MODEL     model name/path (default: yolo11n.pt from models/ or the current directory)
   FEED_PORT          WebSocket detection feed port (default 8765, 0 = off)
+  WEB_PORT           live web viewer port, e.g. 8080 (default 0 = off; WEB_HOST, WEB_TOKEN: README "Web viewer")
 Variables may also come from a .env file in the project root.
 
 --simulate runs the offline demo instead (no glasses, no internet), passing the other options on,
