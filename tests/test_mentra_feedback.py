@@ -302,7 +302,9 @@ def test_tracked_answer_query_and_display_clear_after_the_track_leaves():
     assert texts(e.answer_query()) == ["2 cats: left, right"]
     out = run(e, c, [(tdet(2, 1100),)] * 40)  # cat 1 unseen for 4 s: it left, the text follows
     assert texts(out) == ["1 cat: right"]
-    out = run(e, c, [()] * 70)
+    out = run(e, c, [()] * 29)
+    assert not any(isinstance(o, ClearDisplay) for o in out)
+    out = run(e, c, [()] * 2)  # LEFT_AFTER_S after cat 2's last sample: it left, nothing in view
     assert sum(isinstance(o, ClearDisplay) for o in out) == 1
 
 

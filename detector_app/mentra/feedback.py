@@ -18,7 +18,8 @@ kind and never closer than ``speech_gap_s`` to the previous utterance, so it nev
 Tracked mode (the default once a detection carries a ``track_id``; ``--no-track`` keeps the per-frame
 policy above): what is present is the stream's confirmed tracks (``tracking.TrackBook`` on this
 engine's clock), so counts are unique animals ("2 cats: left, right") and the text changes only when
-the set of tracks or a track's side (with hysteresis) changes — a jittering box changes nothing.
+the set of tracks or a track's side (with hysteresis) changes — a jittering box changes nothing — and
+is cleared when the last track has left (unseen ``LEFT_AFTER_S``; a stalled stream still waits).
 Each track is announced once when it appears: "a cat appeared on the left", or "another cat, on the
 right" while one is already known. The old per-kind cooldown keeps its meaning: a track of a kind
 that left less than ``label_cooldown_s`` ago, with none of that kind in view, is most likely the same
@@ -365,7 +366,10 @@ class FeedbackEngine:
         else:
             if self._empty_since is None:
                 self._empty_since = now
-            if self._shown is not None and now - self._empty_since >= cfg.clear_after_s:
+            # Tracks already waited LEFT_AFTER_S before leaving: clear at once (a stalled stream still waits).
+            fresh = now - self._last_result_at <= cfg.stale_after_s
+            delay = 0.0 if self._tracked and fresh else cfg.clear_after_s
+            if self._shown is not None and now - self._empty_since >= delay:
                 out.append(ClearDisplay())
                 self._shown = None
                 self._last_display_at = now
