@@ -342,6 +342,23 @@ def test_packet_ring_is_bounded_and_starts_at_a_keyframe(fixture_videos, budget)
     assert ring.cut(2, 0.0, 100.0) is None and ring.reached(1, 1e9)
 
 
+def test_packet_ring_keeps_only_what_a_clip_can_need(fixture_videos):
+    """Idle, it keeps the pre-roll window (plus less than a GOP); a hold keeps an open sighting's start."""
+    ring = PacketRing(idle_keep_s=4.0)
+    with av.open(str(fixture_videos["cat_480p15"])) as c:
+        vs = c.streams.video[0]
+        ring.session_started(1, vs)
+        for i, p in enumerate(c.demux(vs)):
+            if i == 45:  # 3 s in: a sighting from 1 s on is open
+                ring.hold("track", 1, 1.0)
+            ring.packet(p)
+            if i < 45:
+                assert ring.seconds <= 4.0 + 2.0  # + one GOP (2 s at this fixture's keyframe interval)
+    assert ring.cut(1, 1.0, 100.0).start_t == 0.0  # held: the keyframe before 1 s is still there
+    ring.release("track")
+    assert 4.0 <= ring.seconds <= 6.0 and ring.cut(1, 1.0, 100.0).start_t >= 16.0 - 6.0
+
+
 # -- retention ------------------------------------------------------------------------------------------
 def _row(store: SightingStore, last_seen: float, size: int, status: str = "closed") -> int:
     sid = store.insert(stream="t", session=1, track_id=1, label="cat", first_seen=last_seen - 5, last_seen=last_seen,

@@ -111,11 +111,20 @@ def stream_format(stream: av.stream.Stream) -> StreamFormat | None:
 
 
 class PacketRing:
-    """Received packets of one stream, newest last, bounded by ``max_seconds`` and ``max_bytes``."""
+    """Received packets of one stream, newest last, bounded by ``max_seconds`` and ``max_bytes``.
 
-    def __init__(self, max_seconds: float = DEFAULT_MAX_SECONDS, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    With ``idle_keep_s`` it holds only what a clip can still need: the last ``idle_keep_s`` (the pre-roll of
+    a sighting not yet confirmed), plus, per ``hold(key, session, t)``, everything from raw time ``t`` of that
+    session until ``release(key)`` (an open sighting's pre-roll start, until its clip is written). So an idle
+    stream keeps a few seconds, not the whole budget, and memory follows what is in view.
+    """
+
+    def __init__(self, max_seconds: float = DEFAULT_MAX_SECONDS, max_bytes: int = DEFAULT_MAX_BYTES,
+                 idle_keep_s: float | None = None) -> None:
         self.max_seconds = max_seconds
         self.max_bytes = max_bytes
+        self.idle_keep_s = idle_keep_s
+        self._holds: dict[object, tuple[int, float]] = {}
         self._segments: deque[_Segment] = deque()
         self._lock = threading.Lock()
         self._time_base: float | None = None  # float, not Fraction: Fraction arithmetic costs ~8 µs a packet
@@ -187,6 +196,16 @@ class PacketRing:
                 return PacketRange(seg.format, tuple(packets)) if packets else None
         return None
 
+    def hold(self, key: object, session: int, t: float) -> None:
+        """Keep ``session``'s packets from raw time ``t`` (within the budget) until ``release(key)``."""
+        with self._lock:
+            self._holds[key] = (session, t)
+
+    def release(self, key: object) -> None:
+        with self._lock:
+            self._holds.pop(key, None)
+            self._trim()
+
     def has_packets(self) -> bool:
         with self._lock:
             return any(s.gops for s in self._segments)
@@ -224,3 +243,22 @@ class PacketRing:
                 self.evicted += len(gop.packets)
             if not seg.gops and len(self._segments) > 1:
                 self._segments.popleft()
+        self._trim()
+
+    def _trim(self) -> None:
+        """Without a need (``idle_keep_s`` set): drop ended sessions nobody holds, and the newest session's
+        GOPs that end before both its idle window and its holds."""
+        if self.idle_keep_s is None:
+            return
+        held = {s for s, _ in self._holds.values()}
+        while len(self._segments) > 1 and self._segments[0].session not in held:
+            self._bytes -= sum(g.nbytes for g in self._segments[0].gops)
+            self.evicted += sum(len(g.packets) for g in self._segments.popleft().gops)
+        seg = self._segments[-1] if self._segments else None
+        if seg is None or len(seg.gops) < 2:
+            return
+        keep = min([seg.last_t - self.idle_keep_s] + [t for s, t in self._holds.values() if s == seg.session])
+        while len(seg.gops) > 1 and seg.gops[1].packets[0].t <= keep:
+            gop = seg.gops.popleft()
+            self._bytes -= gop.nbytes
+            self.evicted += len(gop.packets)

@@ -45,6 +45,8 @@ PROGRESS_S = 5.0  # an open sighting's last_seen is written this often (live vie
 STALE_OPEN_S = 60.0  # an open row not updated this long belongs to a process that died: closed at start
 CLIP_WAIT_S = 10.0  # a clip waits at most this long past its post-roll for the packets (a stalled stream)
 QUEUE_SIZE = 256
+CONFIRM_MARGIN_S = 2.0  # the ring keeps pre-roll + this while nothing is open: a track is confirmed ~0.3 s
+#                         after its first frame, and inference may lag the decoder by a second on a busy box
 RETENTION_EVERY_S = 600.0
 NO_PACKETS = "no clip: this source delivers decoded frames, no packets to cut (WebRTC)"
 
@@ -131,7 +133,8 @@ class SightingRecorder:
         self.sightings = sightings
         self.store = sightings.store
         self.pre_roll_s, self.post_roll_s = cfg.pre_roll_s, cfg.post_roll_s
-        self.packet_tap = self.ring = PacketRing(cfg.ring_seconds, cfg.ring_bytes)
+        self.packet_tap = self.ring = PacketRing(cfg.ring_seconds, cfg.ring_bytes,
+                                                 idle_keep_s=cfg.pre_roll_s + CONFIRM_MARGIN_S)
         self._book = TrackBook()
         self._recent: deque[tuple[int, np.ndarray]] = deque(maxlen=CONFIRM_HITS + 1)
         self._best: dict[int, tuple[int, np.ndarray]] = {}  # track id → (seq, frame) of its best detection
@@ -158,6 +161,7 @@ class SightingRecorder:
         for ev in events:
             if ev.kind == "appeared":
                 self._pin_best(ev.track)
+                self._hold(ev.track)
                 self._put(_Job("open", ev.track, self._frame(ev.track.track_id), self._offsets.get(ev.track.session)))
                 self._progress_at[ev.track.track_id] = now
             elif ev.kind == "left":
@@ -171,6 +175,12 @@ class SightingRecorder:
         if len(self._offsets) > 8:  # sessions long over
             for k in list(self._offsets)[:-4]:
                 del self._offsets[k]
+
+    def _hold(self, track: Track) -> None:
+        """Keep the ring's packets from this sighting's pre-roll on, until its clip is written."""
+        offset = self._offsets.get(track.session)
+        if offset is not None and track.first_pts is not None and isinstance(track.session, int):
+            self.ring.hold(track.track_id, track.session, track.first_pts + offset - self.pre_roll_s)
 
     def _pin_best(self, track: Track) -> None:
         pinned = self._best.get(track.track_id)
@@ -267,6 +277,7 @@ class SightingRecorder:
             return None
         rows.pop(t.track_id, None)
         if job.offset is None or t.first_pts is None or t.last_pts is None:
+            self.ring.release(t.track_id)
             note = NO_PACKETS if not self.ring.has_packets() else "no clip: the stream carries no timestamps"
             self.store.update(row, status="closed", clip_note=note)
             return None
@@ -275,7 +286,10 @@ class SightingRecorder:
                             job.offset, job.at + self.post_roll_s + CLIP_WAIT_S, stem)
 
     def _write_clip(self, p: _PendingClip) -> None:
-        cut = self.ring.cut(p.track.session, p.start_raw, p.end_raw)  # type: ignore[arg-type]
+        try:
+            cut = self.ring.cut(p.track.session, p.start_raw, p.end_raw)  # type: ignore[arg-type]
+        finally:
+            self.ring.release(p.track.track_id)  # the packets are copied out (references): the ring may let go
         if cut is None:
             self.store.update(p.row, clip_note=NO_PACKETS if not self.ring.has_packets()
                               else "no clip: its packets were no longer in the ring")
