@@ -193,3 +193,40 @@ def test_whip_ingest_decisions_need_no_http(key, content_type, body, status):
     assert source.sessions == 0 and ingest.rejected == (1 if status == 404 else 0)
     source.close()
     assert asyncio.run(ingest.offer(endpoint.key, "application/sdp", body)).status == 404  # closed: key gone
+
+
+@pytest.mark.slow
+def test_whip_sightings_get_clips_of_the_received_packets(fixture_videos, detector, tmp_path):
+    """The received H.264 access units feed the sightings' packet ring (``AccessUnitFeed``), so a sighting
+    over WHIP gets a clip: H.264 as received (no re-encode), starting on a keyframe, and it decodes."""
+    import av
+
+    from detector_app.sightings.recorder import Sightings, SightingsConfig
+
+    video = fixture_videos["cat_returns_480p15"]
+    sightings = Sightings(SightingsConfig(db=tmp_path / "s.db"))
+    endpoint, source = open_listener("whip", port=0, bind_host="127.0.0.1", advertise="127.0.0.1", for_glasses=False)
+    pipeline = Pipeline(source, detector, recorder=sightings.recorder()).start()
+    pub = Publisher(video, endpoint.local_publish_url).start()
+    try:
+        assert pub.wait(40) and pub.ok, list(pub.stderr_tail)
+        assert wait_for(lambda: not pipeline.health().connected, 5)
+    finally:
+        pub.stop()
+        pipeline.stop()
+    rows = sightings.store.list()
+    assert rows and all(s.label == "cat" for s in rows), rows
+    for s in rows:
+        path = sightings.store.clip_path(s)
+        assert path is not None, (s.clip_note, s)
+        with av.open(str(path)) as c:
+            vs = c.streams.video[0]
+            assert vs.codec_context.name == "h264" and (vs.codec_context.width, vs.codec_context.height) == (854, 480)
+            packets = [p for p in c.demux(vs) if p.size]
+            assert packets[0].is_keyframe
+            c.seek(0)
+            frames = sum(1 for _ in c.decode(vs))
+        assert frames == len(packets) >= 30, (frames, len(packets))
+        print(f"whip sighting {s.first_pts:.2f}–{s.last_pts:.2f} s: clip {frames} frames, "
+              f"{s.clip_start_pts:.2f}–{s.clip_end_pts:.2f} s")
+    sightings.close()

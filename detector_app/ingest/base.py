@@ -8,6 +8,7 @@ the next one, without restarting anything.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -66,6 +67,7 @@ class FrameSession(Protocol):
 
     name: str
     codec: str
+    on_access_unit: Callable[[bytes, int], None] | None  # received H.264 access units (Annex-B, 90 kHz RTP time)
 
     def next_frame(self, stop: threading.Event, stall_s: float) -> tuple[av.VideoFrame, int] | None:
         """(newest frame, bytes received since the last call); None once the session ended;

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fractions
+import io
 import re
 import threading
 import time
@@ -144,6 +146,56 @@ def tap_receiver(receiver: Any, on_bytes: Callable[[int], None],
         return False
     setattr(receiver, attr, _Tap(inner, on_bytes, on_access_unit))
     return True
+
+
+def _nal_types(data: bytes) -> set[int]:
+    """NAL unit types in an Annex-B access unit (start codes 00 00 01 / 00 00 00 01)."""
+    types, i = set(), data.find(b"\x00\x00\x01")
+    while i != -1 and i + 3 < len(data):
+        types.add(data[i + 3] & 0x1F)
+        i = data.find(b"\x00\x00\x01", i + 3)
+    return types
+
+
+class AccessUnitFeed:
+    """Received H.264 access units → ``av.Packet``s for a packet tap (the sightings' clip ring), as a
+    demuxer would give them: pts = dts = the RTP timestamp in 1/90000 s (the decoded frames' own
+    ``frame.time`` base, so clip cuts line up with frames), keyframe = an IDR inside. The stream the
+    tap copies its codec parameters from is PyAV's raw-H.264 demuxer run over the first keyframe (its
+    SPS/PPS). Runs on the WebRTC loop thread, so every step is cheap; nothing before the first
+    keyframe is passed on (it cannot be decoded)."""
+
+    TIME_BASE = fractions.Fraction(1, 90000)
+
+    def __init__(self, tap: Any, session: int) -> None:
+        self.tap = tap
+        self.session = session
+        self.started = False
+        self._probe: Any = None  # the in-memory demuxer whose stream the tap copied
+
+    def __call__(self, data: bytes, timestamp: int) -> None:
+        key = 5 in _nal_types(data)
+        if not self.started:
+            if not key or not self._start(data):
+                return
+        packet = av.Packet(data)
+        packet.pts = packet.dts = timestamp
+        packet.time_base = self.TIME_BASE
+        packet.is_keyframe = key
+        self.tap.packet(packet)
+
+    def _start(self, keyframe: bytes) -> bool:
+        try:
+            probe = av.open(io.BytesIO(keyframe), format="h264")
+            stream = probe.streams.video[0]
+            stream.time_base = self.TIME_BASE
+        except (av.error.FFmpegError, IndexError, ValueError) as exc:
+            logger.debug("WebRTC access units: no stream parameters from the keyframe: {}", exc)
+            return False
+        self.tap.session_started(self.session, stream)
+        probe.close()
+        self.started = True
+        return True
 
 
 class TrackSession:

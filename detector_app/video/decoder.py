@@ -57,7 +57,8 @@ class SessionClock:
 
 class PacketTap(Protocol):
     """Sees every demuxed video packet of a session (the sightings' packet ring). It runs on the decode
-    thread, so it must be cheap; sessions of decoded frames (WebRTC) have no packets and never call it."""
+    thread, so it must be cheap; for WebRTC sessions the received access units reach it from the WebRTC
+    loop thread instead (``ingest.rtc.AccessUnitFeed``)."""
 
     def session_started(self, session: int, stream: av.stream.Stream) -> None: ...
 
@@ -195,6 +196,11 @@ class DecodeThread(threading.Thread):
             self.pts_sampler.reset()
         self._clock.reset()
         error: str | None = None
+        feed = None
+        if self.packet_tap is not None and hasattr(frames, "on_access_unit"):
+            from detector_app.ingest.rtc import AccessUnitFeed  # lazy: only WebRTC sessions get here
+
+            feed = frames.on_access_unit = AccessUnitFeed(self.packet_tap, session)  # called on the WebRTC thread
         try:
             while not self.stop_event.is_set():
                 got = frames.next_frame(self.stop_event, FRAME_STALL_S)
@@ -207,7 +213,11 @@ class DecodeThread(threading.Thread):
         except TimeoutError as exc:
             error = f"stream stalled ({exc})"
         finally:
+            if feed is not None:
+                frames.on_access_unit = None
             frames.close()
+            if feed is not None and feed.started:
+                self.packet_tap.session_ended()
             self.health.session_ended(error)
         logger.info("{}: session {} ended{}", self.source.name, session, f": {error}" if error else "")
 
