@@ -341,7 +341,7 @@ def test_port_in_use_raises_a_user_error():
 
 @pytest.mark.parametrize("command", ["detect", "serve"])
 def test_port_in_use_is_one_line_and_exit_2(command, fixture_videos, tmp_path):
-    from tests.conftest import serve_env
+    from tests.conftest import MODEL, serve_env
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -352,7 +352,8 @@ def test_port_in_use_is_one_line_and_exit_2(command, fixture_videos, tmp_path):
         else:
             args, env = ["serve", "--feed-port", "0"], serve_env(free_port(), "k", "com.example.webtest")
             env["DATA_DIR"] = str(tmp_path)
-        proc = subprocess.run([sys.executable, "-m", "detector_app", *args, "--headless", "--web-port", str(port)],
+        proc = subprocess.run([sys.executable, "-m", "detector_app", *args, "--model", str(MODEL), "--headless",
+                               "--web-port", str(port)],
                               capture_output=True, text=True, timeout=90, cwd=ROOT, env=env)
     assert proc.returncode == 2, proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if "ERROR" in ln]
