@@ -318,3 +318,13 @@ def test_a_noisy_detector_still_gives_one_track_per_animal_and_one_announcement(
         said += [o.text for o in engine.on_result(r) + engine.tick() if isinstance(o, Speak)]
     assert len(appeared) == 1, appeared
     assert said == ["A cat appeared on the left"]
+
+
+def test_a_new_cat_next_to_a_briefly_missed_one_does_not_steal_its_id():
+    tr = Tracker(fps=FPS)
+    walk(tr, range(20), 100, 4)  # cat 1, last seen at 1.9 s
+    ids = []
+    for i in range(20, 26):  # cat 1 missed for 0.3 s while another cat appears right next to it
+        ids.append([d.track_id for d in tr.update([det(100 + 4 * i + 230)], i / FPS, session=1)])
+    ids.append([d.track_id for d in tr.update([det(100 + 4 * 26), det(100 + 4 * 26 + 230)], 2.6, session=1)])
+    assert ids[-1] == [1, 2], ids

@@ -15,7 +15,7 @@ publisher sessions (a reconnect resets the trackers, never the counter). A detec
 Re-linking: ByteTrack re-finds a lost animal only where its motion model predicts it. One that
 walks out of the frame and comes back the way it left, or that stops behind cover, would come back
 as a new track. So a newly confirmed track takes over the id of a track of its label that was lost
-less than ``RELINK_S`` ago, about its size and near where it was last seen. ``RELINK_S`` equals the
+between ``RELINK_AFTER_S`` and ``RELINK_S`` ago, about its size and near where it was last seen. ``RELINK_S`` equals the
 track book's ``LEFT_AFTER_S``: an animal back within it is the same track (and sighting), one gone
 longer is a new one.
 
@@ -38,6 +38,7 @@ from detector_app.tracking.book import LEFT_AFTER_S
 DEFAULT_FPS = 10.0  # the pipeline's default sampling rate
 BUFFER_S = 2.0  # a lost track is kept this long in media time: a ≤ 1 s miss keeps its id, 2× margin
 RELINK_S = LEFT_AFTER_S  # a new track may take over an id lost less than this ago…
+RELINK_AFTER_S = 0.5  # …but more than this (an id missed for a sample or two still belongs to its animal)…
 RELINK_SIZE = 3.0  # …if neither box is more than this many times the other's area…
 RELINK_REACH = 1.5  # …and its centre is within this many box sizes of where the old one was last seen
 
@@ -170,8 +171,8 @@ class Tracker:
         area = _area(box)
         best: tuple[float, int] | None = None
         for tid, (lab, old, at) in self._seen.items():
-            if lab != label or at >= ts or ts - at >= self.config.relink_s:
-                continue  # another kind, seen in this very frame, or lost too long ago
+            if lab != label or not RELINK_AFTER_S <= ts - at < self.config.relink_s:
+                continue  # another kind, just seen (its own animal may be back any moment), or lost too long ago
             a = _area(old)
             if not area or not a or max(a, area) / min(a, area) > RELINK_SIZE:
                 continue
