@@ -189,7 +189,7 @@ def test_whip_ingest_decisions_need_no_http(key, content_type, body, status):
     source = ingest.register(endpoint)
     reply = asyncio.run(ingest.offer(endpoint.key if key == "KEY" else key, content_type, body))
     assert reply.status == status and "Location" not in reply.headers
-    assert ingest.delete(endpoint.key, "no-such-resource").status == 404
+    assert asyncio.run(ingest.delete(endpoint.key, "no-such-resource")).status == 404
     assert source.sessions == 0 and ingest.rejected == (1 if status == 404 else 0)
     source.close()
     assert asyncio.run(ingest.offer(endpoint.key, "application/sdp", body)).status == 404  # closed: key gone

@@ -288,26 +288,42 @@ class TrackSession:
             self.delivered += 1
             return frame, nbytes
 
-    def close(self, timeout: float = 2.0) -> None:
-        """End the session and close its peer connection (bounded); idempotent."""
+    def _mark_closed(self) -> bool:
         self.end("closed")
         with self._cond:
             if self._closed:
-                return
+                return False
             self._closed = True
             self._frame = None
+            return True
 
-        async def shut() -> None:
-            if self._pump is not None:
-                self._pump.cancel()
-            await self.pc.close()
+    async def _shut(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+        await self.pc.close()
 
+    def close(self, timeout: float = 2.0) -> None:
+        """End the session and close its peer connection (bounded; from a plain thread, or scheduled
+        when called on the WebRTC loop); idempotent."""
+        if not self._mark_closed():
+            return
         try:
             if threading.current_thread() is self.rtc.thread:
-                asyncio.ensure_future(shut())
+                asyncio.ensure_future(self._shut())
             else:
-                self.rtc.run(shut(), timeout)
+                self.rtc.run(self._shut(), timeout)
         except Exception as exc:  # noqa: BLE001 - closing a dead connection may fail; it is gone either way
+            logger.debug("{}: peer connection close: {}", self.name, exc)
+        if self._on_closed is not None:
+            self._on_closed(self)
+
+    async def aclose(self) -> None:
+        """``close`` for asyncio callers (the miniapp's HTTP handlers): never blocks their loop."""
+        if not self._mark_closed():
+            return
+        try:
+            await self.rtc.call(self._shut())
+        except Exception as exc:  # noqa: BLE001 - as in close()
             logger.debug("{}: peer connection close: {}", self.name, exc)
         if self._on_closed is not None:
             self._on_closed(self)

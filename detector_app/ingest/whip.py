@@ -28,7 +28,7 @@ from aiohttp import web
 from loguru import logger
 
 from detector_app.ingest.addresses import new_stream_key
-from detector_app.ingest.base import IngestEndpoint, IngestError
+from detector_app.ingest.base import IngestEndpoint
 from detector_app.ingest.rtc import RtcLoop, TrackSession, ice_hosts_for, set_ice_hosts, video_codec_of_sdp
 
 WHIP_PATH = "/whip"
@@ -72,25 +72,23 @@ class WhipSource:
         self._on_close = on_close
 
     # -- called by the ingest (on the WebRTC loop) ----------------------------------------------
-    def _offer_session(self, session: TrackSession, resource: str) -> None:
+    def _offer_session(self, session: TrackSession, resource: str) -> list[TrackSession]:
+        """The new publisher's session; returns the ones it replaces (the caller closes them)."""
         with self._cond:
-            old = [s for s in (self._waiting, self._live) if s is not None]
+            old = list({id(s): s for s in (self._waiting, self._live) if s is not None}.values())
             self._waiting, self._live, self._resource = session, session, resource
             self.sessions += 1
             self._cond.notify_all()
-        for s in old:
-            logger.info("{}: a new publisher replaces the live one", self.name)
-            s.close()
+        return old
 
-    def _delete(self, resource: str) -> bool:
+    def _delete(self, resource: str) -> TrackSession | None:
         with self._cond:
             if resource != self._resource or self._live is None:
-                return False
+                return None
             session, self._live, self._resource = self._live, None, None
             if self._waiting is session:
                 self._waiting = None
-        session.close()
-        return True
+        return session
 
     # -- VideoSource -------------------------------------------------------------------------------
     def open(self, stop: threading.Event) -> TrackSession | None:
@@ -165,7 +163,9 @@ class WhipIngest:
             logger.warning("{}: bad WHIP offer: {}", source.name, exc or "timeout")
             return WhipReply(400, f"cannot answer this offer: {exc}\n")
         resource = secrets.token_urlsafe(12)
-        source._offer_session(session, resource)
+        for old in source._offer_session(session, resource):
+            logger.info("{}: a new publisher replaces the live one", source.name)
+            await old.aclose()
         logger.info("{}: WHIP publisher accepted ({})", source.name, session.codec)
         return WhipReply(201, answer, {"Content-Type": "application/sdp",
                                        "Location": f"{WHIP_PATH}/{key}/{resource}"})
@@ -195,12 +195,14 @@ class WhipIngest:
         session.codec = video_codec_of_sdp(pc.localDescription.sdp)
         return session, pc.localDescription.sdp
 
-    def delete(self, key: str, resource: str) -> WhipReply:
+    async def delete(self, key: str, resource: str) -> WhipReply:
         source = self._source(key)
         if source is None:
             return self._refuse(key, "DELETE")
-        if not source._delete(resource):
+        session = source._delete(resource)
+        if session is None:
             return WhipReply(404, "unknown resource\n")
+        await session.aclose()
         logger.info("{}: WHIP publisher ended the session (DELETE)", source.name)
         return WhipReply(200)
 
@@ -226,7 +228,7 @@ def whip_routes(resolve: Callable[[], Awaitable[WhipIngest | None]]) -> list[web
         ingest = await resolve()
         if ingest is None:
             return web.Response(status=404)
-        return respond(ingest.delete(request.match_info["key"], request.match_info["resource"]))
+        return respond(await ingest.delete(request.match_info["key"], request.match_info["resource"]))
 
     async def no_trickle(request: web.Request) -> web.Response:
         return web.Response(status=405, headers={"Allow": "DELETE"})
@@ -285,5 +287,5 @@ def open_whip_listener(port: int, bind_host: str, advertise: str, key: str | Non
     return endpoint, ingest.register(endpoint, on_close=server.close)
 
 
-__all__ = ["IngestError", "WhipIngest", "WhipReply", "WhipServer", "WhipSource", "open_whip_listener",
+__all__ = ["WhipIngest", "WhipReply", "WhipServer", "WhipSource", "open_whip_listener",
            "whip_endpoint", "whip_routes"]
