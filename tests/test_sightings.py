@@ -342,6 +342,29 @@ def test_packet_ring_is_bounded_and_starts_at_a_keyframe(fixture_videos, budget)
     assert ring.cut(2, 0.0, 100.0) is None and ring.reached(1, 1e9)
 
 
+def test_a_clip_with_b_frames_starts_at_0_and_decodes_every_frame(fixture_videos, tmp_path):
+    """Recordings from other encoders reorder frames (dts < pts): the clip still starts at 0, whole."""
+    from detector_app.sightings.clips import write_clip
+
+    src = tmp_path / "bframes.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(fixture_videos["cat_480p15"]), "-t", "6", "-an", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-bf", "3", "-g", "30", str(src)], check=True, timeout=60)
+    ring = PacketRing()
+    with av.open(str(src)) as c:
+        vs = c.streams.video[0]
+        ring.session_started(1, vs)
+        for p in c.demux(vs):
+            ring.packet(p)
+    cut = ring.cut(1, 2.5, 5.0)
+    assert any(p.dts < p.pts for p in cut.packets), "the source has no B-frames"
+    info = write_clip(cut, tmp_path / "clip.mp4")
+    with av.open(str(info.path)) as c:
+        vs = c.streams.video[0]
+        assert vs.start_time == 0 and min(p.pts for p in c.demux(vs) if p.size) == 0
+        c.seek(0)
+        assert sum(1 for _ in c.decode(vs)) == info.packets == len(cut.packets)
+
+
 def test_packet_ring_keeps_only_what_a_clip_can_need(fixture_videos):
     """Idle, it keeps the pre-roll window (plus less than a GOP); a hold keeps an open sighting's start."""
     ring = PacketRing(idle_keep_s=4.0)

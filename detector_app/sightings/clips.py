@@ -33,7 +33,9 @@ def write_clip(packets: PacketRange, path: Path) -> ClipInfo:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     first = packets.packets[0]
-    origin = first.dts if first.dts is not None else first.pts or 0
+    # The keyframe's pts is the earliest presentation time of its GOP: shifted to 0, the clip starts at 0
+    # (with B-frames its dts then starts below 0, which MP4 stores as a composition offset).
+    origin = first.pts if first.pts is not None else first.dts or 0
     tb = packets.format.time_base
     try:
         with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
