@@ -135,8 +135,8 @@ def run_demo(headless: bool, protocol: str, video: Path | None, model: str | Non
         # Real G1s have no camera: pair the G1 display with a simulated camera so there is a stream.
         logger.info("demo: real Even G1 glasses have no camera; simulating a G1 display with a camera")
         glasses = "even_g1_camera"
-    if protocol not in ("rtmp", "srt"):
-        raise DemoError("--protocol must be rtmp or srt")
+    if protocol not in ("rtmp", "srt", "whip"):
+        raise DemoError("--protocol must be rtmp, srt or whip")
     _check_tools(protocol)
     video_path = _resolve_video(video)
     model_ref = _resolve_model(model)
