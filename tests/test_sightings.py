@@ -58,7 +58,7 @@ def source_packets(video: Path) -> tuple[list[bytes], bytes]:
         return [bytes(p) for p in c.demux(vs) if p.size], bytes(vs.codec_context.extradata or b"")
 
 
-def check_clip(store: SightingStore, s: Sighting, video: Path, stream_end: float) -> None:
+def check_clip(store: SightingStore, s: Sighting, video: Path, stream_end: float, truncated: bool = False) -> None:
     """H.264, the received packets byte for byte (no re-encoding), starts at 0 on a keyframe, covers
     [first − 2 s, last + 2 s] where the stream has it, and decodes."""
     path = store.clip_path(s)
@@ -76,6 +76,8 @@ def check_clip(store: SightingStore, s: Sighting, video: Path, stream_end: float
         c.seek(0)
         frames = sum(1 for _ in c.decode(vs))
     assert frames == len(data)
+    if truncated:
+        return
     assert s.clip_start_pts is not None and s.clip_end_pts is not None
     assert s.clip_start_pts <= max(0.0, s.first_pts - 2.0) + 1e-3, s
     assert s.clip_end_pts >= min(s.last_pts + 2.0, stream_end) - 1.5 / FPS, s
@@ -155,6 +157,20 @@ def test_file_sightings_match_the_animals(offline, name):
         assert s.nbytes == store.thumbnail_path(s).stat().st_size + store.clip_path(s).stat().st_size
     assert store.integrity_ok()
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_sighting_longer_than_the_ring_keeps_its_end_and_says_so(fixture_videos, detector, tmp_path):
+    from detector_app.commands.replay import detect_source
+    from detector_app.ingest.url import UrlSource
+
+    video = fixture_videos["two_cats_480p15"]
+    sightings = Sightings(SightingsConfig(db=tmp_path / "s.db", ring_seconds=3.0))
+    detect_source(UrlSource(str(video)), detector, live=False, recorder=sightings.recorder())
+    for s in sightings.store.list():
+        assert s.clip_start_pts > s.first_pts and s.clip_end_pts - s.clip_start_pts <= 3.0 + 2.0 + 1e-3
+        assert s.clip_note.startswith("starts ") and "the ring keeps at most 3 s" in s.clip_note, s.clip_note
+        check_clip(sightings.store, s, video, stream_end=10.0, truncated=True)
+    sightings.close()
 
 
 def test_store_api_pages_filters_and_counts_changes(offline):

@@ -298,8 +298,12 @@ class SightingRecorder:
         start, end = round(info.start_t - p.offset, 4), round(info.end_t - p.offset, 4)
         notes = []
         want_start, want_end = p.start_raw - p.offset, p.end_raw - p.offset
-        if start > want_start + 0.05:
-            notes.append(f"pre-roll {max(0.0, (p.track.first_pts or 0) - start):.1f} s: nothing earlier was received (or kept)")
+        first = p.track.first_pts or 0.0
+        if start > first:
+            notes.append(f"starts {start - first:.1f} s after first seen: the ring keeps at most "
+                         f"{self.ring.max_seconds:.0f} s / {self.ring.max_bytes // 2**20} MiB")
+        elif start > want_start + 0.05:
+            notes.append(f"pre-roll {first - start:.1f} s: nothing earlier was received")
         if end < want_end - 0.25:
             notes.append(f"post-roll {max(0.0, end - (p.track.last_pts or 0)):.1f} s: the stream ended")
         current = self.store.get(p.row)
