@@ -19,7 +19,9 @@ between ``RELINK_AFTER_S`` and ``RELINK_S`` ago, about its size and near where i
 track book's ``LEFT_AFTER_S``: an animal back within it is the same track (and sighting), one gone
 longer is a new one.
 
-No threads: ``update`` runs on the inference thread, right after the detector.
+No threads: ``update`` runs on the inference thread, right after the detector. The library (with
+supervision and scipy: ~70 MB and ~1.5 s to import) is loaded by the first ``Tracker``, so a
+``--no-track`` process never pays for it.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import supervision as sv
-from trackers import ByteTrackTracker
 
 from detector_app.detection.types import Detection
 from detector_app.tracking.book import LEFT_AFTER_S
+
+if TYPE_CHECKING:
+    from trackers import ByteTrackTracker
 
 DEFAULT_FPS = 10.0  # the pipeline's default sampling rate
 BUFFER_S = 2.0  # a lost track is kept this long in media time: a ≤ 1 s miss keeps its id, 2× margin
@@ -70,6 +74,10 @@ class Tracker:
         self.config = replace(config or TrackerConfig(), fps=fps)
         if self.config.fps <= 0:
             raise ValueError("tracker fps must be positive")
+        import supervision
+        import trackers
+
+        self._sv, self._trackers = supervision, trackers
         self._by_label: dict[str, ByteTrackTracker] = {}
         self._ids: dict[tuple[str, int], int] = {}  # (label, ByteTrack's local id) → our id
         self._seen: dict[int, tuple[str, np.ndarray, float]] = {}  # our id → label, last box, when
@@ -120,7 +128,7 @@ class Tracker:
         trk = self._by_label.get(label)
         if trk is None:
             cfg = self.config
-            trk = ByteTrackTracker(
+            trk = self._trackers.ByteTrackTracker(
                 lost_track_buffer=max(1, round(cfg.buffer_s * 30)),  # the library counts 30 fps frames
                 frame_rate=cfg.fps,
                 track_activation_threshold=cfg.activation,
@@ -134,7 +142,7 @@ class Tracker:
     def _track_label(self, label: str, dets: list[Detection], timestamp: float) -> list[int | None]:
         trk = self._bytetrack(label)
         n = len(dets)
-        sv_dets = sv.Detections(
+        sv_dets = self._sv.Detections(
             xyxy=np.array([[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in dets], np.float32).reshape(n, 4),
             confidence=np.array([d.confidence for d in dets], np.float32),
             class_id=np.array([d.class_id for d in dets], int),
