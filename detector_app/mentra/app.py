@@ -230,8 +230,9 @@ class MiniApp:
                            "the stream (say 'start stream' or press the button)")
             options["auto_start_stream"] = False
         config = SessionConfig(package_name=s.package_name, api_key=s.api_key, **options)
-        feedback = FeedbackEngine(self._clock, self._feedback_config or FeedbackConfig(tracked=s.track),
-                                  speak_enabled=s.speak)
+        feedback = FeedbackEngine(
+            self._clock, self._feedback_config or FeedbackConfig(tracked=s.track, announce_left=s.announce_left),
+            speak_enabled=s.speak)
         session = AppSession(config, request.session_id, request.url_for(s.cloud_protocol), clock=self._clock,
                              feedback=feedback, user_id=request.user_id)
         return SessionRunner(session, self.get_service, tick_interval=self._tick_interval)

@@ -83,6 +83,7 @@ class MentraSettings(BaseSettings):
     speak: bool = Field(True, description="Speak announcements (TTS) when the glasses have no display.")
     track: bool = Field(True, description="Track animals (ByteTrack) on every stream: unique counts, one announcement "
                         "per animal; False (--no-track) = per-frame boxes and feedback.")
+    announce_left: bool = Field(False, description="Tracked: also say 'the cat left' when the last of a kind is gone.")
     web_port: int = Field(0, ge=0, le=65535, validation_alias=AliasChoices("web_port", "WEB_PORT"),
                           description="Live web viewer port (0 = off).")
     web_host: str = Field("127.0.0.1", validation_alias=AliasChoices("web_host", "WEB_HOST"),
