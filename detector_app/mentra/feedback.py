@@ -15,8 +15,9 @@ Speech (when ``hasDisplay`` is not true — Mentra Live has no screen, §5.4): a
 becomes present is announced ("I see a cat on the left"), at most once per ``label_cooldown_s`` per
 kind and never closer than ``speech_gap_s`` to the previous utterance, so it never chatters.
 
-Tracked mode (the default once a detection carries a ``track_id``; ``--no-track`` keeps the per-frame
-policy above): what is present is the stream's confirmed tracks (``tracking.TrackBook`` on this
+Tracked mode (``FeedbackConfig.tracked``: the miniapp sets it from ``--track/--no-track``; None =
+decide by the results, tracked from the first ``track_id`` on; False keeps the per-frame policy
+above): what is present is the stream's confirmed tracks (``tracking.TrackBook`` on this
 engine's clock), so counts are unique animals ("2 cats: left, right") and the text changes only when
 the set of tracks or a track's side (with hysteresis) changes — a jittering box changes nothing — and
 is cleared when the last track has left (unseen ``LEFT_AFTER_S``; a stalled stream still waits).
