@@ -65,6 +65,8 @@ def default_db() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class SightingsConfig:
+    """Where sightings go and how long they stay; pre/post-roll and the packet ring's hard bounds."""
+
     db: Path
     max_age_days: float | None = 30.0
     max_mb: float | None = 2048.0
@@ -250,8 +252,7 @@ class SightingRecorder:
                 for p in due:
                     pending.remove(p)
                     self._write_clip(p)
-                if due:
-                    self.sightings.maybe_retain()
+                self.sightings.maybe_retain()  # a clock check; deletes every RETENTION_EVERY_S (ages pass idle too)
             except Exception as exc:  # noqa: BLE001 - a full disk must not kill the writer for good
                 logger.warning("sightings: write failed: {}", exc)
 
