@@ -324,3 +324,13 @@ def test_tracked_label_filter_and_forced_untracked():
     e2, c2 = make(has_display=False, tracked=False)
     out = run(e2, c2, [(tdet(1, 200), tdet(2, 1100))] * 5)
     assert spoken(out) == ["I see 2 cats on the left and right"] and not e2.tracked
+
+
+def test_tracked_two_cats_back_after_both_left_are_silent_a_third_is_news():
+    e, c = make(has_display=False, speech_gap_s=1.0)
+    out = run(e, c, [(tdet(1, 200), tdet(2, 1100))] * 10 + [()] * 40)  # both gone 4 s: both left
+    assert spoken(out) == ["2 cats appeared on the left and right"]
+    out = run(e, c, [(tdet(3, 200), tdet(4, 1100))] * 10)  # the looping video brings both back
+    assert spoken(out) == []
+    out = run(e, c, [(tdet(3, 200), tdet(4, 1100), tdet(5, 640))] * 10)
+    assert spoken(out) == ["Another cat, in the centre"]

@@ -22,9 +22,9 @@ engine's clock), so counts are unique animals ("2 cats: left, right") and the te
 the set of tracks or a track's side (with hysteresis) changes — a jittering box changes nothing — and
 is cleared when the last track has left (unseen ``LEFT_AFTER_S``; a stalled stream still waits).
 Each track is announced once when it appears: "a cat appeared on the left", or "another cat, on the
-right" while one is already known. The old per-kind cooldown keeps its meaning: a track of a kind
-that left less than ``label_cooldown_s`` ago, with none of that kind in view, is most likely the same
-animal found again and is not announced (unless its leaving was spoken). ``announce_left`` adds
+right" while one is already known. The old per-kind cooldown keeps its meaning: a new track that
+follows the departure of a track of its kind by less than ``label_cooldown_s`` is most likely that
+animal found again and is not announced (one return per departure; not after "the cat left" was said). ``announce_left`` adds
 "the cat left" when the last one of a kind is gone (``LEFT_AFTER_S``). ``speech_gap_s`` still spaces
 every utterance, and "what do you see" answers from the tracks.
 """
@@ -227,8 +227,7 @@ class FeedbackEngine:
         self.book = TrackBook()
         self._to_announce: list[int] = []  # appeared tracks waiting for the speech gap
         self._told: set[int] = set()  # live tracks the wearer has heard about (or that are not news)
-        self._label_left_at: dict[str, float] = {}  # kind → when its last track left
-        self._left_said: set[str] = set()  # kinds whose leaving was spoken (their return is news)
+        self._recently_left: dict[str, deque[float]] = {}  # kind → when its told tracks left (silently)
         self._to_say_left: list[str] = []
 
     @property
@@ -326,27 +325,39 @@ class FeedbackEngine:
             if labels is not None and t.label not in labels:
                 continue
             if ev.kind == "appeared":
-                others = [o for o in self._live_tracks() if o.label == t.label and o.track_id != t.track_id]
-                cooldown = self.config.label_cooldown_s
-                returning = not others and t.label not in self._left_said and (
-                    now - self._label_left_at.get(t.label, -math.inf) < cooldown
-                    or now - self._last_announced.get(t.label, -math.inf) < cooldown)  # said before ids came
-                if returning:
+                if self._returning(t, now):
                     self._told.add(t.track_id)
                 else:
                     self._to_announce.append(t.track_id)
-                self._left_said.discard(t.label)
-                if t.label in self._to_say_left:
-                    self._to_say_left.remove(t.label)
             elif ev.kind == "left":
                 was_told = t.track_id in self._told
                 self._told.discard(t.track_id)
                 if t.track_id in self._to_announce:
                     self._to_announce.remove(t.track_id)
-                if not any(o.label == t.label for o in self._live_tracks()):
-                    self._label_left_at[t.label] = now
-                    if self.config.announce_left and was_told and t.label not in self._to_say_left:
+                if not was_told:
+                    continue  # never announced: its return is news
+                if self.config.announce_left and not any(o.label == t.label for o in self._live_tracks()):
+                    if t.label not in self._to_say_left:
                         self._to_say_left.append(t.label)
+                    self._recently_left.pop(t.label, None)  # "the cat left" was said: a return is news
+                else:
+                    self._recently_left.setdefault(t.label, deque(maxlen=16)).append(now)
+
+    def _returning(self, t: Track, now: float) -> bool:
+        """A new track that is most likely an animal the wearer already heard about: one of its kind left
+        (unspoken) less than ``label_cooldown_s`` ago, or its kind was announced per frame before ids came."""
+        cooldown = self.config.label_cooldown_s
+        if t.label in self._to_say_left:  # back before "the cat left" was said: say neither
+            self._to_say_left.remove(t.label)
+            return True
+        left = self._recently_left.get(t.label)
+        while left and now - left[0] >= cooldown:
+            left.popleft()
+        if left:
+            left.popleft()  # one return per departure: two cats back after two left are both silent
+            return True
+        others = [o for o in self._live_tracks() if o.label == t.label and o.track_id != t.track_id]
+        return not others and now - self._last_announced.get(t.label, -math.inf) < cooldown
 
     def _evaluate(self) -> list[Output]:
         now = self._clock()
@@ -412,7 +423,6 @@ class FeedbackEngine:
             parts.append(appeared_phrase(label, new, known))
         parts += [f"the {label} left" for label in self._to_say_left]
         self._told |= queued
-        self._left_said |= set(self._to_say_left)
         self._to_announce.clear()
         self._to_say_left.clear()
         if not parts:
