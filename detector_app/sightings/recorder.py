@@ -48,7 +48,7 @@ QUEUE_SIZE = 256
 CONFIRM_MARGIN_S = 2.0  # the ring keeps pre-roll + this while nothing is open: a track is confirmed ~0.3 s
 #                         after its first frame, and inference may lag the decoder by a second on a busy box
 RETENTION_EVERY_S = 600.0
-NO_PACKETS = "no clip: this source delivers decoded frames, no packets to cut (WebRTC)"
+NO_PACKETS = "no clip: this source delivers decoded frames only, no packets to cut"
 
 
 def default_data_dir() -> Path:
