@@ -60,8 +60,9 @@ def test_whip_replay_matches_ground_truth(fixture_videos, truth_for, detector, r
     assert s.median_iou is not None and s.median_iou >= 0.5, s
     assert boxes["box_recall"] >= 0.9 and boxes["box_precision"] >= 0.9, boxes
     assert summary.detections_per_s >= 8.0
-    # Counted from the publisher's spawn: a Python child importing aiortc (~1 s, more on a loaded box) before ICE.
-    assert summary.first_frame_s is not None and summary.first_frame_s <= 3.0
+    # Counted from the publisher's spawn: a Python child importing cv2 + aiortc (1.3 s quiet, 2.3 s+ on a loaded
+    # box) before its offer; the ingest's own part (offer accepted → first frame) is bounded in the next test.
+    assert summary.first_frame_s is not None and summary.first_frame_s <= 6.0
     assert summary.frames_decoded >= truth["frames"] * 0.95
 
 
@@ -135,6 +136,9 @@ def test_whip_publisher_replaced_dropped_and_back(fixture_videos, detector):
         start()  # back: a new POST is a new session
         assert wait_for(lambda: cats(3) >= 5, 15), pipeline.health()
         assert pipeline.health().publisher_sessions == 3
+        first = pipeline.health().first_frame_s  # offer accepted → first decoded frame (ICE, DTLS, a keyframe)
+        print(f"whip: first frame {first:.2f} s after the offer was accepted")
+        assert first is not None and first <= 1.5
         assert pipeline.fatal_error is None
     finally:
         for p in publishers:

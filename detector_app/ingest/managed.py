@@ -47,7 +47,7 @@ class PacedContainer:
             if ts is not None and packet.time_base is not None:
                 t = float(ts * packet.time_base)
                 now = time.monotonic()
-                if base is None or now - (base + t) > self.REANCHOR_S or (base + t) - now > self.REANCHOR_S * 4:
+                if base is None or abs(now - (base + t)) > self.REANCHOR_S:  # a sleep is never longer either
                     base = now - t
                 delay = base + t - now
                 if delay > 0:

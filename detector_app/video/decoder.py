@@ -26,6 +26,7 @@ from detector_app.video.slot import LatestSlot
 
 MAX_CONSECUTIVE_DECODE_ERRORS = 150  # ~5 s of 30 fps garbage ends the session
 FRAME_STALL_S = 3.0  # a decoded-frame session (WebRTC) without a frame this long has lost its publisher
+FIRST_FRAME_S = 8.0  # …and before its first frame: ICE + DTLS over a slow hotspot take longer than a gap
 
 
 class SessionClock:
@@ -188,7 +189,8 @@ class DecodeThread(threading.Thread):
 
     def _run_frame_session(self, frames: FrameSession) -> None:
         """A session that arrives decoded (WebRTC): same slot, clock, health and session semantics;
-        no frames for ``FRAME_STALL_S`` (a publisher gone without a word) ends it like a read timeout."""
+        no frames for ``FRAME_STALL_S`` (a publisher gone without a word; ``FIRST_FRAME_S`` before the
+        first frame) ends it like a read timeout."""
         self.health.session_started(frames.codec, 0, 0)
         session = self.health.sessions
         logger.info("{}: publisher session {} started: {} (WebRTC)", self.source.name, session, frames.codec)
@@ -197,13 +199,14 @@ class DecodeThread(threading.Thread):
         self._clock.reset()
         error: str | None = None
         feed = None
+        first_index = self._index
         if self.packet_tap is not None and hasattr(frames, "on_access_unit"):
             from detector_app.ingest.rtc import AccessUnitFeed  # lazy: only WebRTC sessions get here
 
             feed = frames.on_access_unit = AccessUnitFeed(self.packet_tap, session)  # called on the WebRTC thread
         try:
             while not self.stop_event.is_set():
-                got = frames.next_frame(self.stop_event, FRAME_STALL_S)
+                got = frames.next_frame(self.stop_event, FRAME_STALL_S if self._index > first_index else FIRST_FRAME_S)
                 if got is None:
                     break
                 frame, nbytes = got
