@@ -43,10 +43,11 @@ SOCKETS = web.AppKey("sockets", weakref.WeakSet)
 
 
 def create_app(views: Callable[[], Sequence[LiveView]], executor: Executor, *, sightings: SightingStore | None = None,
-               token: str | None = None, max_fps: float = 10.0) -> web.Application:
-    """The viewer for ``views()`` (open streams, oldest first); ``token`` None = no token needed."""
+               token: str | None = None, max_fps: float = 10.0, max_total_fps: float | None = None) -> web.Application:
+    """The viewer for ``views()`` (open streams, oldest first); ``token`` None = no token needed;
+    JPEGs at most ``max_fps`` per stream and ``max_total_fps`` for all streams together."""
     app = web.Application(middlewares=[token_middleware(token)])
-    app[REGISTRY] = StreamRegistry(views, executor, max_fps=max_fps)
+    app[REGISTRY] = StreamRegistry(views, executor, max_fps=max_fps, max_total_fps=max_total_fps)
     app[SOCKETS] = weakref.WeakSet()
     routes = _Routes(app[REGISTRY], sightings, app[SOCKETS])
     app.router.add_get("/", routes.index)

@@ -65,13 +65,33 @@ def render_jpeg(frame: Any, result: FrameResult | None, *, quality: int = JPEG_Q
     return buf.tobytes(), bgr.shape[1], bgr.shape[0]
 
 
+class EncodeBudget:
+    """JPEG encodes per second for the whole viewer, all streams together: with many watched streams
+    each gets a share, so the viewer's CPU stays bounded however many wearers and browsers there are.
+    Used on one event loop (no lock)."""
+
+    def __init__(self, per_second: float) -> None:
+        self.interval = 1.0 / max(0.1, per_second)
+        self._next = 0.0
+
+    async def turn(self) -> None:
+        """Wait for this encode's slot (slots are ``interval`` apart, first come first served)."""
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
 class StreamEncoder:
     """The JPEG of one stream's newest frame, shared by its viewers; used on one event loop."""
 
-    def __init__(self, view: LiveView, executor: Executor, *, max_fps: float = 10.0) -> None:
+    def __init__(self, view: LiveView, executor: Executor, *, max_fps: float = 10.0,
+                 budget: EncodeBudget | None = None) -> None:
         self.view = view
         self.period = 1.0 / max(0.1, max_fps)
         self._executor = executor
+        self._budget = budget
         self._latest: EncodedFrame | None = None
         self._inflight: asyncio.Future[EncodedFrame | None] | None = None
         self._started_at = -1e9  # monotonic start of the last encode (the rate cap)
@@ -119,6 +139,8 @@ class StreamEncoder:
     async def _encode(self) -> EncodedFrame | None:
         self._started_at = time.monotonic()
         try:
+            if self._budget is not None:
+                await self._budget.turn()
             asked_at, age_ms = time.time(), self.view.health().frame_age_ms  # before the frame is read
             version, frame, result = self._current()
             if frame is None:

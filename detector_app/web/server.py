@@ -39,6 +39,7 @@ class WebConfig:
     port: int = 8080  # 0 = any free port (tests)
     token: str | None = None  # WEB_TOKEN; None off loopback = a random one, printed at start
     max_fps: float = 10.0  # JPEG encodes per stream per second, at most (only while someone watches)
+    max_total_fps: float = 30.0  # … and for all streams together (~12 ms each: about a third of a core)
 
     @classmethod
     def from_env(cls, host: str, port: int, **kw: object) -> WebConfig:
@@ -112,7 +113,7 @@ class WebViewer:
 
     async def _serve(self, stop: asyncio.Event) -> int:
         app = create_app(self._views, self._executor, sightings=self._sightings, token=self.token,
-                         max_fps=self.config.max_fps)
+                         max_fps=self.config.max_fps, max_total_fps=self.config.max_total_fps)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_S)
         await runner.setup()
         try:

@@ -14,16 +14,18 @@ from concurrent.futures import Executor
 from typing import Any
 
 from detector_app.main_thread import LiveView
-from detector_app.web.frames import MAX_BOX_AGE_S, StreamEncoder
+from detector_app.web.frames import MAX_BOX_AGE_S, EncodeBudget, StreamEncoder
 
 
 class StreamRegistry:
     """``views()`` (the open streams, oldest first) with ids and one shared encoder each."""
 
-    def __init__(self, views: Callable[[], Sequence[LiveView]], executor: Executor, *, max_fps: float) -> None:
+    def __init__(self, views: Callable[[], Sequence[LiveView]], executor: Executor, *, max_fps: float,
+                 max_total_fps: float | None = None) -> None:
         self._views = views
         self._executor = executor
         self._max_fps = max_fps
+        self._budget = EncodeBudget(max_total_fps) if max_total_fps else None
         self._ids = itertools.count(1)
         self._open: dict[int, tuple[LiveView, int, StreamEncoder]] = {}  # id(view) → (view, stream id, encoder)
 
@@ -37,7 +39,8 @@ class StreamRegistry:
         for view in views:
             entry = self._open.get(id(view))
             if entry is None or entry[0] is not view:
-                entry = (view, next(self._ids), StreamEncoder(view, self._executor, max_fps=self._max_fps))
+                entry = (view, next(self._ids),
+                         StreamEncoder(view, self._executor, max_fps=self._max_fps, budget=self._budget))
                 self._open[id(view)] = entry
             out.append((entry[1], view, entry[2]))
         return out
