@@ -35,9 +35,12 @@ def test_command_per_protocol_and_codec(tmp_path: Path) -> None:
     srt = build_publish_command("srt://h:1?streamid=k", v, loop=False, video_codec="hevc")
     assert srt[-3:-1] == ["-f", "mpegts"] and "libx264" in srt and "-stream_loop" not in srt
     assert "testsrc2=size=854x480:rate=15" in build_publish_command("rtmp://h/l/k", None)
-    for bad, msg in (("https://h/whip", "WHIP"), ("udp://h:1", "Unknown stream URL protocol")):
+    whip = build_publish_command("https://h/whip/k", v, loop=False)  # WHIP: our aiortc client as the child
+    assert whip[1:] == ["-m", "detector_app.glasses.whip_client", "https://h/whip/k", str(v)]
+    for bad, video, msg in (("https://h/whip/k", None, "WHIP virtual glasses need a video file"),
+                            ("udp://h:1", v, "Unknown stream URL protocol")):
         with pytest.raises(GlassesError, match=msg):
-            build_publish_command(bad, v)
+            build_publish_command(bad, video)
 
 
 def test_codec_probe_reads_the_file_and_follows_its_changes(tmp_path: Path) -> None:
