@@ -314,6 +314,22 @@ def test_a_source_without_packets_keeps_the_thumbnail_and_says_why_there_is_no_c
     sightings.close()
 
 
+def test_a_track_confirmed_over_many_frames_still_gets_a_thumbnail(tmp_path):
+    """Its best box (the first) is older than the frames kept: the thumbnail shows the frame it is seen in next."""
+    sightings = Sightings(SightingsConfig(db=tmp_path / "s.db"))
+    rec = sightings.recorder()
+    frames = [np.full((360, 640, 3), 20 * k, np.uint8) for k in range(12)]
+    hits = {0: 0.95, 4: 0.6, 8: 0.6, 9: 0.6}  # confirmed at the third hit (frame 8); frame 0 is long gone
+    for i in range(12):
+        dets = (Detection("cat", hits[i], Box(100, 80, 300, 250), 15, track_id=3),) if i in hits else ()
+        rec.on_frame(_result(i + 1, i * 0.1, dets), frames[i])
+    rec.close(5.0)
+    (s,) = sightings.store.list()
+    assert s.best_confidence == pytest.approx(0.95) and s.best_pts == 0.0
+    check_thumbnail(sightings.store, s, frames[8])  # drawn on frame 8, with that frame's box
+    sightings.close()
+
+
 def test_a_full_writer_queue_drops_events_and_never_blocks_detection(tmp_path, monkeypatch):
     """The disk is stuck (the store's lock is held): the inference thread's calls return at once, the
     bounded queue fills, and what does not fit is dropped (counted, logged), not queued without bound."""

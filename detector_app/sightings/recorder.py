@@ -107,11 +107,20 @@ class Sightings:
         self.store.close()
 
 
+@dataclass(frozen=True, slots=True)
+class _Pinned:
+    """The frame a track's thumbnail is drawn on, with the box and confidence it had there."""
+
+    seq: int
+    frame: np.ndarray
+    detection: Detection
+
+
 @dataclass(slots=True)
 class _Job:
     kind: str  # "open" | "progress" | "close"
     track: Track
-    frame: np.ndarray | None = None
+    pinned: _Pinned | None = None
     offset: float | None = None  # raw stream time − media time, for the clip's cut
     at: float = field(default_factory=time.monotonic)
 
@@ -139,7 +148,7 @@ class SightingRecorder:
                                                  idle_keep_s=cfg.pre_roll_s + CONFIRM_MARGIN_S)
         self._book = TrackBook()
         self._recent: deque[tuple[int, np.ndarray]] = deque(maxlen=CONFIRM_HITS + 1)
-        self._best: dict[int, tuple[int, np.ndarray]] = {}  # track id → (seq, frame) of its best detection
+        self._best: dict[int, _Pinned] = {}  # track id → its best frame still held
         self._progress_at: dict[int, float] = {}
         self._offsets: dict[object, float] = {}  # session → stream_pts − pts
         self._queue: queue.Queue[_Job | None] = queue.Queue(QUEUE_SIZE)
@@ -158,18 +167,17 @@ class SightingRecorder:
         self._recent.append((result.seq, bgr))
         events = self._book.update(result)
         for t in self._book.tracks:
-            self._pin_best(t)
+            self._pin_best(t, result, bgr)
         now = time.monotonic()
         for ev in events:
             if ev.kind == "appeared":
-                self._pin_best(ev.track)
                 self._hold(ev.track)
-                self._put(_Job("open", ev.track, self._frame(ev.track.track_id), self._offsets.get(ev.track.session)))
+                self._put(_Job("open", ev.track, self._best.get(ev.track.track_id), self._offsets.get(ev.track.session)))
                 self._progress_at[ev.track.track_id] = now
             elif ev.kind == "left":
                 self._progress_at.pop(ev.track.track_id, None)
-                best = self._best.pop(ev.track.track_id, None)
-                self._put(_Job("close", ev.track, best[1] if best else None, self._offsets.get(ev.track.session)))
+                self._put(_Job("close", ev.track, self._best.pop(ev.track.track_id, None),
+                               self._offsets.get(ev.track.session)))
         for t in self._book.tracks:
             if now - self._progress_at.get(t.track_id, now) >= PROGRESS_S:
                 self._progress_at[t.track_id] = now
@@ -184,18 +192,20 @@ class SightingRecorder:
         if offset is not None and track.first_pts is not None and isinstance(track.session, int):
             self.ring.hold(track.track_id, track.session, track.first_pts + offset - self.pre_roll_s)
 
-    def _pin_best(self, track: Track) -> None:
+    def _pin_best(self, track: Track, result: FrameResult, bgr: np.ndarray) -> None:
+        """Hold the frame of the track's best detection; if that frame is gone already (its hits before
+        confirmation were spread over more frames than are kept), the first frame it is seen in from now."""
         pinned = self._best.get(track.track_id)
-        if pinned is not None and pinned[0] == track.best_seq:
+        if pinned is not None and pinned.seq == track.best_seq:
             return
         for seq, frame in self._recent:
             if seq == track.best_seq:
-                self._best[track.track_id] = (seq, frame)
+                det = Detection(track.label, track.best_confidence, track.best_box, track_id=track.track_id)
+                self._best[track.track_id] = _Pinned(seq, frame, det)
                 return
-
-    def _frame(self, track_id: int) -> np.ndarray | None:
-        got = self._best.get(track_id)
-        return got[1] if got else None
+        if pinned is None and track.last_pts == result.pts and track.last_seen == result.received_at:
+            det = Detection(track.label, track.confidence, track.box, track_id=track.track_id)
+            self._best[track.track_id] = _Pinned(result.seq, bgr, det)
 
     def _put(self, job: _Job | None, wait: float = 0.0) -> None:
         """Never blocks the inference thread (``wait`` 0); ``close`` may wait for room (detection is over)."""
@@ -218,8 +228,7 @@ class SightingRecorder:
         deadline = time.monotonic() + timeout
         offsets = dict(self._offsets)
         for ev in self._book.close():
-            best = self._best.pop(ev.track.track_id, None)
-            self._put(_Job("close", ev.track, best[1] if best else None, offsets.get(ev.track.session)),
+            self._put(_Job("close", ev.track, self._best.pop(ev.track.track_id, None), offsets.get(ev.track.session)),
                       wait=max(0.01, (deadline - time.monotonic()) / 2))
         self.ring.session_ended()
         self._put(None, wait=max(0.1, (deadline - time.monotonic()) / 2))
@@ -269,9 +278,8 @@ class SightingRecorder:
         elif job.kind != "open":
             self.store.update(row, **fields)
         stem = f"{time.strftime('%Y-%m-%d', time.gmtime(t.first_seen))}/{row:06d}-{t.label.replace(' ', '_')}"
-        if job.frame is not None and job.kind in ("open", "close"):
-            det = Detection(t.label, t.best_confidence, t.best_box, track_id=t.track_id)
-            jpeg = thumbnail_jpeg(job.frame, det)
+        if job.pinned is not None and job.kind in ("open", "close"):
+            jpeg = thumbnail_jpeg(job.pinned.frame, job.pinned.detection)
             self.store.write_media(f"{stem}.jpg", jpeg)
             self.store.update(row, thumbnail=f"{stem}.jpg", nbytes=len(jpeg))
         if job.kind != "close":
