@@ -2,8 +2,8 @@
 
 Viewers never get a queue of frames: a viewer asks for "the next frame newer than the one I have"
 and gets the newest there is. One ``StreamEncoder`` per stream serves every viewer of it, so
-``n`` browsers cost one encode, not ``n``; it encodes at most ``max_fps`` times a second and only when
-asked, in a worker thread (colour conversion, drawing and JPEG encoding release the GIL in OpenCV),
+``n`` browsers cost one encode, not ``n``; it encodes at most ``max_fps`` times a second (and all
+streams together within one ``EncodeBudget``) and only when asked, in a worker thread (colour conversion, drawing and JPEG encoding release the GIL in OpenCV),
 so the event loop stays free and detection is never waited on. A slow browser asks less often and
 therefore gets fewer frames; what it gets is at most one encode period old.
 """
@@ -97,10 +97,6 @@ class StreamEncoder:
         self._started_at = -1e9  # monotonic start of the last encode (the rate cap)
         self.encodes = 0  # for tests and health: how many JPEGs were made
 
-    @property
-    def latest(self) -> EncodedFrame | None:
-        return self._latest
-
     def _current(self) -> tuple[int, Any, FrameResult | None]:
         version, frame = self.view.latest_frame()
         result = self.view.latest_result
@@ -133,6 +129,7 @@ class StreamEncoder:
                     await asyncio.sleep(self.period)  # no frame yet, or nothing new: look again soon
                     continue
                 self._inflight = asyncio.ensure_future(self._encode())
+                self._inflight.add_done_callback(_seen)  # every viewer may have left before it failed
             inflight = self._inflight
             await asyncio.shield(inflight)  # a viewer that leaves does not cancel the others' encode
 
@@ -158,3 +155,9 @@ class StreamEncoder:
             return self._latest
         finally:
             self._inflight = None
+
+
+def _seen(done: asyncio.Future[Any]) -> None:
+    """Mark an encode's failure as seen: the viewers waiting for it report it; none waiting is fine."""
+    if not done.cancelled():
+        done.exception()
