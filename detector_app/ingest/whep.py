@@ -50,8 +50,8 @@ class WhepSource:
         self._closed = threading.Event()
         self._current: TrackSession | None = None
         self._lock = threading.Lock()
-        if urlsplit(url).hostname in ("127.0.0.1", "localhost"):
-            set_ice_hosts(["127.0.0.1"])  # a loopback server offers loopback candidates only
+        # A loopback server offers loopback candidates only; a remote one needs our real interfaces.
+        set_ice_hosts(["127.0.0.1"] if urlsplit(url).hostname in ("127.0.0.1", "localhost") else None)
 
     def connect(self, stop: threading.Event) -> TrackSession:
         """One offer/answer (bounded by the connect timeout); ``WhepError`` when it fails."""
