@@ -103,7 +103,7 @@ def stream_format(stream: av.stream.Stream) -> StreamFormat | None:
     holder = av.open(io.BytesIO(), "w", format="mp4")
     try:
         template = holder.add_stream_from_template(stream)
-    except ValueError as exc:  # e.g. a codec the MP4 muxer does not take
+    except (ValueError, av.error.FFmpegError) as exc:  # e.g. a codec the MP4 muxer does not take
         logger.warning("sightings: no clips for this session: {}", exc)
         return None
     ctx = stream.codec_context
@@ -192,7 +192,11 @@ class PacketRing:
                     if gop.packets[0].t > start_t:
                         break
                     first = i
-                packets = [p for gop in list(seg.gops)[first:] for p in gop.packets if p.t <= end_t]
+                packets = []
+                for p in (p for gop in list(seg.gops)[first:] for p in gop.packets):
+                    if p.t > end_t:
+                        break  # decode order: with B-frames a later packet can show earlier, but needs this one
+                    packets.append(p)
                 return PacketRange(seg.format, tuple(packets)) if packets else None
         return None
 
