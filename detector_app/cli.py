@@ -130,11 +130,12 @@ DataDirOpt = Annotated[
                  "i.e. ~/.local/share/detector-app)."),
 ]
 KeepDaysOpt = Annotated[
-    float, typer.Option("--keep-days", envvar="SIGHTINGS_KEEP_DAYS", min=0.0, help="Delete sightings older than this."),
+    float, typer.Option("--keep-days", envvar="SIGHTINGS_KEEP_DAYS", min=0.0,
+                        help="Delete sightings older than this (0 = no age limit)."),
 ]
 KeepMbOpt = Annotated[
     float, typer.Option("--keep-mb", envvar="SIGHTINGS_MAX_MB", min=0.0,
-                        help="Delete the oldest sightings while thumbnails + clips exceed this many MB."),
+                        help="Delete the oldest sightings while thumbnails + clips exceed this many MB (0 = no size limit)."),
 ]
 CounterOpt = Annotated[
     bool, typer.Option("--frame-counter", help="Read the fixture videos' frame counter into each result (extra.frame_id).")
@@ -222,7 +223,7 @@ def _sightings(enabled: bool | None, db: Path | None, data_dir: Path | None, kee
     from detector_app.sightings.recorder import Sightings, SightingsConfig, default_db
 
     path = db or (data_dir / "sightings.db" if data_dir else default_db())
-    return Sightings(SightingsConfig(db=path, max_age_days=keep_days, max_mb=keep_mb))
+    return Sightings(SightingsConfig(db=path, max_age_days=keep_days or None, max_mb=keep_mb or None))
 
 
 def _run_and_report(run, closers, summary_json: Path | None, check=None) -> None:
