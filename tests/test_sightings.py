@@ -514,8 +514,12 @@ def test_an_interrupted_sighting_is_closed_by_the_next_start(tmp_path):
     store._db.execute("UPDATE sightings SET updated_at = ? WHERE id = ?", (time.time() - 120, stale))
     fresh = store.insert(stream="t", session=1, track_id=2, label="cat", first_seen=now - 5, last_seen=now,
                          best_confidence=0.9)
+    clipless = store.insert(stream="t", session=1, track_id=3, label="cat", first_seen=now - 130, last_seen=now - 120,
+                            best_confidence=0.9, status="closed")
+    store._db.execute("UPDATE sightings SET updated_at = ? WHERE id = ?", (time.time() - 120, clipless))
     store.close()
     sightings = Sightings(SightingsConfig(db=tmp_path / "s.db"))
     assert sightings.store.get(stale).status == "closed" and "interrupted" in sightings.store.get(stale).clip_note
     assert sightings.store.get(fresh).status == "open"  # another process's sighting, still being updated
+    assert sightings.store.get(clipless).clip_note == "no clip: the process ended while writing it"
     sightings.close()

@@ -257,8 +257,11 @@ class SightingStore:
         """Close open sightings not updated for ``idle_s`` (their process died: an open row is updated every
         few seconds while its track is in view); returns how many."""
         with self._lock, self._transaction():
+            cutoff = time.time() - idle_s
             cur = self._db.execute("UPDATE sightings SET status = 'closed', clip_note = ?, updated_at = ? "
-                                   "WHERE status = 'open' AND updated_at < ?", (note, time.time(), time.time() - idle_s))
+                                   "WHERE status = 'open' AND updated_at < ?", (note, time.time(), cutoff))
+            self._db.execute("UPDATE sightings SET clip_note = ? WHERE status = 'closed' AND clip IS NULL "
+                             "AND clip_note IS NULL AND updated_at < ?", ("no clip: the process ended while writing it", cutoff))
             return cur.rowcount
 
     def delete(self, sighting_id: int) -> None:
