@@ -194,6 +194,38 @@ def test_speech_on_mentra_live_and_reconnect_keeps_stream(e2e_detector, cat_vide
     asyncio.run(main())
 
 
+def test_mentra_live_hears_each_of_two_tracked_cats_once(e2e_detector, fixture_videos):
+    """Two cats walk in and cross (two_cats_480p15, looped by the glasses): each is announced once —
+    "2 cats appeared on the left and right" when both are confirmed within the speech gap, else "A cat
+    appeared …" then "Another cat, …" — and nothing when the loop brings both back (no news)."""
+    async def main() -> None:
+        async with harness(e2e_detector, fixture_videos["two_cats_480p15"], device="mentra_live") as h:
+            await h.sim.start_session(USER)
+            await stream_active(h.sim)
+
+            def cat_speech() -> list[str]:
+                return [spoken_text(e) for e in h.sim.received("audio_play_request") if "cat" in spoken_text(e)]
+
+            def cats_told() -> int:
+                return sum(2 if t.startswith("2 cats") else 1 for t in cat_speech())
+
+            try:
+                await until(lambda: cats_told() >= 2, 25, "both cats announced")
+            except AssertionError:
+                raise AssertionError(f"heard {cat_speech()}; glasses: {h.lines[-30:]}") from None
+            pipeline = h.stream().pipeline
+            # the loop (one publisher session, pts going on) brings both cats back from 11.5 s; 15 s =
+            # both re-confirmed and past the 3 s speech gap
+            await until(lambda: (r := pipeline.latest_result) is not None and (r.pts or 0.0) > 15.0, 30,
+                        "the looped video's cats back in view")
+            said = cat_speech()
+            assert said in (["2 cats appeared on the left and right"],
+                            ["A cat appeared on the left", said[-1]]) and cats_told() == 2, said
+            assert len(said) == 1 or said[1].startswith("Another cat, "), said
+
+    asyncio.run(main())
+
+
 def test_killed_srt_relay_is_rebuilt_and_serve_leaves_no_thread_behind(e2e_detector, cat_video):
     """(i) the SRT relay (srt-live-transmit) is killed mid-session: the miniapp opens a new listener and
     relay, requests the stream to it, detection resumes; (j) after the miniapp and the service stop,
