@@ -83,7 +83,7 @@ class Pipeline:
         self._seq = 0
         self._decoder = DecodeThread(
             source, self.slot, self.health_meter, self.stop_event, None if self.live else PtsSampler(fps),
-            packet_tap=recorder.packet_tap if recorder is not None else None,
+            packet_tap=self.recorder.packet_tap if self.recorder is not None else None,
         )
         self._worker = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
         self._sinks_lock = threading.Lock()
