@@ -5,6 +5,7 @@
     store.get(id) -> Sighting | None
     store.thumbnail_path(s) / store.clip_path(s) -> Path | None   # None until written (or if deleted)
     store.last_change -> int      # grows with every insert, update and deletion (cheap: poll it for live views)
+    store.version -> int          # the schema version (``schema_version`` table; migrations in ``_MIGRATIONS``)
     Sighting.to_json() -> dict    # the viewer's and ``sightings export``'s record
 
 The recorder (``recorder.py``) inserts a row when a sighting opens (``status='open'``) and updates it when
