@@ -45,7 +45,9 @@ def set_ice_hosts(hosts: Sequence[str] | None) -> None:
 
 def ice_hosts_for(bind_host: str) -> list[str] | None:
     """ICE follows the ingest's bind address: a specific address → only it, a wildcard → all."""
-    return None if bind_host in ("", "0.0.0.0", "::") else [bind_host]
+    if bind_host in ("", "0.0.0.0", "::"):
+        return None
+    return ["127.0.0.1" if bind_host == "localhost" else bind_host]
 
 
 def prefer_h264(transceiver: Any) -> None:

@@ -32,7 +32,7 @@ from loguru import logger
 
 from detector_app.glasses.publish import find_ffmpeg
 from detector_app.ingest.addresses import free_port
-from detector_app.ingest.rtc import RtcLoop, set_ice_hosts
+from detector_app.ingest.rtc import RtcLoop, ice_hosts_for, set_ice_hosts
 from detector_app.procs import die_with_parent, stop_process
 
 HLS_TIME_S = 1
@@ -61,8 +61,11 @@ class _Stream:
 class ManagedMedia:
     """Serves every managed stream of one simulator (``ManagedMediaServer`` in ``simulator.managed``)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, public_host: str | None = None) -> None:
+        """``host`` is where it listens; ``public_host`` goes into the URLs (default: ``host``, or
+        127.0.0.1 for a wildcard bind)."""
         self.host = host
+        self.public_host = public_host or ("127.0.0.1" if host in ("", "0.0.0.0", "::") else host)
         self.port = port
         self.rtc = RtcLoop.get()
         self._streams: dict[str, _Stream] = {}
@@ -92,14 +95,13 @@ class ManagedMedia:
         return origins[-1] if origins else None
 
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{self.public_host}:{self.port}"
 
     # -- on the WebRTC loop --------------------------------------------------------------------------
     async def _serve(self) -> None:
         if self._runner is not None:
             return
-        if self.host in ("127.0.0.1", "localhost"):
-            set_ice_hosts(["127.0.0.1"])
+        set_ice_hosts(ice_hosts_for(self.host))  # ICE where the HTTP side listens
         app = web.Application()
         app.add_routes([
             web.post("/whep/{sid}", self._whep_offer),
