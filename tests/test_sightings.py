@@ -330,6 +330,28 @@ def test_a_track_confirmed_over_many_frames_still_gets_a_thumbnail(tmp_path):
     sightings.close()
 
 
+def test_a_stalled_stream_closes_its_open_sightings(tmp_path, monkeypatch):
+    """No tracked result for a while (publisher gone, detection paused): the sighting ends at its last frame
+    then, not whenever frames return."""
+    from detector_app.sightings import recorder as recorder_mod
+
+    monkeypatch.setattr(recorder_mod, "STALL_CLOSE_S", 0.5)
+    sightings = Sightings(SightingsConfig(db=tmp_path / "s.db"))
+    rec = sightings.recorder()
+    frame = np.full((360, 640, 3), 90, np.uint8)
+    for i in range(10):
+        rec.on_frame(_result(i + 1, i * 0.1, (Detection("cat", 0.8, Box(100, 80, 300, 250), 15, track_id=5),)), frame)
+    deadline = time.monotonic() + 5
+    while not [s for s in sightings.store.list() if s.status == "closed"]:
+        assert time.monotonic() < deadline, sightings.store.list()
+        time.sleep(0.05)
+    (s,) = sightings.store.list()
+    assert s.last_pts == pytest.approx(0.9) and s.thumbnail
+    rec.close(5.0)
+    assert len(sightings.store.list()) == 1
+    sightings.close()
+
+
 def test_a_full_writer_queue_drops_events_and_never_blocks_detection(tmp_path, monkeypatch):
     """The disk is stuck (the store's lock is held): the inference thread's calls return at once, the
     bounded queue fills, and what does not fit is dropped (counted, logged), not queued without bound."""

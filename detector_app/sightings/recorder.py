@@ -37,7 +37,7 @@ from detector_app.sightings.clips import write_clip
 from detector_app.sightings.packets import DEFAULT_MAX_BYTES, DEFAULT_MAX_SECONDS, PacketRing
 from detector_app.sightings.store import SightingStore
 from detector_app.sightings.thumbs import thumbnail_jpeg
-from detector_app.tracking.book import CONFIRM_HITS, Track, TrackBook
+from detector_app.tracking.book import CONFIRM_HITS, LEFT_AFTER_S, Track, TrackBook, TrackEvent
 
 PRE_ROLL_S = 2.0
 POST_ROLL_S = 2.0
@@ -45,6 +45,8 @@ PROGRESS_S = 5.0  # an open sighting's last_seen is written this often (live vie
 STALE_OPEN_S = 60.0  # an open row not updated this long belongs to a process that died: closed at start
 CLIP_WAIT_S = 10.0  # a clip waits at most this long past its post-roll for the packets (a stalled stream)
 QUEUE_SIZE = 256
+STALL_CLOSE_S = LEFT_AFTER_S + 1.0  # no tracked result for this long (wall clock): the stream stalled or its
+#                                     publisher left; open sightings close then, not when frames return
 CONFIRM_MARGIN_S = 2.0  # the ring keeps pre-roll + this while nothing is open: a track is confirmed ~0.3 s
 #                         after its first frame, and inference may lag the decoder by a second on a busy box
 RETENTION_EVERY_S = 600.0
@@ -152,6 +154,8 @@ class SightingRecorder:
         self._progress_at: dict[int, float] = {}
         self._offsets: dict[object, float] = {}  # session → stream_pts − pts
         self._queue: queue.Queue[_Job | None] = queue.Queue(QUEUE_SIZE)
+        self._lock = threading.Lock()  # the book and frames: the inference thread, and the writer on a stall
+        self._last_frame_at = 0.0
         self.dropped = 0
         self._closed = False
         # Started by the first frame: a recorder that never sees one (tracking off) leaves no thread.
@@ -161,6 +165,11 @@ class SightingRecorder:
     def on_frame(self, result: FrameResult, bgr: np.ndarray) -> None:
         if self._worker.ident is None and not self._closed:
             self._worker.start()
+        with self._lock:
+            self._last_frame_at = time.monotonic()
+            self._on_frame(result, bgr)
+
+    def _on_frame(self, result: FrameResult, bgr: np.ndarray) -> None:
         session = result.extra.get("session") if result.extra else None
         if result.pts is not None and result.stream_pts is not None:
             self._offsets[session] = result.stream_pts - result.pts
@@ -175,9 +184,7 @@ class SightingRecorder:
                 self._put(_Job("open", ev.track, self._best.get(ev.track.track_id), self._offsets.get(ev.track.session)))
                 self._progress_at[ev.track.track_id] = now
             elif ev.kind == "left":
-                self._progress_at.pop(ev.track.track_id, None)
-                self._put(_Job("close", ev.track, self._best.pop(ev.track.track_id, None),
-                               self._offsets.get(ev.track.session)))
+                self._put(self._left(ev))
         for t in self._book.tracks:
             if now - self._progress_at.get(t.track_id, now) >= PROGRESS_S:
                 self._progress_at[t.track_id] = now
@@ -185,6 +192,21 @@ class SightingRecorder:
         if len(self._offsets) > 8:  # sessions long over
             for k in list(self._offsets)[:-4]:
                 del self._offsets[k]
+
+    def _left(self, ev: TrackEvent) -> _Job:
+        """The close job of a track that left (lock held)."""
+        self._progress_at.pop(ev.track.track_id, None)
+        return _Job("close", ev.track, self._best.pop(ev.track.track_id, None), self._offsets.get(ev.track.session))
+
+    def _close_stalled(self) -> None:
+        """Writer thread: no tracked result for ``STALL_CLOSE_S``: every open sighting ends at its last frame."""
+        with self._lock:
+            if not self._last_frame_at or time.monotonic() - self._last_frame_at < STALL_CLOSE_S or not self._book.tracks:
+                return
+            events = self._book.close()
+            for ev in events:
+                self._put(self._left(ev))
+        logger.info("sightings: no frames for {:.0f} s, {} open sighting(s) closed", STALL_CLOSE_S, len(events))
 
     def _hold(self, track: Track) -> None:
         """Keep the ring's packets from this sighting's pre-roll on, until its clip is written."""
@@ -226,10 +248,10 @@ class SightingRecorder:
         if self._worker.ident is None:
             return  # never saw a frame: nothing to close
         deadline = time.monotonic() + timeout
-        offsets = dict(self._offsets)
-        for ev in self._book.close():
-            self._put(_Job("close", ev.track, self._best.pop(ev.track.track_id, None), offsets.get(ev.track.session)),
-                      wait=max(0.01, (deadline - time.monotonic()) / 2))
+        with self._lock:
+            jobs = [self._left(ev) for ev in self._book.close()]
+        for job in jobs:  # outside the lock: the writer may need it while it makes room
+            self._put(job, wait=max(0.01, (deadline - time.monotonic()) / 2))
         self.ring.session_ended()
         self._put(None, wait=max(0.1, (deadline - time.monotonic()) / 2))
         self._worker.join(max(0.1, deadline - time.monotonic()))
@@ -261,6 +283,8 @@ class SightingRecorder:
                 for p in due:
                     pending.remove(p)
                     self._write_clip(p)
+                if not stopping:
+                    self._close_stalled()
                 self.sightings.maybe_retain()  # a clock check; deletes every RETENTION_EVERY_S (ages pass idle too)
             except Exception as exc:  # noqa: BLE001 - a full disk must not kill the writer for good
                 logger.warning("sightings: write failed: {}", exc)
