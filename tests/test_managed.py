@@ -9,6 +9,8 @@ import asyncio
 import statistics
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -95,6 +97,31 @@ def test_managed_hls_fallback_when_webrtc_is_refused(media, detector, truth_for,
     print(f"managed HLS: glasses → detection latency {lat}")
     assert len(results) >= 8 * (RUN_S - 6)  # paced like a player: steady ~10/s once playing
     assert lat["p50"] > 1000, lat  # it costs seconds (segments are one 2 s GOP), which is why WHEP is the default
+
+
+def test_managed_dash_manifest_plays(media):
+    """The dashUrl a 3.x SDK waits for is a real live DASH stream of the same video. FFmpeg's own
+    ffprobe judges it: PyAV's wheels carry no DASH demuxer (which is why our fallback is HLS)."""
+    import json
+    import shutil
+    import subprocess
+
+    _, urls = media
+    assert urls.dash_url and urls.dash_url.endswith("/manifest.mpd")
+    ffprobe = shutil.which("ffprobe")
+    assert ffprobe, "ffprobe comes with ffmpeg (scripts/setup.sh)"
+    cmd = [ffprobe, "-v", "error", "-select_streams", "v:0", "-read_intervals", "%+#5", "-count_frames",
+           "-show_entries", "stream=codec_name,width,height,nb_read_frames", "-of", "json", urls.dash_url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    (stream,) = json.loads(out.stdout)["streams"]
+    assert (stream["codec_name"], stream["width"], stream["height"]) == ("h264", 854, 480)
+    assert int(stream["nb_read_frames"]) >= 5
+    base = urls.dash_url.rsplit("/", 1)[0]
+    for bad in ("../index.m3u8", "ffmpeg.log", "index.m3u8"):  # only the manifest and its segments
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{base}/{bad}", timeout=5)
+        assert err.value.code == 404
 
 
 def test_playback_without_webrtc_url_is_hls_and_without_any_is_refused():

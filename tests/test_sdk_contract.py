@@ -32,6 +32,7 @@ import pytest
 
 from detector_app.ingest.addresses import free_port
 from detector_app.mentra.simulator import CloudSimulator, SimEvent
+from detector_app.mentra.simulator.managed_media import ManagedMedia, ManagedUrls
 
 HERE = Path(__file__).parent / "sdk_contract"
 BUN = HERE / "bun" / "node_modules" / ".bin" / "bun"
@@ -147,30 +148,22 @@ def _app_frames(events: list[SimEvent]) -> list[str]:
     return [f for i, f in enumerate(frames) if i == 0 or f != frames[i - 1]]
 
 
-class StubRelay:
-    """A managed-stream media server that serves nothing: the SDK contract checks messages only (the
-    media is tested with the real relay elsewhere). Records what it was asked."""
+class RecordingRelay(ManagedMedia):
+    """The simulator's real managed-stream media (WHEP, HLS and DASH of the glasses' video), recording
+    which streams it was asked to start and stop."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.started: list[str] = []
         self.stopped: list[str] = []
 
-    async def start(self, stream_id: str, video: Path | None) -> Any:
+    async def start(self, stream_id: str, video: Path | None) -> ManagedUrls:
         self.started.append(stream_id)
-
-        @dataclass(frozen=True)
-        class Urls:
-            webrtc_url: str = f"http://127.0.0.1:9/whep/{stream_id}"
-            hls_url: str = f"http://127.0.0.1:9/hls/{stream_id}/index.m3u8"
-            dash_url: str | None = f"http://127.0.0.1:9/dash/{stream_id}/manifest.mpd"
-
-        return Urls()
+        return await super().start(stream_id, video)
 
     async def stop(self, stream_id: str) -> None:
         self.stopped.append(stream_id)
-
-    async def close(self) -> None:
-        pass
+        await super().stop(stream_id)
 
 
 # (line, generation, transport): every line on the generations it is meant for; SRT where the cloud allows it
@@ -197,7 +190,7 @@ def test_official_sdk_full_session(video: Path, tmp_path: Path, version: str, ge
     env = {**os.environ, "PORT": str(app_port), "PACKAGE_NAME": PKG, "MENTRAOS_API_KEY": KEY, "STREAM_URL": stream_url,
            "SDK_DIR": str(line.dir), "LOG_LEVEL": "debug"}
     runtime = [str(BUN), "run"] if line.runtime == "bun" else ["node"]
-    relay = StubRelay()
+    relay = RecordingRelay()
     with log_path.open("w") as log:
         app = subprocess.Popen([*runtime, str(HERE / "apps" / line.app)], cwd=line.dir, env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
@@ -211,6 +204,7 @@ def test_official_sdk_full_session(video: Path, tmp_path: Path, version: str, ge
         _killpg(app)
         if receiver is not None:
             _killpg(receiver)
+        asyncio.run(relay.close())
     app_log = log_path.read_text()
     frames = _app_frames(events)
     print(f"SDK {version} app->cloud frames on generation {generation} ({transport}): {frames}")
@@ -220,7 +214,7 @@ def test_official_sdk_full_session(video: Path, tmp_path: Path, version: str, ge
 
 
 def _check(version: str, generation: str, transport: str, events: list[SimEvent], frames: list[str], app_log: str,
-           stream_url: str, relay: StubRelay) -> None:
+           stream_url: str, relay: RecordingRelay) -> None:
     init = next(e for e in events if e.type == "tpa_connection_init")
     assert init.data["apiKey"] == KEY and init.data["packageName"] == PKG
     webhooks = [(e.type, e.data.get("status")) for e in events if e.direction == "webhook" and e.data["phase"] == "response"]
@@ -247,6 +241,7 @@ def _check(version: str, generation: str, transport: str, events: list[SimEvent]
         active = next(e for e in events if e.type == "managed_stream_status" and e.data["status"] == "active")
         assert relay.started == relay.stopped == [active.data["streamId"]]
         assert "CONTRACT managed_active" in app_log and active.data["hlsUrl"] in app_log  # the SDK resolved with them
+        assert active.data["dashUrl"].endswith(f"/dash/{active.data['streamId']}/manifest.mpd")
         _check_v3_identity(init, events)
         return
     else:
@@ -278,7 +273,7 @@ def _check_v3_identity(init: SimEvent, events: list[SimEvent]) -> None:
     assert next(e for e in events if e.type == "audio_stream_ended").data["bytes"] > 0
 
 
-async def _drive(generation: str, video: Path, app_port: int, relay: StubRelay, *, managed: bool) -> list[SimEvent]:
+async def _drive(generation: str, video: Path, app_port: int, relay: RecordingRelay, *, managed: bool) -> list[SimEvent]:
     async with CloudSimulator(app_url=f"http://127.0.0.1:{app_port}", package_name=PKG, api_key=KEY, video=video,
                               generation=generation, echo=True, managed_media=relay) as sim:
         await sim.start_session(USER, timeout=15)

@@ -1,7 +1,7 @@
 """The simulator's managed-stream media: WHEP and live HLS of the virtual glasses' video.
 
     media = ManagedMedia()                       # its own small HTTP server on 127.0.0.1, started lazily
-    urls = await media.start(stream_id, video)   # ManagedUrls(webrtc_url, hls_url, dash_url=None)
+    urls = await media.start(stream_id, video)   # ManagedUrls(webrtc_url, hls_url, dash_url)
     await media.stop(stream_id); await media.close()
 
 * WHEP (``POST /whep/<id>`` → 201 answer, ``DELETE /whep/<id>/<res>``): each viewer gets an aiortc
@@ -10,6 +10,9 @@
 * HLS (``GET /hls/<id>/index.m3u8``): an ``ffmpeg -re -stream_loop -1 … -c copy -f hls`` child writes
   1 s-target segments into a temp dir (segments are cut on keyframes, so they are one GOP long: 2 s
   for Mentra Live and our fixtures), 4 in the playlist, old ones deleted.
+* DASH (``GET /dash/<id>/manifest.mpd``): the same ffmpeg child also writes a live DASH manifest of the
+  same packets (fMP4 segments, 4 in the window). Nobody here pulls it (our miniapp falls back to HLS),
+  but the real cloud always hands out a ``dashUrl`` and a 3.x SDK's ``startStream()`` waits for it.
 
 Every peer connection and the HTTP server live on the process's one WebRTC loop (``ingest.rtc``);
 the public methods may be awaited from any loop (the simulator's). ``stop`` ends the ffmpeg child
@@ -107,6 +110,7 @@ class ManagedMedia:
             web.post("/whep/{sid}", self._whep_offer),
             web.delete("/whep/{sid}/{res}", self._whep_delete),
             web.get("/hls/{sid}/{name}", self._hls_file),
+            web.get("/dash/{sid}/{name}", self._dash_file),
         ])
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -127,22 +131,27 @@ class ManagedMedia:
                "-i", str(source), "-map", "0:v:0", "-c:v", "copy", "-an", "-f", "hls",
                "-hls_time", str(HLS_TIME_S), "-hls_list_size", str(HLS_LIST_SIZE),
                "-hls_flags", "delete_segments+independent_segments+omit_endlist",
-               "-hls_segment_filename", str(out / "seg%05d.ts"), str(out / "index.m3u8")]
+               "-hls_segment_filename", str(out / "seg%05d.ts"), str(out / "index.m3u8"),
+               "-map", "0:v:0", "-c:v", "copy", "-an", "-f", "dash", "-seg_duration", str(HLS_TIME_S),
+               "-window_size", str(HLS_LIST_SIZE), "-extra_window_size", "2", "-remove_at_exit", "1",
+               "-init_seg_name", "init.m4s", "-media_seg_name", "chunk-$Number%05d$.m4s",
+               str(out / "manifest.mpd")]
         log = out / "ffmpeg.log"  # a file, not a pipe nobody reads (a full pipe would stall ffmpeg)
         with open(log, "wb") as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                     start_new_session=True, preexec_fn=die_with_parent)
         stream = self._streams[stream_id] = _Stream(stream_id, source, out, proc)
         deadline = time.monotonic() + PLAYLIST_WAIT_S
-        while not (out / "index.m3u8").exists():  # "active" means a player can start now
+        while not ((out / "index.m3u8").exists() and (out / "manifest.mpd").exists()):  # a player can start now
             if proc.poll() is not None or time.monotonic() > deadline:
                 why = log.read_text(errors="replace").strip()[-300:] or f"no playlist within {PLAYLIST_WAIT_S:.0f} s"
                 await self._stop(stream_id)
                 raise RuntimeError(f"HLS packager did not start: {why}")
             await asyncio.sleep(0.1)
-        logger.info("managed stream {}: WHEP + HLS of {} on {}", stream_id, stream.video.name, self.base_url())
+        logger.info("managed stream {}: WHEP, HLS and DASH of {} on {}", stream_id, stream.video.name, self.base_url())
         return ManagedUrls(webrtc_url=f"{self.base_url()}/whep/{stream_id}",
-                           hls_url=f"{self.base_url()}/hls/{stream_id}/index.m3u8")
+                           hls_url=f"{self.base_url()}/hls/{stream_id}/index.m3u8",
+                           dash_url=f"{self.base_url()}/dash/{stream_id}/manifest.mpd")
 
     async def _pattern(self) -> Path:
         """No video configured: a short H.264 test pattern, made once (looped like any file)."""
@@ -233,9 +242,16 @@ class ManagedMedia:
         return web.Response(status=200)
 
     async def _hls_file(self, request: web.Request) -> web.StreamResponse:
+        return self._packaged_file(request, "index.m3u8", ".ts")
+
+    async def _dash_file(self, request: web.Request) -> web.StreamResponse:
+        return self._packaged_file(request, "manifest.mpd", ".m4s")
+
+    def _packaged_file(self, request: web.Request, manifest: str, segment_suffix: str) -> web.StreamResponse:
+        """One of ffmpeg's outputs by name: only its manifest and segments, never another path."""
         stream = self._streams.get(request.match_info["sid"])
         name = request.match_info["name"]
-        if stream is None or "/" in name or not (name == "index.m3u8" or name.endswith(".ts")):
+        if stream is None or "/" in name or not (name == manifest or name.endswith(segment_suffix)):
             return web.Response(status=404)
         path = stream.dir / name
         if not path.is_file():
