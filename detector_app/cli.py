@@ -520,7 +520,8 @@ def serve(
                              service.sightings.store if service.sightings is not None else None)
         if viewer is not None:
             closers.insert(0, viewer.stop)
-        if mode == "nginx":  # start it now: a taken port or a bad nginx ends here with one line (exit 2)
+        if mode == "nginx" and settings.ingest_protocol == "rtmp":  # start it now: a taken port or a bad
+            # nginx ends here with one line (exit 2); SRT, WHIP and managed streams never use it
             from detector_app.mentra.app import ingest_hook_url
 
             service.attach_hooks(ingest_hook_url(settings.host, settings.port))
