@@ -25,7 +25,7 @@ from detector_app.detection.types import FrameResult
 from detector_app.ingest.base import VideoSource
 from detector_app.procs import name_os_thread
 from detector_app.stats import RunStats
-from detector_app.tracking.tracker import Tracker
+from detector_app.tracking.tracker import Tracker, TrackerConfig
 from detector_app.video.convert import to_bgr
 from detector_app.video.decoder import DecodedFrame, DecodeThread, PacketTap
 from detector_app.video.health import HealthMeter, StreamHealth
@@ -64,7 +64,8 @@ class Pipeline:
     ) -> None:
         self.source = source
         # One tracker per pipeline = per stream; it resets itself on a new publisher session.
-        self.tracker: Tracker | None = Tracker(fps=fps) if track else None
+        floor = getattr(getattr(detector, "cfg", None), "conf", None)  # boxes under it never reach us
+        self.tracker: Tracker | None = Tracker(fps, TrackerConfig.for_floor(floor)) if track else None
         self.recorder = recorder if track else None  # sightings are tracks: nothing to record untracked
         self.frame_probe = frame_probe  # e.g. read the fixture's frame counter into result.extra
         self.detector = detector

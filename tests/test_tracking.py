@@ -22,6 +22,7 @@ from detector_app.tracking import (
     Track,
     TrackBook,
     Tracker,
+    TrackerConfig,
     side_of,
 )
 from detector_app.tracking.book import MAX_TRACKS
@@ -108,13 +109,14 @@ def test_tracker_memory_is_bounded():
     assert tr.live_tracks <= 25 and len(tr._seen) <= 40 and len(tr._by_label) <= 1
 
 
-def test_low_confidence_boxes_extend_tracks_but_never_start_one():
-    tr = Tracker(fps=FPS)
+def test_any_box_from_the_detector_floor_up_may_start_a_track():
+    tr = Tracker(fps=FPS)  # default floor 0.35 (the detector's default conf)
     weak = [tr.update([det(100 + 5 * i, conf=0.3)], i / FPS, session=1)[0].track_id for i in range(10)]
     assert weak == [None] * 10
-    ids = walk(tr, range(10, 20), 100, 5)
-    dip = [tr.update([det(100 + 5 * i, conf=0.4)], i / FPS, session=1)[0].track_id for i in range(20, 25)]
-    assert set(ids[1:]) == set(dip) == {1}
+    distant = [tr.update([det(400 + 5 * i, conf=0.4)], i / FPS, session=1)[0].track_id for i in range(10, 20)]
+    assert set(distant[1:]) == {1}, "a cat the model scores 0.4 is still a tracked cat"
+    low = Tracker(fps=FPS, config=TrackerConfig.for_floor(0.2))  # detect --conf 0.2
+    assert [low.update([det(100, conf=0.3)], i / FPS, session=1)[0].track_id for i in range(3)] == [None, 1, 1]
 
 
 # ------------------------------------------------------------------------------------ book
@@ -156,12 +158,13 @@ def test_one_spurious_box_never_becomes_an_animal():
     assert events == [] and book.tracks == ()
 
 
-def test_a_second_box_on_a_known_animal_is_not_a_second_animal():
-    book = TrackBook()
-    for i in range(10):
-        dets = [det(300, tid=1)] + ([det(305, w=195, tid=2)] if i >= 3 else [])  # a double box on the cat
-        book.update(result(i, *dets))
-    assert [t.track_id for t in book.tracks] == [1]
+def test_a_second_box_on_a_tracked_animal_never_gets_an_id():
+    tr = Tracker(fps=FPS)
+    got = []
+    for i in range(30):  # a cat, and from the 4th sample on a box on its head (inside the cat's box)
+        dets = [det(100 + 4 * i)] + ([det(110 + 4 * i, conf=0.6, w=120, h=100)] if i >= 3 else [])
+        got.append([d.track_id for d in tr.update(dets, i / FPS, session=1)])
+    assert all(ids[0] == 1 for ids in got[1:]) and all(ids[1:] == [None] for ids in got[3:]), got
 
 
 def test_side_hysteresis_a_box_jittering_on_a_boundary_does_not_flip():

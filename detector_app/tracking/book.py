@@ -38,7 +38,6 @@ from detector_app.detection.types import Box, Detection, FrameResult
 CONFIRM_HITS = 3  # sampled frames with one track_id before it counts (0.3 s at 10 FPS)
 LEFT_AFTER_S = 3.0  # unseen this long → "left" (> the tracker's 2 s buffer)
 SIDE_HYSTERESIS = 0.05  # a side changes only this far (fraction of frame width) past a third's boundary
-DUPLICATE_IOU = 0.6  # an unconfirmed box this much on a confirmed one of its kind is a double box, not an animal
 MAX_TRACKS = 64
 SIDES = ("left", "centre", "right")
 
@@ -117,11 +116,10 @@ class TrackBook:
         elif self._now is not None and now < self._now - 1.0:
             events += self.close()  # time went back without a session change: the clock restarted
         self._now = now
-        confirmed_boxes = [t for t in self._tracks.values() if t.confirmed]
         for det in result.detections:
             if det.track_id is None:
                 continue
-            events += self._observe(det, result, now, confirmed_boxes)
+            events += self._observe(det, result, now)
         events += self.expire(now)
         return events
 
@@ -142,7 +140,7 @@ class TrackBook:
 
     # ---------------------------------------------------------------- internals
 
-    def _observe(self, det: Detection, result: FrameResult, now: float, confirmed: list[Track]) -> list[TrackEvent]:
+    def _observe(self, det: Detection, result: FrameResult, now: float) -> list[TrackEvent]:
         tid = det.track_id
         assert tid is not None
         old = self._tracks.get(tid)
@@ -165,10 +163,6 @@ class TrackBook:
                 **({"best_confidence": det.confidence, "best_box": det.box, "best_seq": result.seq,
                     "best_frame_index": result.frame_index, "best_pts": result.pts} if best else {}),
             )
-        if not track.confirmed and any(
-            c.label == det.label and c.track_id != tid and c.box.iou(det.box) >= DUPLICATE_IOU for c in confirmed
-        ):
-            track = replace(track, hits=old.hits if old else 0)  # a second box on a known animal: no credit
         self._seen_at[tid] = now
         if not track.confirmed and track.hits >= self.confirm_hits:
             track = replace(track, confirmed=True)

@@ -10,7 +10,11 @@ One ByteTrack per label: a cat box can never take a horse's id. Ids come from on
 :class:`Tracker` (one per stream), so they stay unique for the stream's whole life, also across
 publisher sessions (a reconnect resets the trackers, never the counter). A detection gets
 ``track_id`` once its track has matched in ``min_frames`` consecutive sampled frames; before that
-(and for low-confidence boxes matching nothing) ``track_id`` stays ``None``.
+(and for low-confidence boxes matching nothing) ``track_id`` stays ``None``. A new track whose box
+lies mostly inside (``DUPLICATE_OVERLAP``) a tracked animal's box in the same frame is a second box on
+that animal (a head box, an NMS leftover) and is dropped before it gets an id; one on top of a
+tracked animal that went unmatched (ByteTrack gave the animal's track to the second box) takes over
+that animal's id.
 
 Re-linking: ByteTrack re-finds a lost animal only where its motion model predicts it. One that
 walks out of the frame and comes back the way it left, or that stops behind cover, would come back
@@ -45,26 +49,34 @@ RELINK_S = LEFT_AFTER_S  # a new track may take over an id lost less than this a
 RELINK_AFTER_S = 0.5  # …but more than this (an id missed for a sample or two still belongs to its animal)…
 RELINK_SIZE = 3.0  # …if neither box is more than this many times the other's area…
 RELINK_REACH = 1.5  # …and its centre is within this many box sizes of where the old one was last seen
+DUPLICATE_OVERLAP = 0.7  # a new track this much inside a tracked one of its label is a second box on it
 
 
 @dataclass(frozen=True, slots=True)
 class TrackerConfig:
-    """ByteTrack settings for our detectors' confidence range (detector ``conf`` default 0.35).
+    """ByteTrack settings for our detectors' confidence range.
 
-    ``activation``: a box starts a track only from this confidence (the detector's own floor, so
-    every kept box may start one). ``high_conf``: ByteTrack's first-stage split; boxes between the
-    detector floor and this only extend existing tracks (the second stage that revives a briefly
-    occluded animal seen with a weak score). ``min_iou``: low, because at 10 FPS a walking animal
-    moves a good part of its width between samples and the Kalman prediction is not exact.
+    ``activation`` and ``high_conf`` are both the detector's floor (its ``conf``, default 0.35): the
+    library starts tracks only from first-stage ("high") boxes, and every box we report must be able
+    to become a tracked animal (real yolo11n often scores a distant cat 0.35–0.5). Spurious boxes
+    that start a track are kept off the glasses by the track book's confirmation, not here. The
+    library's low-score second stage would only see boxes under our floor, which the detector drops.
+    ``min_iou``: low, because at 10 FPS a walking animal moves a good part of its width between
+    samples and the Kalman prediction is not exact.
     """
 
     fps: float = DEFAULT_FPS
     buffer_s: float = BUFFER_S
     activation: float = 0.35
-    high_conf: float = 0.5
+    high_conf: float = 0.35
     min_iou: float = 0.1
     min_frames: int = 2
     relink_s: float = RELINK_S
+
+    @classmethod
+    def for_floor(cls, conf: float | None, fps: float = DEFAULT_FPS) -> TrackerConfig:
+        """Settings for a detector that drops boxes under ``conf`` (None: the default floor)."""
+        return cls(fps=fps) if conf is None else cls(fps=fps, activation=conf, high_conf=conf)
 
 
 class Tracker:
@@ -152,10 +164,15 @@ class Tracker:
             warnings.simplefilter("ignore", UserWarning)  # timestamps are already made increasing above
             tracked = trk.update(sv_dets, timestamp=timestamp)
         ids: list[int | None] = [None] * n
-        if len(tracked):
-            for k, local in zip(tracked.data["index"], tracked.tracker_id, strict=True):
-                if local >= 0:
-                    ids[int(k)] = self._global_id(trk, label, int(local), sv_dets.xyxy[int(k)], timestamp)
+        matched = [(int(k), int(local)) for k, local in zip(tracked.data["index"], tracked.tracker_id, strict=True)
+                   if local >= 0] if len(tracked) else []
+        known = [sv_dets.xyxy[k] for k, local in matched if (label, local) in self._ids]
+        for k, local in sorted(matched, key=lambda m: (label, m[1]) not in self._ids):  # known ids first
+            box = sv_dets.xyxy[k]
+            if (label, local) not in self._ids and any(_overlap(box, b) >= DUPLICATE_OVERLAP for b in known):
+                trk.tracks = [t for t in trk.tracks if t.tracker_id != local]  # a second box on a tracked animal
+                continue
+            ids[k] = self._global_id(trk, label, local, box, timestamp)
         alive = {(label, t.tracker_id) for t in trk.tracks if t.tracker_id >= 0}
         for key in [k for k in self._ids if k[0] == label and k not in alive]:
             del self._ids[key]  # bounded: only tracks ByteTrack still keeps have a mapping
@@ -167,12 +184,25 @@ class Tracker:
         key = (label, local)
         tid = self._ids.get(key)
         if tid is None:
-            tid = self._relink(trk, label, box, ts)
+            tid = self._take_over(trk, label, box)
+            if tid is None:
+                tid = self._relink(trk, label, box, ts)
             if tid is None:
                 tid, self._next_id = self._next_id, self._next_id + 1
             self._ids[key] = tid
         self._seen[tid] = (label, box.copy(), ts)
         return tid
+
+    def _take_over(self, trk: ByteTrackTracker, label: str, box: np.ndarray) -> int | None:
+        """A new track on top of a tracked animal unmatched this frame is that animal (ByteTrack gave its
+        box to a second box nearby, and started a track for the animal): the new track takes its id."""
+        for t in trk.tracks:
+            tid = self._ids.get((label, t.tracker_id))
+            if tid is not None and t.time_since_update > 0 and _overlap(box, t.get_state_bbox()) >= DUPLICATE_OVERLAP:
+                del self._ids[(label, t.tracker_id)]
+                trk.tracks = [o for o in trk.tracks if o is not t]
+                return tid
+        return None
 
     def _relink(self, trk: ByteTrackTracker, label: str, box: np.ndarray, ts: float) -> int | None:
         """The id of a lost track of ``label`` this new one continues (see module doc), or None."""
@@ -200,3 +230,10 @@ class Tracker:
 
 def _area(b: np.ndarray) -> float:
     return float(max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]))
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over the smaller box: 1.0 when one box lies inside the other."""
+    inter = _area(np.array([max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])]))
+    small = min(_area(a), _area(b))
+    return inter / small if small > 0 else 0.0
