@@ -467,11 +467,11 @@ def serve(
     web_port: Annotated[int | None, typer.Option("--web-port", help="Live web viewer port, e.g. 8080 (env WEB_PORT; 0 = off, the default): every wearer's stream, health and sightings.")] = None,
     web_host: Annotated[str | None, typer.Option("--web-host", help="Viewer address (env WEB_HOST, default 127.0.0.1); anything else needs the token (WEB_TOKEN, or printed).")] = None,
     headless: HeadlessOpt = False,
-    sightings: SightingsOpt = None,
-    sightings_db: SightingsDbOpt = None,
-    data_dir: DataDirOpt = None,
-    keep_days: KeepDaysOpt = 30.0,
-    keep_mb: KeepMbOpt = 2048.0,
+    sightings: Annotated[bool | None, typer.Option("--sightings/--no-sightings", help="Record sightings (env SIGHTINGS, default on).")] = None,
+    sightings_db: Annotated[Path | None, typer.Option("--sightings-db", help="The sightings database (env SIGHTINGS_DB; default DATA_DIR/sightings.db).")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Where sightings live (env DATA_DIR; default ~/.local/share/detector-app).")] = None,
+    keep_days: Annotated[float | None, typer.Option("--keep-days", min=0.0, help="Delete sightings older than this (env SIGHTINGS_KEEP_DAYS, default 30; 0 = no limit).")] = None,
+    keep_mb: Annotated[float | None, typer.Option("--keep-mb", min=0.0, help="Thumbnails + clips above this many MB: the oldest go (env SIGHTINGS_MAX_MB, default 2048; 0 = no limit).")] = None,
     log_level: LogOpt = "INFO",
 ) -> None:
     """The MentraOS miniapp: answers the cloud's webhook, asks the glasses for an unmanaged stream to
@@ -485,7 +485,8 @@ def serve(
     overrides = {k: v for k, v in {
         "port": port, "ingest_protocol": protocol.value if protocol else None,
         "ingest_host": ingest_host, "ingest_port": ingest_port, "ingest": ingest, "web_port": web_port,
-        "web_host": web_host,
+        "web_host": web_host, "sightings": sightings, "sightings_db": sightings_db, "data_dir": data_dir,
+        "sightings_keep_days": keep_days, "sightings_max_mb": keep_mb,
     }.items() if v is not None}
     if cloud_protocol is not None:
         overrides["cloud_protocol"] = cloud_protocol.value
@@ -512,7 +513,8 @@ def serve(
                                                  mode=mode, track=settings.track))  # type: ignore[arg-type]
     sinks, closers = _sinks(out, feed_port, {"model": det.description, "source": "glasses"})
     service.sinks.extend(sinks)
-    service.sightings = _sightings(sightings, sightings_db, data_dir, keep_days, keep_mb, default_on=True)
+    service.sightings = _sightings(settings.sightings, settings.sightings_db, settings.data_dir,  # env or .env too
+                                   settings.sightings_keep_days, settings.sightings_max_mb, default_on=True)
     if service.sightings is not None:
         closers.append(service.sightings.close)  # after service.close(): every stream's recorder has finished
     try:  # the miniapp's loop in a thread; the main thread shows the newest glasses stream (or waits)

@@ -7,6 +7,7 @@ are masked, so logging the settings object can never leak it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -88,6 +89,16 @@ class MentraSettings(BaseSettings):
                           description="Live web viewer port (0 = off).")
     web_host: str = Field("127.0.0.1", validation_alias=AliasChoices("web_host", "WEB_HOST"),
                           description="Viewer address; anything but loopback needs the token (WEB_TOKEN or printed).")
+    # Sightings (detector_app.sightings): on by default for serve; the database under DATA_DIR unless SIGHTINGS_DB.
+    sightings: bool = Field(True, validation_alias=AliasChoices("sightings", "SIGHTINGS"),
+                            description="Record every tracked animal: a row, a best-frame thumbnail, a clip.")
+    sightings_db: Path | None = Field(None, validation_alias=AliasChoices("sightings_db", "SIGHTINGS_DB"))
+    data_dir: Path | None = Field(None, validation_alias=AliasChoices("data_dir", "DATA_DIR"),
+                                  description="Default ~/.local/share/detector-app ($XDG_DATA_HOME).")
+    sightings_keep_days: float = Field(30.0, ge=0, validation_alias=AliasChoices("sightings_keep_days", "SIGHTINGS_KEEP_DAYS"),
+                                       description="Delete sightings older than this (0 = no age limit).")
+    sightings_max_mb: float = Field(2048.0, ge=0, validation_alias=AliasChoices("sightings_max_mb", "SIGHTINGS_MAX_MB"),
+                                    description="Thumbnails + clips above this many MB: the oldest go (0 = no limit).")
 
     @field_validator("ws_allowlist", mode="before")
     @classmethod
