@@ -24,7 +24,7 @@ from detector_app.sightings.packets import PacketRing
 from detector_app.sightings.recorder import NO_PACKETS, Sightings, SightingsConfig
 from detector_app.sightings.store import Sighting, SightingStore
 
-from .conftest import MODEL, ROOT, serve_env, wait_healthy
+from .conftest import MODEL, ROOT, need, serve_env, wait_healthy
 
 FPS = 15.0
 IN_VIEW = 0.3  # truth: an animal counts as in view from a third of it in the frame
@@ -288,6 +288,32 @@ def test_replay_kill_9_mid_session_keeps_every_closed_sighting(fixture_videos, t
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
     check_after_kill(db, video, "rtmp replay")
+
+
+def test_srt_replay_clips_are_h264_mp4_from_mpeg_ts(fixture_videos, detector, tmp_path):
+    """Over SRT the packets are MPEG-TS's Annex-B access units: the clip still opens as H.264 MP4 from 0,
+    decodes every frame, and holds the sighting; the stream ends before the track leaves, so it closes then."""
+    from detector_app.commands.replay import replay
+
+    need("srt-live-transmit", "apt-get install srt-tools")
+    video = tmp_path / "cat_8s.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(fixture_videos["cat_returns_480p15"]), "-t", "8", "-c", "copy",
+                    str(video)], check=True, timeout=60)
+    sightings = Sightings(SightingsConfig(db=tmp_path / "s.db"))
+    summary = replay(video, detector, protocol="srt", recorder=sightings.recorder())
+    assert not summary.errors, summary.errors
+    (s,) = sightings.store.list()
+    (first, last), _ = expected_sightings(fixture_videos["cat_returns_480p15"])
+    assert s.status == "closed" and abs(s.first_pts - first) <= TOLERANCE_S and abs(s.last_pts - last) <= TOLERANCE_S, s
+    with av.open(str(sightings.store.clip_path(s))) as c:
+        vs = c.streams.video[0]
+        assert vs.codec_context.name == "h264" and vs.start_time == 0
+        n = sum(1 for p in c.demux(vs) if p.size)
+        c.seek(0)
+        assert sum(1 for _ in c.decode(vs)) == n >= (s.last_pts - s.first_pts) * FPS
+    assert s.clip_start_pts <= max(0.0, s.first_pts - 2.0) + 1e-3 and s.clip_end_pts >= 7.8
+    check_thumbnail(sightings.store, s, frame_at(video, s.best_pts))
+    sightings.close()
 
 
 # -- without packets (decoded-frame sources) --------------------------------------------------------
