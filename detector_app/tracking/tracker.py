@@ -10,8 +10,7 @@ One ByteTrack per label: a cat box can never take a horse's id. Ids come from on
 :class:`Tracker` (one per stream), so they stay unique for the stream's whole life, also across
 publisher sessions (a reconnect resets the trackers, never the counter). A detection gets
 ``track_id`` once its track has matched in ``min_frames`` consecutive sampled frames; before that
-(and for low-confidence boxes matching nothing) ``track_id`` stays ``None``. A new track whose box
-lies mostly inside (``DUPLICATE_OVERLAP``) a tracked animal's box in the same frame is a second box on
+``track_id`` stays ``None``. A new track whose box lies mostly inside (``DUPLICATE_OVERLAP``) a tracked animal's box in the same frame is a second box on
 that animal (a head box, an NMS leftover) and is dropped before it gets an id; one on top of a
 tracked animal that went unmatched (ByteTrack gave the animal's track to the second box) takes over
 that animal's id.
@@ -19,9 +18,9 @@ that animal's id.
 Re-linking: ByteTrack re-finds a lost animal only where its motion model predicts it. One that
 walks out of the frame and comes back the way it left, or that stops behind cover, would come back
 as a new track. So a newly confirmed track takes over the id of a track of its label that was lost
-between ``RELINK_AFTER_S`` and ``RELINK_S`` ago, about its size and near where it was last seen. ``RELINK_S`` equals the
-track book's ``LEFT_AFTER_S``: an animal back within it is the same track (and sighting), one gone
-longer is a new one.
+between ``RELINK_AFTER_S`` and ``RELINK_S`` ago, about its size and near where it was last seen.
+``RELINK_S`` equals the track book's ``LEFT_AFTER_S``: an animal back within it is the same track
+(and sighting), one gone longer is a new one.
 
 No threads: ``update`` runs on the inference thread, right after the detector. The library (with
 supervision and scipy: ~70 MB and ~1.5 s to import) is loaded by the first ``Tracker``, so a
