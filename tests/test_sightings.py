@@ -143,6 +143,7 @@ def offline(fixture_videos, detector, tmp_path_factory):
         store.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["two_cats_480p15", "cat_returns_480p15"])
 def test_file_sightings_match_the_animals(offline, name):
     store, video = offline[name]
@@ -159,6 +160,7 @@ def test_file_sightings_match_the_animals(offline, name):
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+@pytest.mark.slow
 def test_a_sighting_longer_than_the_ring_keeps_its_end_and_says_so(fixture_videos, detector, tmp_path):
     from detector_app.commands.replay import detect_source
     from detector_app.ingest.url import UrlSource
@@ -173,6 +175,7 @@ def test_a_sighting_longer_than_the_ring_keeps_its_end_and_says_so(fixture_video
     sightings.close()
 
 
+@pytest.mark.slow
 def test_store_api_pages_filters_and_counts_changes(offline):
     store, _ = offline["cat_returns_480p15"]
     rows = store.list()
@@ -220,6 +223,7 @@ def check_after_kill(db: Path, video: Path, stream: str) -> None:
         store.close()
 
 
+@pytest.mark.slow
 def test_serve_kill_9_mid_session_keeps_every_closed_sighting(fixture_videos, tmp_path):
     """The real ``serve`` (real model, nginx-rtmp ingest) with a simulated Mentra Live session: once the cat's
     first sighting is closed with its clip and its second is open, serve is SIGKILLed; the database opens
@@ -265,6 +269,7 @@ def test_serve_kill_9_mid_session_keeps_every_closed_sighting(fixture_videos, tm
     check_after_kill(db, video, "rtmp://")
 
 
+@pytest.mark.slow
 def test_replay_kill_9_mid_session_keeps_every_closed_sighting(fixture_videos, tmp_path):
     """``replay`` (real RTMP ingest, ffmpeg publisher in real time) records into a database; once the cat's
     first sighting is closed with its clip and its second (after ~4 s away) is open, the process is SIGKILLed:
@@ -290,6 +295,7 @@ def test_replay_kill_9_mid_session_keeps_every_closed_sighting(fixture_videos, t
     check_after_kill(db, video, "rtmp replay")
 
 
+@pytest.mark.slow
 def test_srt_replay_clips_are_h264_mp4_from_mpeg_ts(fixture_videos, detector, tmp_path):
     """Over SRT the packets are MPEG-TS's Annex-B access units: the clip still opens as H.264 MP4 from 0,
     decodes every frame, and holds the sighting; the stream ends before the track leaves, so it closes then."""
@@ -512,6 +518,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=60, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_cli_list_and_export(offline, tmp_path):
     store, _ = offline["two_cats_480p15"]
     db = str(store.path)
