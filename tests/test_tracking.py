@@ -331,3 +331,15 @@ def test_a_new_cat_next_to_a_briefly_missed_one_does_not_steal_its_id():
         ids.append([d.track_id for d in tr.update([det(100 + 4 * i + 230)], i / FPS, session=1)])
     ids.append([d.track_id for d in tr.update([det(100 + 4 * 26), det(100 + 4 * 26 + 230)], 2.6, session=1)])
     assert ids[-1] == [1, 2], ids
+
+
+def test_overlay_tags_a_tracked_box_with_its_id():
+    import numpy as np
+
+    from detector_app.outputs.overlay import draw_detections
+
+    plain, tagged = (np.zeros((H, W, 3), np.uint8) for _ in range(2))
+    draw_detections(plain, [det(300)])
+    draw_detections(tagged, [det(300, tid=12)])
+    tag_row = slice(130, 150)  # the filled tag above the box top (y = 150)
+    assert (tagged[tag_row] > 0).any(axis=2).sum() > (plain[tag_row] > 0).any(axis=2).sum()  # "cat #12 0.90" is wider
