@@ -26,6 +26,7 @@ from loguru import logger
 
 DEFAULT_MAX_SECONDS = 90.0  # a sighting longer than ~85 s keeps the last 90 s in its clip (noted in its row)
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024  # ~170 s at Mentra Live's 1.5 Mbit/s: the duration bound usually wins
+MAX_HOLDS = 256  # open sightings of one stream (the tracker keeps far fewer)
 RESTART_S = 1.0  # the raw clock jumping back by more: a new publisher behind the same socket (SessionClock)
 
 
@@ -204,6 +205,8 @@ class PacketRing:
         """Keep ``session``'s packets from raw time ``t`` (within the budget) until ``release(key)``."""
         with self._lock:
             self._holds[key] = (session, t)
+            while len(self._holds) > MAX_HOLDS:  # a release lost with a dropped event: the oldest go
+                del self._holds[next(iter(self._holds))]
 
     def release(self, key: object) -> None:
         with self._lock:

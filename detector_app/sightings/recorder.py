@@ -45,6 +45,7 @@ PROGRESS_S = 5.0  # an open sighting's last_seen is written this often (live vie
 STALE_OPEN_S = 60.0  # an open row not updated this long belongs to a process that died: closed at start
 CLIP_WAIT_S = 10.0  # a clip waits at most this long past its post-roll for the packets (a stalled stream)
 QUEUE_SIZE = 256
+MAX_OPEN_ROWS = 1024  # the writer's track id → row map (entries leave when their sighting closes)
 STALL_CLOSE_S = LEFT_AFTER_S + 1.0  # no tracked result for this long (wall clock): the stream stalled or its
 #                                     publisher left; open sightings close then, not when frames return
 CONFIRM_MARGIN_S = 2.0  # the ring keeps pre-roll + this while nothing is open: a track is confirmed ~0.3 s
@@ -299,6 +300,8 @@ class SightingRecorder:
             row = self.store.insert(stream=t.source, session=int(t.session or 0), track_id=t.track_id, label=t.label,
                                     first_seen=t.first_seen, first_pts=t.first_pts, **fields)
             rows[t.track_id] = row
+            while len(rows) > MAX_OPEN_ROWS:  # closes lost to a full queue: forget the oldest
+                del rows[next(iter(rows))]
         elif job.kind != "open":
             self.store.update(row, **fields)
         stem = f"{time.strftime('%Y-%m-%d', time.gmtime(t.first_seen))}/{row:06d}-{t.label.replace(' ', '_')}"
