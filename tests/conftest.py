@@ -33,6 +33,19 @@ def pytest_configure(config: pytest.Config) -> None:
     setup_logging(os.environ.get("TEST_LOG_LEVEL", "WARNING"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_data_home(tmp_path_factory: pytest.TempPathFactory):
+    """Sightings default to ``$XDG_DATA_HOME/detector-app``: point it at a temporary directory for the whole
+    session (children inherit it), so no test (demo, detect, the browser test) writes the user's own data."""
+    old = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = old
+
+
 def serve_env(port: int, api_key: str, package: str) -> dict[str, str]:
     """Environment for a real ``detector-app serve`` child on loopback: its webhook port, its own ingest port
     (nginx-rtmp where installed, so several serves can run side by side), loopback-only WebSocket hosts,
