@@ -49,6 +49,18 @@ if ! "$TRITON_VENV/bin/python" -c 'import pytriton, onnxruntime' >/dev/null 2>&1
     || say "WARNING: the Triton environment could not be installed; inference-server and its tests are unavailable"
 fi
 
+# The official @mentra/sdk lines the contract test runs (one pinned install each) and Bun for the 3.x
+# lines, all from the npm registry (tests/test_sdk_contract.py; without npm those tests skip and say why).
+if command -v npm >/dev/null 2>&1; then
+  say "installing the @mentra/sdk lines and Bun for the SDK contract test (tests/sdk_contract)"
+  for dir in tests/sdk_contract/sdk-* tests/sdk_contract/bun; do
+    [ -d "$dir/node_modules" ] && [ "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ] && continue
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || say "WARNING: npm ci failed in $dir"
+  done
+else
+  say "npm not found: the official-SDK contract tests will be skipped (install nodejs and npm)"
+fi
+
 say "composing the offline fixture videos (data/fixtures)"
 "$VENV/bin/detector-app" fixtures --out-dir data/fixtures >/dev/null
 
