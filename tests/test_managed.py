@@ -130,3 +130,37 @@ def test_playback_without_webrtc_url_is_hls_and_without_any_is_refused():
     assert open_playback_source(None, "http://127.0.0.1:9/hls/x/index.m3u8").transport == "hls"
     with pytest.raises(UserError):
         open_playback_source(None, None)
+
+
+@pytest.mark.parametrize("answer", ["v=0\r\nm=video x y z\r\n", "not sdp at all"])
+def test_whep_answer_aiortc_refuses_is_one_failed_attempt(answer):
+    """A playback server that answers 201 with an SDP aiortc cannot take (AssertionError, ValueError…
+    inside aiortc) is a ``WhepError`` (retry, or fall back to HLS), not a crash of the decode thread."""
+    from aiohttp import web
+
+    from detector_app.ingest.rtc import RtcLoop
+    from detector_app.ingest.whep import WhepError, WhepSource
+
+    async def offer(request: web.Request) -> web.Response:
+        await request.text()
+        return web.Response(status=201, text=answer, content_type="application/sdp")
+
+    rtc = RtcLoop.get()
+    app = web.Application()
+    app.router.add_post("/whep", offer)
+    runner = web.AppRunner(app, access_log=None)
+
+    async def start() -> int:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return runner.addresses[0][1]
+
+    port = rtc.run(start(), 5.0)
+    source = WhepSource(f"http://127.0.0.1:{port}/whep", connect_timeout_s=3.0)
+    try:
+        with pytest.raises(WhepError):
+            source.connect(threading.Event())
+    finally:
+        source.close()
+        rtc.run(runner.cleanup(), 5.0)

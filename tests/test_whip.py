@@ -179,10 +179,18 @@ def test_whip_through_the_miniapp_and_simulated_glasses(detector, fixture_videos
     asyncio.run(main())
 
 
+_OFFER_HEAD = ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+               "c=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=rtcp-mux\r\na=ice-ufrag:abcd\r\n"
+               "a=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 00:11\r\n")
+
+
 @pytest.mark.parametrize("key, content_type, body, status", [
     ("wrong-key-0123456789", "application/sdp", "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", 404),  # key first
     ("KEY", "text/plain", "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", 415),
     ("KEY", "application/sdp; charset=utf-8", "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", 400),
+    ("KEY", "application/sdp", "v=0\r\nm=video x y z\r\n", 400),  # aiortc: AssertionError
+    ("KEY", "application/sdp", _OFFER_HEAD + "a=rtpmap:96 AV1/90000\r\n", 400),  # no codec we take: OperationError
+    ("KEY", "application/sdp", _OFFER_HEAD + "a=rtpmap:96 H264/90000\r\na=setup:bogus\r\n", 400),  # KeyError
 ])
 def test_whip_ingest_decisions_need_no_http(key, content_type, body, status):
     """The endpoint's decisions are plain calls (``WhipIngest``), no socket: refusals never reach aiortc."""

@@ -94,9 +94,13 @@ class WhepSource:
                 if "Location" in r.headers:
                     location.append(urljoin(self.url, r.headers["Location"]))
             await pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+        except WhepError:
             await pc.close()
-            raise WhepError(f"{self.name}: {exc or type(exc).__name__}") from exc
+            raise
+        except Exception as exc:  # noqa: BLE001 - unreachable (ClientError, OSError, timeout) or an answer aiortc
+            #                        refuses (ValueError, OperationError, KeyError, AssertionError): one attempt failed
+            await pc.close()
+            raise WhepError(f"{self.name}: {str(exc) or type(exc).__name__}") from exc
         except BaseException:
             await pc.close()
             raise

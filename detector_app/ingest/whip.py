@@ -159,9 +159,11 @@ class WhipIngest:
             return WhipReply(400, "the offer has no video\n")
         try:
             session, answer = await self.rtc.call(asyncio.wait_for(self._answer(source, sdp), OFFER_TIMEOUT_S))
-        except (ValueError, asyncio.TimeoutError) as exc:
-            logger.warning("{}: bad WHIP offer: {}", source.name, exc or "timeout")
-            return WhipReply(400, f"cannot answer this offer: {exc}\n")
+        except Exception as exc:  # noqa: BLE001 - aiortc refuses a bad offer with ValueError, OperationError,
+            #                        KeyError (a=setup:bogus), AssertionError (a bad m= or candidate line): all 400
+            why = "no answer in time" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
+            logger.warning("{}: bad WHIP offer: {}", source.name, why)
+            return WhipReply(400, f"cannot answer this offer: {why}\n")
         resource = secrets.token_urlsafe(12)
         for old in source._offer_session(session, resource):
             logger.info("{}: a new publisher replaces the live one", source.name)
