@@ -242,3 +242,29 @@ def test_whip_sightings_get_clips_of_the_received_packets(fixture_videos, detect
         print(f"whip sighting {s.first_pts:.2f}–{s.last_pts:.2f} s: clip {frames} frames, "
               f"{s.clip_start_pts:.2f}–{s.clip_end_pts:.2f} s")
     sightings.close()
+
+
+def test_file_track_stop_during_a_read_does_not_crash(fixture_videos):
+    """``FileVideoTrack.stop`` (event loop) while ``_read`` demuxes in a worker thread: PyAV demuxes
+    without the GIL, so an unguarded close freed the demuxer under the read (a segfault about one run in
+    four of this loop before the lock). In a child process, so a crash fails this test, not the run."""
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from detector_app.glasses.whip_client import FileVideoTrack\n"
+        "async def main():\n"
+        "    for _ in range(150):\n"
+        "        t = FileVideoTrack(Path(sys.argv[1]), loop=True)\n"
+        "        read = asyncio.ensure_future(asyncio.to_thread(t._read))\n"
+        "        await asyncio.sleep(0)\n"
+        "        t.stop()\n"
+        "        await read\n"
+        "    print('OK')\n"
+        "asyncio.run(main())\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(fixture_videos["cat_480p15"])],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "OK" in run.stdout, (run.returncode, run.stderr[-500:])

@@ -24,6 +24,7 @@ import fractions
 import json
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,9 +76,17 @@ class FileVideoTrack(MediaStreamTrack):
         self.origin_wall: float | None = None  # wall time of media time 0 (latency measurements)
         self.sent = 0
         self._demux = self._container.demux(self._stream)
+        # ``_read`` runs in a worker thread and ``stop`` on the loop: PyAV demuxes without the GIL, so a
+        # close during a read would free the demuxer under it. The lock makes the close wait for that read.
+        self._io = threading.Lock()
+        self._closed = False
 
     def _read(self) -> tuple[object, float] | None:
         """Next (packet or frame, media time since the start, loops included); None at the end."""
+        with self._io:
+            return None if self._closed else self._read_locked()
+
+    def _read_locked(self) -> tuple[object, float] | None:
         while not self._pending:
             try:
                 packet = next(self._demux)
@@ -128,8 +137,12 @@ class FileVideoTrack(MediaStreamTrack):
 
     def stop(self) -> None:
         super().stop()
-        with contextlib.suppress(Exception):
-            self._container.close()
+        with self._io:  # a read in flight finishes first (one packet of a local file)
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(Exception):
+                self._container.close()
 
 
 async def publish(url: str, video: Path, *, loop: bool = False, duration: float | None = None,
@@ -216,8 +229,8 @@ async def _main(args: argparse.Namespace) -> int:
             log.write(json.dumps({"event": "end", "t": time.time(), "frames": sent}) + "\n")
         print(f"published {sent} video frames over WHIP", file=sys.stderr)
         return 0
-    except (WhipRefused, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-        print(f"WHIP publish failed: {exc or type(exc).__name__}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - refused, unreachable, or an answer aiortc cannot take: one line
+        print(f"WHIP publish failed: {str(exc) or type(exc).__name__}", file=sys.stderr)
         return 1
     finally:
         done.set()

@@ -234,8 +234,9 @@ class ManagedMedia:
     async def _whep_delete(self, request: web.Request) -> web.Response:
         stream = self._streams.get(request.match_info["sid"])
         pc = stream.viewers.pop(request.match_info["res"], None) if stream is not None else None
-        if stream is not None:
-            stream.tracks.pop(request.match_info["res"], None)
+        track = stream.tracks.pop(request.match_info["res"], None) if stream is not None else None
+        if track is not None:
+            track.stop()  # type: ignore[attr-defined]  # its file closes now, not when collected
         if pc is None:
             return web.Response(status=404)
         await pc.close()  # type: ignore[attr-defined]
