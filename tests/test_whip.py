@@ -268,3 +268,37 @@ def test_file_track_stop_during_a_read_does_not_crash(fixture_videos):
     run = subprocess.run([sys.executable, "-c", code, str(fixture_videos["cat_480p15"])],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "OK" in run.stdout, (run.returncode, run.stderr[-500:])
+
+
+def test_whip_offer_answered_after_its_stream_closed_leaves_no_peer_connection():
+    """The stream closes (wearer gone) while an offer is being answered: the answer's peer connection is
+    closed and the publisher hears 404, instead of a session nobody will ever read or close."""
+    from aiortc import RTCPeerConnection
+
+    from detector_app.ingest.whip import WhipIngest, whip_endpoint
+
+    made = []
+
+    class ClosingIngest(WhipIngest):
+        async def _answer(self, source, sdp):
+            session, answer = await super()._answer(source, sdp)
+            made.append(session)
+            source.close()  # what the stream's end does from another thread, at the worst moment
+            return session, answer
+
+    ingest = ClosingIngest()
+    endpoint = whip_endpoint("K" * 20, 9, "127.0.0.1", "127.0.0.1")
+    ingest.register(endpoint)
+
+    async def offer_sdp() -> str:
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video", direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    sdp = ingest.rtc.run(offer_sdp(), 10.0)
+    reply = asyncio.run(ingest.offer(endpoint.key, "application/sdp", sdp))
+    assert reply.status == 404 and "Location" not in reply.headers
+    assert len(made) == 1 and made[0].pc.connectionState == "closed" and made[0].ended

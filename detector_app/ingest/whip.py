@@ -72,9 +72,12 @@ class WhipSource:
         self._on_close = on_close
 
     # -- called by the ingest (on the WebRTC loop) ----------------------------------------------
-    def _offer_session(self, session: TrackSession, resource: str) -> list[TrackSession]:
-        """The new publisher's session; returns the ones it replaces (the caller closes them)."""
+    def _offer_session(self, session: TrackSession, resource: str) -> list[TrackSession] | None:
+        """The new publisher's session; returns the ones it replaces (the caller closes them), or None
+        if this source closed while the offer was being answered (the caller closes ``session``)."""
         with self._cond:
+            if self._closed:
+                return None
             old = list({id(s): s for s in (self._waiting, self._live) if s is not None}.values())
             self._waiting, self._live, self._resource = session, session, resource
             self.sessions += 1
@@ -165,7 +168,11 @@ class WhipIngest:
             logger.warning("{}: bad WHIP offer: {}", source.name, why)
             return WhipReply(400, f"cannot answer this offer: {why}\n")
         resource = secrets.token_urlsafe(12)
-        for old in source._offer_session(session, resource):
+        replaced = source._offer_session(session, resource)
+        if replaced is None:  # the stream ended during the answer: its peer connection must not outlive it
+            await session.aclose()
+            return self._refuse(key, "offer")
+        for old in replaced:
             logger.info("{}: a new publisher replaces the live one", source.name)
             await old.aclose()
         logger.info("{}: WHIP publisher accepted ({})", source.name, session.codec)
