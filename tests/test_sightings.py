@@ -501,6 +501,20 @@ def test_retention_by_size_deletes_the_oldest_until_it_fits(tmp_path):
         f"{i}.{ext}" for i in ids[3:] for ext in ("jpg", "mp4"))
 
 
+def test_a_failed_commit_leaves_no_transaction_open(tmp_path):
+    """A COMMIT that fails (here a deferred constraint; on a box: disk full, an I/O error) rolls back, so
+    the writer's next write still works instead of failing 'within a transaction' for the rest of the run."""
+    import sqlite3
+
+    store = SightingStore(tmp_path / "s.db")
+    store._db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    store._db.execute("CREATE TABLE child (p INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(sqlite3.IntegrityError), store._lock, store._transaction():
+        store._db.execute("INSERT INTO child (p) VALUES (42)")  # no parent 42: refused only at COMMIT
+    assert not store._db.in_transaction
+    assert store.get(_row(store, time.time(), 10)) is not None
+
+
 def test_a_file_that_is_not_a_sightings_database_is_one_clear_error(tmp_path):
     from detector_app.sightings.store import SightingStoreError
 

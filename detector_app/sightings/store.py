@@ -343,8 +343,10 @@ class _Txn:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.db.execute("UPDATE meta SET value = value + 1 WHERE key = 'change'")
-            self.db.execute("COMMIT")
-        else:
-            self.db.execute("ROLLBACK")
+        try:
+            if exc_type is None:
+                self.db.execute("UPDATE meta SET value = value + 1 WHERE key = 'change'")
+                self.db.execute("COMMIT")
+        finally:  # a failed statement or COMMIT (disk full, I/O error) must not leave the transaction open:
+            if self.db.in_transaction:  # every later BEGIN would fail ("within a transaction") for good
+                self.db.execute("ROLLBACK")
