@@ -346,6 +346,32 @@ def test_a_source_without_packets_keeps_the_thumbnail_and_says_why_there_is_no_c
     sightings.close()
 
 
+def test_a_clip_that_cannot_be_written_is_noted_on_its_row(fixture_videos, tmp_path):
+    """Writing the clip fails (here its path is taken by a directory; on a box: disk full): the row says
+    why there is no clip, rather than nothing (or, after a restart, 'the process ended while writing it')."""
+    from detector_app.sightings.recorder import _PendingClip
+
+    sightings = Sightings(SightingsConfig(db=tmp_path / "s.db"))
+    rec = sightings.recorder()
+    with av.open(str(fixture_videos["cat_480p15"])) as c:
+        vs = c.streams.video[0]
+        rec.ring.session_started(1, vs)
+        for i, packet in enumerate(c.demux(vs)):
+            if i >= 90:
+                break
+            rec.ring.packet(packet)
+    for k in range(3):  # a confirmed track, as the recorder's book makes it
+        rec._book.update(_result(k + 1, k * 0.1, (Detection("cat", 0.8, Box(10, 10, 90, 90), 15, track_id=4),)))
+    (track,) = rec._book.tracks
+    row = sightings.store.insert(stream="t", session=1, track_id=4, label="cat", first_seen=1.0, last_seen=2.0,
+                                 best_confidence=0.8, status="closed")
+    rec.store.media_file("d/clip.mp4").mkdir(parents=True)  # the clip's name is taken
+    rec._write_clip(_PendingClip(row, track, 0.0, 3.0, 0.0, time.monotonic(), "d/clip"))
+    s = sightings.store.get(row)
+    assert s.clip is None and s.clip_note and s.clip_note.startswith("no clip: writing it failed"), s.clip_note
+    sightings.close()
+
+
 def test_a_track_confirmed_over_many_frames_still_gets_a_thumbnail(tmp_path):
     """Its best box (the first) is older than the frames kept: the thumbnail shows the frame it is seen in next."""
     sightings = Sightings(SightingsConfig(db=tmp_path / "s.db"))

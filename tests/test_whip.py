@@ -302,3 +302,24 @@ def test_whip_offer_answered_after_its_stream_closed_leaves_no_peer_connection()
     reply = asyncio.run(ingest.offer(endpoint.key, "application/sdp", sdp))
     assert reply.status == 404 and "Location" not in reply.headers
     assert len(made) == 1 and made[0].pc.connectionState == "closed" and made[0].ended
+
+
+def test_a_failing_access_unit_tap_never_stops_the_video():
+    """The clip ring's tap runs inside aiortc's receive path: if it raises, the frame still reaches the
+    decoder queue and the tap is switched off for the session (one warning), not aiortc's receiver."""
+    import queue
+    from types import SimpleNamespace
+
+    from detector_app.ingest.rtc import _Tap
+
+    calls = []
+
+    def broken(data: bytes, ts: int) -> None:
+        calls.append(ts)
+        raise ValueError("bad access unit")
+
+    inner: queue.Queue = queue.Queue()
+    tap = _Tap(inner, lambda n: None, broken)
+    for ts in (0, 3000):
+        tap.put((None, SimpleNamespace(data=b"\x00\x00\x01\x65xx", timestamp=ts)))
+    assert inner.qsize() == 2 and calls == [0] and tap.on_access_unit is None

@@ -132,7 +132,12 @@ class _Tap:
             data = getattr(encoded, "data", b"")
             self._on_bytes(len(data))
             if self.on_access_unit is not None:
-                self.on_access_unit(data, getattr(encoded, "timestamp", 0))  # 90 kHz RTP clock
+                try:
+                    self.on_access_unit(data, getattr(encoded, "timestamp", 0))  # 90 kHz RTP clock
+                except Exception as exc:  # noqa: BLE001 - inside aiortc's receive path: the clip ring's
+                    #                        failure must never stop the video itself
+                    self.on_access_unit = None
+                    logger.warning("WebRTC access-unit tap failed, no clips for this session: {!r}", exc)
         self._inner.put(item, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:

@@ -28,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
 import numpy as np
 from loguru import logger
 
@@ -330,7 +331,12 @@ class SightingRecorder:
             self.store.update(p.row, clip_note=NO_PACKETS if not self.ring.has_packets()
                               else "no clip: its packets were no longer in the ring")
             return
-        info = write_clip(cut, self.store.media_file(f"{p.stem}.mp4"))
+        try:
+            info = write_clip(cut, self.store.media_file(f"{p.stem}.mp4"))
+        except (av.error.FFmpegError, OSError, ValueError) as exc:  # disk full, a muxer refusal: the row says so
+            logger.warning("sightings: clip of sighting {} not written: {}", p.row, exc)
+            self.store.update(p.row, clip_note=f"no clip: writing it failed ({exc})")
+            return
         start, end = round(info.start_t - p.offset, 4), round(info.end_t - p.offset, 4)
         notes = []
         want_start, want_end = p.start_raw - p.offset, p.end_raw - p.offset
