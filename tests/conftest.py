@@ -69,6 +69,34 @@ def in_threads(target: Callable[[], None], n: int, timeout: float = 60.0) -> Non
         t.join(timeout)
 
 
+class Collect:
+    """Sink: every result's JSON, readable while the pipeline runs."""
+
+    def __init__(self) -> None:
+        self.results: list[dict] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, r) -> None:
+        with self.lock:
+            self.results.append(r.to_json())
+
+    def count(self, pred=lambda r: True) -> int:
+        with self.lock:
+            return sum(1 for r in self.results if pred(r))
+
+
+def wait_for(pred, timeout: float) -> bool:
+    """Poll ``pred`` (from a plain thread) until true or ``timeout``; the last answer."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return bool(pred())
+
+
 def need(tool: str, hint: str) -> None:
     if shutil.which(tool) is None:
         pytest.fail(f"{tool} is required for this test: {hint}")

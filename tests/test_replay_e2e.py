@@ -7,7 +7,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -18,32 +17,9 @@ from detector_app.ingest.addresses import wait_listening
 from detector_app.ingest.factory import open_listener
 from detector_app.pipeline import Pipeline
 
-from .conftest import MODEL, ROOT, need
+from .conftest import MODEL, ROOT, Collect, need, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.results: list[dict] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, r) -> None:
-        with self.lock:
-            self.results.append(r.to_json())
-
-    def count(self, pred=lambda r: True) -> int:
-        with self.lock:
-            return sum(1 for r in self.results if pred(r))
-
-
-def wait_for(pred, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return bool(pred())
 
 
 @pytest.mark.parametrize("protocol", ["rtmp", "srt"])

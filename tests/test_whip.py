@@ -8,7 +8,6 @@ import asyncio
 import os
 import signal
 import sys
-import threading
 import time
 
 import aiohttp
@@ -19,28 +18,7 @@ from detector_app.glasses.publish import Publisher
 from detector_app.ingest.factory import open_listener
 from detector_app.pipeline import Pipeline
 
-
-class Collect:
-    def __init__(self) -> None:
-        self.results: list[dict] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, r) -> None:
-        with self.lock:
-            self.results.append(r.to_json())
-
-    def count(self, pred=lambda r: True) -> int:
-        with self.lock:
-            return sum(1 for r in self.results if pred(r))
-
-
-def wait_for(pred, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return bool(pred())
+from .conftest import Collect, wait_for
 
 
 @pytest.mark.slow
