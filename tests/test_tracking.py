@@ -343,3 +343,29 @@ def test_overlay_tags_a_tracked_box_with_its_id():
     draw_detections(tagged, [det(300, tid=12)])
     tag_row = slice(130, 150)  # the filled tag above the box top (y = 150)
     assert (tagged[tag_row] > 0).any(axis=2).sum() > (plain[tag_row] > 0).any(axis=2).sum()  # "cat #12 0.90" is wider
+
+
+def test_tracking_sightings_viewer_and_webrtc_keep_the_streaming_process_torch_free():
+    """What the streaming process loads for tracking (trackers, supervision, scipy), sightings, the web
+    viewer and WebRTC (aiortc) must not pull torch or ultralytics in (the lean-inference promise)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json\n"
+        "import detector_app.stream_service, detector_app.sightings.recorder, detector_app.web.server\n"
+        "import detector_app.ingest.whip, detector_app.ingest.whep, detector_app.ingest.managed\n"
+        "from detector_app.detection.types import Box, Detection\n"
+        "from detector_app.tracking import Tracker\n"
+        "t = Tracker()\n"
+        "ids = [t.update([Detection('cat', 0.8, Box(10 + i, 10, 100 + i, 100), 15)], i * 0.1)[0].track_id"
+        " for i in range(5)]\n"
+        "print(json.dumps({'ids': ids, 'loaded': [m for m in ('torch', 'ultralytics') if m in sys.modules]}))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-1000:]
+    import json
+
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["ids"][-1] is not None, "the tracker never confirmed a track: the check ran nothing"
+    assert out["loaded"] == [], out
