@@ -301,3 +301,22 @@ def test_a_failing_access_unit_tap_never_stops_the_video():
     for ts in (0, 3000):
         tap.put((None, SimpleNamespace(data=b"\x00\x00\x01\x65xx", timestamp=ts)))
     assert inner.qsize() == 2 and calls == [0] and tap.on_access_unit is None
+
+
+def test_whip_port_in_use_is_one_clear_error_and_the_port_can_be_reused():
+    import socket
+
+    from detector_app.errors import UserError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError, match=f"port {port}"):
+            open_listener("whip", port=port, bind_host="127.0.0.1", advertise="127.0.0.1", for_glasses=False)
+    endpoint, source = open_listener("whip", port=port, bind_host="127.0.0.1", advertise="127.0.0.1",
+                                     for_glasses=False)  # the failed try left nothing bound
+    try:
+        assert endpoint.port == port
+    finally:
+        source.close()

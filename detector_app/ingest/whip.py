@@ -264,9 +264,14 @@ class WhipServer:
             return self.ingest
 
         app.add_routes(whip_routes(resolve))
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.bind_host, self.port).start()
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.bind_host, self.port).start()
+        except BaseException:  # a taken port: nothing of this server may stay behind on the loop
+            await runner.cleanup()
+            raise
+        self._runner = runner
 
     def start(self) -> WhipServer:
         try:
