@@ -130,6 +130,9 @@ def test_playback_without_webrtc_url_is_hls_and_without_any_is_refused():
     assert open_playback_source(None, "http://127.0.0.1:9/hls/x/index.m3u8").transport == "hls"
     with pytest.raises(UserError):
         open_playback_source(None, None)
+    for bad in ("/etc/passwd", "file:///etc/passwd", "concat:/a|/b"):  # FFmpeg would open these: not from a cloud
+        with pytest.raises(UserError, match="http"):
+            open_playback_source(None, bad)
 
 
 @pytest.mark.parametrize("answer", ["v=0\r\nm=video x y z\r\n", "not sdp at all"])

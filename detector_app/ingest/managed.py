@@ -68,6 +68,8 @@ class ManagedPlaybackSource:
     def __init__(self, webrtc_url: str | None, hls_url: str | None, prefer: Prefer = "webrtc") -> None:
         if not webrtc_url and not hls_url:
             raise IngestError("the managed stream has no playback URL (neither webrtcUrl nor hlsUrl)")
+        if hls_url and not hls_url.lower().startswith(("http://", "https://")):  # the cloud names it: never a
+            raise IngestError(f"managed stream hlsUrl must be http(s)://, got {redact_url(hls_url)}")  # local file
         self._whep = WhepSource(webrtc_url) if webrtc_url else None
         self._hls = UrlSource(hls_url, live=True, options=HLS_OPTIONS, name=f"hls:{redact_url(hls_url)}") if hls_url else None
         self.transport: Prefer = "webrtc" if (prefer == "webrtc" and self._whep) or not self._hls else "hls"
