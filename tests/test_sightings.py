@@ -436,6 +436,26 @@ def test_a_full_writer_queue_drops_events_and_never_blocks_detection(tmp_path, m
     sightings.close()
 
 
+def test_a_writer_whose_stop_did_not_fit_in_the_queue_still_stops(tmp_path, monkeypatch):
+    """close() while the disk is stuck and the queue full: its stop does not fit; once the disk is back the
+    writer drains the queue and ends, instead of running (and holding the ring) for the rest of the process."""
+    from detector_app.sightings import recorder as recorder_mod
+
+    monkeypatch.setattr(recorder_mod, "QUEUE_SIZE", 4)
+    sightings = Sightings(SightingsConfig(db=tmp_path / "s.db"))
+    rec = sightings.recorder()
+    frame = np.zeros((360, 640, 3), np.uint8)
+    with sightings.store._lock:
+        for j in range(6):
+            dets = tuple(Detection("cat", 0.9, Box(60 * k, 10, 60 * k + 50, 70), 15, track_id=k + 1) for k in range(8))
+            rec.on_frame(_result(j + 1, j * 0.1, dets), frame)
+        rec.close(0.3)  # the writer is stuck in a write: close gives up waiting
+        assert rec._worker.is_alive()
+    rec._worker.join(15.0)
+    assert not rec._worker.is_alive(), "the writer never stopped"
+    sightings.close()
+
+
 # -- the packet ring ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("budget", [{"max_seconds": 4.0}, {"max_bytes": 600_000}])
 def test_packet_ring_is_bounded_and_starts_at_a_keyframe(fixture_videos, budget):

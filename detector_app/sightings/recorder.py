@@ -160,6 +160,7 @@ class SightingRecorder:
         self._last_frame_at = 0.0
         self.dropped = 0
         self._closed = False
+        self._stop_unqueued = threading.Event()  # close() could not queue its stop (queue full)
         # Started by the first frame: a recorder that never sees one (tracking off) leaves no thread.
         self._worker = threading.Thread(target=self._run, name="sightings", daemon=True)
 
@@ -231,14 +232,16 @@ class SightingRecorder:
             det = Detection(track.label, track.confidence, track.box, track_id=track.track_id)
             self._best[track.track_id] = _Pinned(result.seq, bgr, det)
 
-    def _put(self, job: _Job | None, wait: float = 0.0) -> None:
+    def _put(self, job: _Job | None, wait: float = 0.0) -> bool:
         """Never blocks the inference thread (``wait`` 0); ``close`` may wait for room (detection is over)."""
         try:
             self._queue.put(job, timeout=wait) if wait > 0 else self._queue.put_nowait(job)
+            return True
         except queue.Full:
             self.dropped += 1
             logger.warning("sightings: writer queue full, {} event of track {} dropped", job.kind if job else "stop",
                            job.track.track_id if job else "-")
+            return False
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self, timeout: float = 5.0) -> None:
@@ -255,7 +258,8 @@ class SightingRecorder:
         for job in jobs:  # outside the lock: the writer may need it while it makes room
             self._put(job, wait=max(0.01, (deadline - time.monotonic()) / 2))
         self.ring.session_ended()
-        self._put(None, wait=max(0.1, (deadline - time.monotonic()) / 2))
+        if not self._put(None, wait=max(0.1, (deadline - time.monotonic()) / 2)):
+            self._stop_unqueued.set()  # the writer stops once it has drained the queue, not never
         self._worker.join(max(0.1, deadline - time.monotonic()))
         if self._worker.is_alive():
             logger.warning("sightings: writer did not finish within {:.1f} s", timeout)
@@ -271,6 +275,7 @@ class SightingRecorder:
                 job = self._queue.get(timeout=0.2 if pending else 1.0)
             except queue.Empty:
                 job = None
+                stopping = stopping or self._stop_unqueued.is_set()
             else:
                 if job is None:
                     stopping = True
