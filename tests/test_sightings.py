@@ -613,6 +613,23 @@ def test_cli_errors_are_one_line(tmp_path):
     assert len([ln for ln in since.stderr.splitlines() if ln.strip()]) == 1, since.stderr
 
 
+def test_export_skips_files_retention_removed_and_a_copy_error_is_one_error(tmp_path):
+    from detector_app.commands import sightings as cmd
+
+    store = SightingStore(tmp_path / "s.db")
+    first, second = _row(store, time.time() - 60, 100), _row(store, time.time(), 100)
+    rows = store.list()
+    store.clip_path(store.get(first)).unlink()  # a running serve's retention, between list and copy
+    cmd.export(store, rows, tmp_path / "out")
+    index = json.loads((tmp_path / "out" / "index.json").read_text())["sightings"]
+    assert {r["id"]: r["clip"] for r in index} == {second: f"{second:06d}-cat.mp4", first: None}
+    # The copy cannot be written (a directory where the file goes, copy2 goes into it: a directory there too)
+    (tmp_path / "out2" / f"{second:06d}-cat.jpg" / f"{second}.jpg").mkdir(parents=True)
+    with pytest.raises(cmd.ExportError, match="cannot copy"):
+        cmd.export(store, rows, tmp_path / "out2")
+    store.close()
+
+
 def test_since_parses_durations_and_dates():
     from detector_app.commands.sightings import parse_since
 

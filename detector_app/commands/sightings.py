@@ -92,7 +92,13 @@ def export(store: SightingStore, sightings: list[Sighting], out: Path, fmt: str 
                 rec[kind] = None
                 continue
             dest = out / f"{s.id:06d}-{s.label.replace(' ', '_')}{src.suffix}"
-            shutil.copy2(src, dest)
+            try:
+                shutil.copy2(src, dest)
+            except FileNotFoundError:  # a running serve's retention deleted it since the list was read
+                rec[kind] = None
+                continue
+            except OSError as exc:  # disk full, permissions: one line, not a traceback
+                raise ExportError(f"cannot copy {src.name} to {out}: {exc.strerror or exc}") from None
             rec[kind] = dest.name
         records.append(rec)
     if fmt == "csv":
@@ -101,9 +107,12 @@ def export(store: SightingStore, sightings: list[Sighting], out: Path, fmt: str 
         w.writeheader()
         for rec in records:
             w.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in rec.items()})
-        index = out / "index.csv"
-        index.write_text(buf.getvalue())
+        index, text = out / "index.csv", buf.getvalue()
     else:
         index = out / "index.json"
-        index.write_text(json.dumps({"exported_at": time.time(), "database": str(store.path), "sightings": records}, indent=1))
+        text = json.dumps({"exported_at": time.time(), "database": str(store.path), "sightings": records}, indent=1)
+    try:
+        index.write_text(text)
+    except OSError as exc:
+        raise ExportError(f"cannot write {index}: {exc.strerror or exc}") from None
     return index
