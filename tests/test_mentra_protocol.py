@@ -813,6 +813,18 @@ class TestV3:
         clock.advance(21)
         assert any(isinstance(a, Close) for a in s.tick())
 
+    @pytest.mark.parametrize("timeout_ms", [float("nan"), 1e15, "soon", True])
+    def test_reconnect_deferred_wait_is_bounded_whatever_the_cloud_says(self, timeout_ms):
+        clock = Clock()
+        s = self.v3_session(clock)
+        s.connection_opened()
+        s.message_received(ACK_D)
+        s.connection_closed(1006, "")
+        s.connection_opened()
+        s.message_received({"type": "reconnect_deferred", "code": "BOOTING", "timeoutMs": timeout_ms})
+        clock.advance(121)
+        assert any(isinstance(a, Close) for a in s.tick()), "still waiting for the ack"
+
     def test_v2_session_ignores_a_reconnect_ack(self):
         s = make_session(Clock())
         s.connection_opened()

@@ -9,6 +9,7 @@ parse to ``None`` and are ignored by callers, never raised as errors.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -90,6 +91,7 @@ def connection_init(package_name: str, session_id: str, api_key: str) -> dict[st
 
 # What our client calls itself in the v3 handshake: the cloud only reads the major version (`isV3Sdk`, §3.2).
 V3_SDK_VERSION = "3.0.0"
+MAX_RECONNECT_DEFER_S = 120.0  # a `reconnect_deferred` extends the wait for the ack by at most this
 
 
 def connection_init_v3(package_name: str, api_key: str) -> dict[str, Any]:
@@ -497,8 +499,10 @@ def parse(msg: Any) -> Incoming | None:
         return ReconnectRejected(code=str(msg.get("code") or "UNKNOWN"), message=str(msg.get("message") or ""))
     if mtype == "reconnect_deferred":
         timeout_ms = msg.get("timeoutMs")
-        return ReconnectDeferred(code=str(msg.get("code") or "UNKNOWN"),
-                                 timeout_s=timeout_ms / 1000 if isinstance(timeout_ms, (int, float)) else 30.0)
+        ok = isinstance(timeout_ms, (int, float)) and not isinstance(timeout_ms, bool) and math.isfinite(timeout_ms)
+        # The wait is bounded whatever the cloud says (NaN or 1e12 ms would wait for an ack forever).
+        timeout_s = min(max(timeout_ms / 1000, 1.0), MAX_RECONNECT_DEFER_S) if ok else 30.0  # type: ignore[operator]
+        return ReconnectDeferred(code=str(msg.get("code") or "UNKNOWN"), timeout_s=timeout_s)
     if mtype == "managed_stream_status":
         return _parse_managed_status(msg)
     if mtype in ("tpa_connection_error", "connection_error"):
