@@ -731,3 +731,25 @@ def test_managed_session_end_to_end_with_the_real_relay(detector, fixture_videos
                 await asyncio.wait_for(asyncio.to_thread(service.close), 15)
 
     asyncio.run(main())
+
+
+def test_a_user_caused_open_failure_is_logged_in_one_line_without_a_traceback():
+    """Every ingest port taken (an ``IngestError``, a ``UserError``): the operator reads one line with the
+    reason, not a traceback that looks like a crash."""
+    from loguru import logger
+
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING", filter="detector_app.mentra.client")
+
+    async def body(cloud, app, http, service):
+        await start_session(cloud, http)
+        service.streams[0].failure = "SRT relay (srt-live-transmit) exited with code 1"
+        await until(lambda: any("no free ingest port" in ln for ln in lines), 3.0, "the failed open logged")
+
+    try:
+        asyncio.run(scenario(body, FakeService(fail_after=1), {"ingest_rebuild_delays": (0.0, 0.05, 0.05)},
+                             feedback_config=FeedbackConfig(speech_gap_s=0.0)))
+    finally:
+        logger.remove(sink)
+    failed = [ln for ln in lines if "open_stream('rtmp') failed" in ln]
+    assert failed and all("no free ingest port" in ln and "Traceback" not in ln for ln in failed), failed

@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from detector_app.detection.types import FrameResult
+from detector_app.errors import UserError
 from detector_app.mentra.actions import (
     Action,
     Close,
@@ -257,7 +258,9 @@ class SessionRunner:
             service = await self._get_service()
             stream = await asyncio.to_thread(self._open_and_adopt, service, start)
         except Exception as exc:  # noqa: BLE001
-            logger.opt(exception=exc).warning(f"[{self.session_id}] open_stream({start.protocol!r}) failed")
+            # A user-caused failure (every ingest port taken, a bad playback URL) is one line; a bug keeps its traceback.
+            logger.opt(exception=None if isinstance(exc, UserError) else exc).warning(
+                f"[{self.session_id}] open_stream({start.protocol!r}) failed" + (f": {exc}" if isinstance(exc, UserError) else ""))
             self._dispatch(self.session.pipeline_failed(f"{type(exc).__name__}: {exc}"))
         else:
             if stream is not None and not self._ended.is_set():
