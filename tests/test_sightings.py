@@ -372,6 +372,22 @@ def test_a_clip_that_cannot_be_written_is_noted_on_its_row(fixture_videos, tmp_p
     sightings.close()
 
 
+def test_a_label_with_path_characters_stays_one_file_in_the_media_directory(tmp_path):
+    """A custom model's class name is not a path: "../../x y" names a file inside the media directory."""
+    sightings = Sightings(SightingsConfig(db=tmp_path / "db" / "s.db"))
+    rec = sightings.recorder()
+    frame = np.full((360, 640, 3), 90, np.uint8)
+    for i in range(40):  # seen for 1 s, then gone for 3 s: confirmed, then left
+        dets = (Detection("../../x y", 0.7, Box(100, 80, 300, 250), 1, track_id=2),) if i < 10 else ()
+        rec.on_frame(_result(i + 1, i * 0.1, dets), frame)
+    rec.close(5.0)
+    (s,) = sightings.store.list()
+    thumb = sightings.store.thumbnail_path(s)
+    assert thumb is not None and thumb.parent.parent == sightings.store.media_dir, thumb
+    assert thumb.name.endswith("-______x_y.jpg") and not (tmp_path / "x y.jpg").exists()
+    sightings.close()
+
+
 def test_a_track_confirmed_over_many_frames_still_gets_a_thumbnail(tmp_path):
     """Its best box (the first) is older than the frames kept: the thumbnail shows the frame it is seen in next."""
     sightings = Sightings(SightingsConfig(db=tmp_path / "s.db"))

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from detector_app.errors import UserError
-from detector_app.sightings.store import Sighting, SightingStore
+from detector_app.sightings.store import Sighting, SightingStore, file_label
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 EXPORT_FIELDS = ("id", "label", "track_id", "stream", "session", "status", "first_seen", "last_seen", "duration",
@@ -91,7 +91,7 @@ def export(store: SightingStore, sightings: list[Sighting], out: Path, fmt: str 
             if src is None:
                 rec[kind] = None
                 continue
-            dest = out / f"{s.id:06d}-{s.label.replace(' ', '_')}{src.suffix}"
+            dest = out / f"{s.id:06d}-{file_label(s.label)}{src.suffix}"
             try:
                 shutil.copy2(src, dest)
             except FileNotFoundError:  # a running serve's retention deleted it since the list was read

@@ -36,7 +36,7 @@ from detector_app.detection.types import Detection, FrameResult
 from detector_app.procs import name_os_thread
 from detector_app.sightings.clips import write_clip
 from detector_app.sightings.packets import DEFAULT_MAX_BYTES, DEFAULT_MAX_SECONDS, PacketRing
-from detector_app.sightings.store import SightingStore
+from detector_app.sightings.store import SightingStore, file_label
 from detector_app.sightings.thumbs import thumbnail_jpeg
 from detector_app.tracking.book import CONFIRM_HITS, LEFT_AFTER_S, Track, TrackBook, TrackEvent
 
@@ -310,7 +310,7 @@ class SightingRecorder:
                 del rows[next(iter(rows))]
         elif job.kind != "open":
             self.store.update(row, **fields)
-        stem = f"{time.strftime('%Y-%m-%d', time.gmtime(t.first_seen))}/{row:06d}-{t.label.replace(' ', '_')}"
+        stem = f"{time.strftime('%Y-%m-%d', time.gmtime(t.first_seen))}/{row:06d}-{file_label(t.label)}"
         if job.pinned is not None and job.kind in ("open", "close"):
             jpeg = thumbnail_jpeg(job.pinned.frame, job.pinned.detection)
             self.store.write_media(f"{stem}.jpg", jpeg)

@@ -100,6 +100,12 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('change', 0);
 _MIGRATIONS: dict[int, str] = {}
 
 
+def file_label(label: str) -> str:
+    """A label as it goes into a media or export file name: a model's class name may hold any character
+    ("/" would make a directory, ".." climb out of one); letters, digits, "-" and "_" stay."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label) or "animal"
+
+
 def _encode(field: str, value: Any) -> Any:
     if field in ("best_box", "frame_size"):
         return None if value is None else json.dumps([round(float(v), 1) for v in value])
