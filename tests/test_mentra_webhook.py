@@ -31,7 +31,11 @@ def test_parse_session_request_prefers_mentraos_url():
             "augmentOSWebsocketUrl": "wss://old.mentra.glass/app-ws",
             "mentraOSWebsocketUrl": "wss://api.mentra.glass/app-ws",
             "websocketUrl": "wss://api.mentra.glass/ws/miniapp"}
-    assert parse_webhook(body) == SessionRequest(SID, "alice@example.com", "wss://api.mentra.glass/app-ws")
+    req = parse_webhook(body)
+    assert req == SessionRequest(SID, "alice@example.com", "wss://api.mentra.glass/app-ws",
+                                 miniapp_ws_url="wss://api.mentra.glass/ws/miniapp")
+    assert req.url_for("v2") == "wss://api.mentra.glass/app-ws"  # 2.x clients never take the v3 path
+    assert req.url_for("v3") == "wss://api.mentra.glass/ws/miniapp"
 
 
 def test_parse_session_request_legacy_url():
