@@ -369,3 +369,16 @@ def test_tracking_sightings_viewer_and_webrtc_keep_the_streaming_process_torch_f
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["ids"][-1] is not None, "the tracker never confirmed a track: the check ran nothing"
     assert out["loaded"] == [], out
+
+
+def test_a_non_finite_box_passes_untracked_and_the_rest_is_tracked():
+    """ByteTrack raises on NaN/inf coordinates; one broken box from a model must not end the stream's
+    inference thread: it passes without a track_id, the other boxes keep theirs."""
+    import math
+
+    tr = Tracker()
+    for i in range(4):
+        out = tr.update([Detection("cat", 0.8, Box(math.nan, 10, 100, 100), 15),
+                         Detection("cat", 0.8, Box(0, 0, math.inf, 90), 15),
+                         Detection("cat", 0.7, Box(200 + i, 10, 300 + i, 100), 15)], i * 0.1)
+    assert [d.track_id for d in out[:2]] == [None, None] and out[2].track_id is not None

@@ -29,6 +29,7 @@ supervision and scipy: ~70 MB and ~1.5 s to import) is loaded by the first ``Tra
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -122,7 +123,9 @@ class Tracker:
         self._last_ts = timestamp
         by_label: dict[str, list[int]] = {}
         for i, d in enumerate(detections):
-            by_label.setdefault(d.label, []).append(i)
+            b = d.box
+            if math.isfinite(b.x1 + b.y1 + b.x2 + b.y2):  # the library raises on NaN/inf (a broken model
+                by_label.setdefault(d.label, []).append(i)  # output): such a box passes untracked
         out = list(detections)
         for tid in [tid for tid, (_, _, at) in self._seen.items() if timestamp - at >= self.config.relink_s]:
             del self._seen[tid]  # bounded: only ids that may still be re-linked are remembered
