@@ -470,6 +470,11 @@ def test_sightings_api_files_and_ranges(tmp_path, caplog, fixture_videos):
                 assert [s["id"] for s in (await r.json())["sightings"]] == [2]
             async with http.get(f"{base}/api/sightings?limit=x") as r:
                 assert r.status == 400
+            async with http.get(f"{base}/api/sightings?before={10**30}") as r:  # past SQLite's INTEGER
+                assert r.status == 200 and [s["id"] for s in (await r.json())["sightings"]] == [3, 2, 1]
+            for huge in (f"/api/sightings/{10**30}", f"/api/sightings/{10**30}/clip.mp4"):
+                async with http.get(base + huge) as r:
+                    assert r.status == 404, huge
             async with http.get(f"{base}/{listed[0]['thumbnail_url']}") as r:
                 assert r.status == 200 and r.content_type == "image/jpeg"
             async with http.get(f"{base}/{listed[0]['clip_url']}", headers={"Range": "bytes=100-1099"}) as r:

@@ -35,6 +35,7 @@ from detector_app.web.streams import StreamRegistry, stream_json
 STATIC = Path(__file__).with_name("static")
 FRAME_WAIT_S = 5.0  # frame.jpg: how long to wait for a stream's first frame
 MAX_LIST = 200
+MAX_ROW_ID = 2**63 - 1  # SQLite's INTEGER: a larger id from a URL is no sighting, not a 500
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -131,7 +132,7 @@ class _Routes:
         store = self._store()
         try:
             limit = min(MAX_LIST, max(1, int(request.query.get("limit", 50))))
-            before = int(request.query["before"]) if "before" in request.query else None
+            before = min(int(request.query["before"]), MAX_ROW_ID) if "before" in request.query else None
             since = float(request.query["since"]) if "since" in request.query else None
         except ValueError:
             raise web.HTTPBadRequest(text="limit and before are integers, since is a time in seconds") from None
@@ -145,7 +146,10 @@ class _Routes:
         return web.json_response({"version": version, "sightings": rows}, headers=NO_STORE)
 
     async def _get(self, request: web.Request) -> Sighting:
-        sighting = await asyncio.to_thread(self._store().get, int(request.match_info["id"]))
+        row_id = int(request.match_info["id"])
+        if row_id > MAX_ROW_ID:  # SQLite cannot even compare it (OverflowError): no such sighting
+            raise web.HTTPNotFound(text="no such sighting")
+        sighting = await asyncio.to_thread(self._store().get, row_id)
         if sighting is None:
             raise web.HTTPNotFound(text="no such sighting")
         return sighting
