@@ -306,7 +306,7 @@ def test_a_failing_access_unit_tap_never_stops_the_video():
 def test_whip_port_in_use_is_one_clear_error_and_the_port_can_be_reused():
     import socket
 
-    from detector_app.errors import UserError
+    from detector_app.errors import PortInUseError, UserError
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -320,3 +320,6 @@ def test_whip_port_in_use_is_one_clear_error_and_the_port_can_be_reused():
         assert endpoint.port == port
     finally:
         source.close()
+    with pytest.raises(UserError, match="cannot listen on 192.0.2.1") as err:  # not ours (TEST-NET-1)
+        open_listener("whip", port=port, bind_host="192.0.2.1", advertise="192.0.2.1", for_glasses=False)
+    assert not isinstance(err.value, PortInUseError), "a range of ports would be tried for nothing"

@@ -19,6 +19,7 @@ bench, tests: one port per session like the embedded RTMP listener).
 from __future__ import annotations
 
 import asyncio
+import errno
 import secrets
 import threading
 from collections.abc import Awaitable, Callable
@@ -274,13 +275,17 @@ class WhipServer:
         self._runner = runner
 
     def start(self) -> WhipServer:
+        from detector_app.ingest.base import IngestError, IngestPortInUseError
+
         try:
             self.ingest.rtc.run(self._start(), 5.0)
+        except TimeoutError as exc:  # an OSError too: not a taken port (the WebRTC loop is stuck)
+            raise IngestError(f"WHIP ingest on {self.bind_host}:{self.port} did not start: {exc}") from exc
         except OSError as exc:
-            from detector_app.ingest.base import IngestPortInUseError
-
-            raise IngestPortInUseError(f"WHIP ingest port {self.port} on {self.bind_host} is not free: {exc}",
-                                       self.port) from exc
+            if exc.errno == errno.EADDRINUSE:  # only this one: a caller with a port range tries the next
+                raise IngestPortInUseError(f"WHIP ingest port {self.port} on {self.bind_host} is not free: {exc}",
+                                           self.port) from exc
+            raise IngestError(f"cannot listen on {self.bind_host}:{self.port}: {exc.strerror or exc}") from exc
         return self
 
     def close(self) -> None:
