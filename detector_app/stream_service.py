@@ -118,6 +118,8 @@ class DetectionService:
         """``detector`` is loaded and warmed up by the caller (before any stream starts)."""
         self.ingest = ingest or IngestConfig()
         self.detector = detector
+        if self.ingest.track:  # load the tracking library now (~1.5 s), not in the first wearer's stream open
+            import trackers  # noqa: F401, PLC0415
         self._streams: list[StreamSession] = []
         self._closed = False
         self._lock = threading.Lock()  # guards _streams and _closed

@@ -238,11 +238,15 @@ def judge(samples: list[ProcSample], warm_from: float, outages: list[Outage], lo
     minutes = (steady[-1].t - steady[0].t) / 60.0
     budget = max(targets.rss_floor_mb, targets.rss_mb_per_30min * minutes / 30.0)
     thirds = statistics.median(s.rss_mb for s in last) - statistics.median(s.rss_mb for s in first)
+    peaks = max(s.rss_mb for s in last) - max(s.rss_mb for s in first)
     ends = steady[-1].rss_mb - steady[0].rss_mb
-    growth = max(thirds, ends)  # the larger of a smoothed and an end-to-end reading
+    # A leak raises both the typical and the highest reading; bounded buffers that fill and empty with the
+    # scene (the sightings' packet ring, pinned best frames) swing a few MB between any two single samples,
+    # so the end-to-end difference is shown but not judged.
+    growth = max(thirds, peaks)
     v.lines.append(f"rss MB            {steady[0].rss_mb:.1f} after warm-up → {steady[-1].rss_mb:.1f} at the end "
-                   f"({ends:+.1f}; medians of first/last third {thirds:+.1f}); budget {budget:.1f} for "
-                   f"{minutes:.0f} min; max {max(s.rss_mb for s in steady):.1f}")
+                   f"({ends:+.1f}; first/last third: medians {thirds:+.1f}, peaks {peaks:+.1f}); budget {budget:.1f} "
+                   f"for {minutes:.0f} min; max {max(s.rss_mb for s in steady):.1f}")
     if growth > budget:
         v.failures.append(f"RSS grew {growth:.1f} MB after warm-up (budget {budget:.1f} MB)")
     for name, get, slack in (("threads", lambda s: s.threads, targets.thread_slack),

@@ -46,6 +46,26 @@ def _private_data_home(tmp_path_factory: pytest.TempPathFactory):
         os.environ["XDG_DATA_HOME"] = old
 
 
+@pytest.fixture
+def rtmp_receiver():
+    """A plain ffmpeg RTMP receiver in its own process, restarted after each publisher (accepts publisher
+    after publisher); yields its URL. For tests that need the virtual glasses to really go active
+    without running our ingest."""
+    import signal
+    import subprocess
+
+    from detector_app.ingest.addresses import free_port
+
+    url = f"rtmp://127.0.0.1:{free_port()}/live/k"
+    proc = subprocess.Popen(["sh", "-c", f"while :; do ffmpeg -v error -listen 1 -i {url} -f null -; sleep 0.1; done"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
 def serve_env(port: int, api_key: str, package: str) -> dict[str, str]:
     """Environment for a real ``detector-app serve`` child on loopback: its webhook port, its own ingest port
     (nginx-rtmp where installed, so several serves can run side by side), loopback-only WebSocket hosts,
@@ -61,12 +81,23 @@ def serve_env(port: int, api_key: str, package: str) -> dict[str, str]:
 
 
 def in_threads(target: Callable[[], None], n: int, timeout: float = 60.0) -> None:
-    """Run ``target`` in ``n`` threads at once (concurrent streams or clients) and wait for all of them."""
-    threads = [threading.Thread(target=target) for _ in range(n)]
+    """Run ``target`` in ``n`` threads at once (concurrent streams or clients) and wait for all of them;
+    the first exception raised in any of them is raised here (a thread's error must fail the test)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout)
+    if errors:
+        raise errors[0]
 
 
 class Collect:

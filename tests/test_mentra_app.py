@@ -534,22 +534,6 @@ def sim_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture
-def rtmp_receiver():
-    """A plain ffmpeg RTMP receiver in its own process (restarted when a publisher leaves): the fake
-    detection service hands out its URL, so the simulator's virtual glasses really go active."""
-    import subprocess
-
-    url = f"rtmp://127.0.0.1:{free_port()}/live/k"
-    proc = subprocess.Popen(["sh", "-c", f"while :; do ffmpeg -v error -listen 1 -i {url} -f null -; sleep 0.1; done"],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-
-
 class ReceiverService(FakeService):
     """FakeService whose streams' publish URL is a real receiver; ``open_playback_stream`` records the
     managed stream's playback URLs it was asked to pull."""

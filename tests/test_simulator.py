@@ -8,7 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,20 +130,6 @@ def clip(tmp_path: Path) -> Path:
                     "-c:v", "libx264", "-preset", "ultrafast", "-g", "15", "-pix_fmt", "yuv420p", str(video)],
                    check=True, timeout=30)
     return video
-
-
-@pytest.fixture
-def rtmp_receiver() -> Iterator[int]:
-    """A looping ffmpeg RTMP listener on 127.0.0.1 (accepts publisher after publisher); yields its port."""
-    port = free_port()
-    receiver = subprocess.Popen(
-        ["sh", "-c", f"while :; do ffmpeg -v error -listen 1 -i rtmp://127.0.0.1:{port}/live/k -f null -; done"],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield port
-    finally:
-        os.killpg(receiver.pid, signal.SIGKILL)
-        receiver.wait(5)
 
 
 def test_wrong_key_gets_invalid_api_key_and_1008() -> None:
@@ -326,9 +312,9 @@ def test_say_and_button_reach_subscribers() -> None:
     run(body)
 
 
-def test_stream_active_then_glasses_drop_and_reconnect(clip: Path, rtmp_receiver: int) -> None:
+def test_stream_active_then_glasses_drop_and_reconnect(clip: Path, rtmp_receiver: str) -> None:
     """Real publisher into a looping ffmpeg RTMP receiver: initializing -> active -> (drop) initializing -> active."""
-    video, port = clip, rtmp_receiver
+    video = clip
 
     async def body() -> None:
         faults = Faults(stream_drop_after_s=1.0, stream_restore_after_s=0.5)
@@ -336,7 +322,7 @@ def test_stream_active_then_glasses_drop_and_reconnect(clip: Path, rtmp_receiver
                                              publisher_reconnect_delay_s=0.5) as sim:
             _, ws, _ = await started(app, sim)
             await ws.send(json.dumps({"type": "rtmp_stream_request", "packageName": PKG,
-                                      "rtmpUrl": f"rtmp://127.0.0.1:{port}/live/k"}))
+                                      "rtmpUrl": rtmp_receiver}))
             statuses: list[str] = []
             while statuses[-2:] != ["initializing", "active"] or statuses.count("active") < 2:
                 msg = await recv_until(ws, lambda m: m["type"] == "rtmp_stream_status", timeout=15)
@@ -474,9 +460,9 @@ def test_glasses_refusing_the_video_config_end_the_stream() -> None:
     run(body)
 
 
-def test_soak_faults_repeat_stream_and_socket_drops(clip: Path, rtmp_receiver: int) -> None:
+def test_soak_faults_repeat_stream_and_socket_drops(clip: Path, rtmp_receiver: str) -> None:
     """Faults.repeat: the stream drops after every reconnect and the app socket after every ack."""
-    video, port = clip, rtmp_receiver
+    video = clip
 
     async def body() -> None:
         faults = Faults(stream_drop_after_s=0.8, stream_restore_after_s=0.3, drop_ws_after_s=1.0, drop_ws_code=1011,
@@ -484,7 +470,7 @@ def test_soak_faults_repeat_stream_and_socket_drops(clip: Path, rtmp_receiver: i
         async with FakeApp() as app, sim_for(app, "B", video=video, faults=faults, publisher_reconnect_delay_s=0.3) as sim:
             _, ws, _ = await started(app, sim)
             await ws.send(json.dumps({"type": "rtmp_stream_request", "packageName": PKG,
-                                      "rtmpUrl": f"rtmp://127.0.0.1:{port}/live/k"}))
+                                      "rtmpUrl": rtmp_receiver}))
             start = 0
             for _ in range(3):  # three drops, each followed by a reconnected publisher
                 ev = await sim.wait_for(frame("glasses", "reconnected"), 20, start)
@@ -547,7 +533,7 @@ def test_v3_pure_decisions() -> None:
     assert split_audio_frame(b'{"type":"ping"}') is None and split_audio_frame(uuid.encode()) is None
 
 
-def test_v3_header_identity_early_request_audio_stream_and_reconnect(clip: Path, rtmp_receiver: int) -> None:
+def test_v3_header_identity_early_request_audio_stream_and_reconnect(clip: Path, rtmp_receiver: str) -> None:
     """A v3 client: init without sessionId (identity in the upgrade headers), its stream_request sent before
     the ack is answered after it, audio_stream_start → audio_stream_ready and binary frames are counted;
     after a drop, `reconnect` → reconnect_ack and the live stream's state is pushed without asking."""
@@ -559,7 +545,7 @@ def test_v3_header_identity_early_request_audio_stream_and_reconnect(clip: Path,
             ws = await connect(hook["websocketUrl"], additional_headers=v3_headers(hook))
             await ws.send(v3_init())
             await ws.send(json.dumps({"type": "stream_request", "packageName": PKG,
-                                      "streamUrl": f"rtmp://127.0.0.1:{rtmp_receiver}/live/k"}))
+                                      "streamUrl": rtmp_receiver}))
             ack = await recv_json(ws)
             assert ack["type"] == "tpa_connection_ack" and ack["sessionId"] == hook["sessionId"]
             await asyncio.wait_for(task, 5)

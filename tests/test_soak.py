@@ -70,6 +70,11 @@ def test_rss_budget_scales_with_the_run_but_not_below_the_floor() -> None:
     assert not judge(samples=leaky).ok
     short = samples(n=24, rss=lambda i: 250.0 + i * 0.1)  # 2 min, +2 MB: under the 3 MB noise floor
     assert judge(samples=short).ok
+    # a bounded buffer filling and emptying (5 MB swing) that happens to start low and end high is no leak…
+    swing = samples(n=24, rss=lambda i: 250.0 + 5.0 * ((i + 1) % 6) / 5)
+    assert judge(samples=swing).ok
+    # …but the same swing on top of a slow climb is
+    assert not judge(samples=samples(n=24, rss=lambda i: 250.0 + 5.0 * ((i + 1) % 6) / 5 + i * 0.25)).ok
 
 
 def test_observations_pair_drops_with_returns_and_results() -> None:

@@ -237,7 +237,9 @@ def test_concurrent_clients_are_batched(server, scheme):
             eng.infer(blob)
 
     in_threads(client, 4)
-    got = server.batch_stats().since(before)
+    deadline = time.monotonic() + 3.0  # the server may count the last requests just after they answered
+    while (got := server.batch_stats().since(before)).inferences < 60 and time.monotonic() < deadline:
+        time.sleep(0.1)
     eng.close()
     assert got.inferences == 60 and got.executions < 60, got
 

@@ -116,7 +116,7 @@ def test_whip_publisher_replaced_dropped_and_back(fixture_videos, detector):
         assert pipeline.health().publisher_sessions == 3
         first = pipeline.health().first_frame_s  # offer accepted → first decoded frame (ICE, DTLS, a keyframe)
         print(f"whip: first frame {first:.2f} s after the offer was accepted")
-        assert first is not None and first <= 1.5
+        assert first is not None and first <= 3.0  # measured 0.11 s; margin for a loaded 2-core CI box
         assert pipeline.fatal_error is None
     finally:
         for p in publishers:

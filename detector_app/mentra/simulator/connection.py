@@ -16,8 +16,17 @@ from .core import SimCore
 from .lifecycle import AppLifecycle
 from .media import GlassesMedia
 from .protocol import now_ms
-from .replies import (Rejection, ack_frames, check_init, check_reconnect, filter_by_permission, init_user,
-                      is_v3_sdk, reconnect_rejected_frame, requested_streams)
+from .replies import (
+    Rejection,
+    ack_frames,
+    check_init,
+    check_reconnect,
+    filter_by_permission,
+    init_user,
+    is_v3_sdk,
+    reconnect_rejected_frame,
+    requested_streams,
+)
 from .state import UserSession
 from .streaming import Streaming
 

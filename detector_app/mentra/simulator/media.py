@@ -10,10 +10,16 @@ from loguru import logger
 
 from .core import SimCore
 from .protocol import new_stream_id, now_ms
-from .replies import (audio_reply, audio_stream_ready, button_payload, data_stream, display_text, split_audio_frame,
-                      transcription_payloads)
+from .replies import (
+    audio_reply,
+    audio_stream_ready,
+    button_payload,
+    data_stream,
+    display_text,
+    split_audio_frame,
+    transcription_payloads,
+)
 from .state import UserSession
-
 
 MAX_AUDIO_STREAMS = 16
 

@@ -10,10 +10,16 @@ from loguru import logger
 
 from .core import SimCore
 from .glasses import GlassesStreamConfig, VirtualGlassesStream
-from .protocol import map_glasses_status, new_stream_id
 from .managed import ManagedMediaServer, ManagedStreams
-from .replies import (Rejection, check_stream_request, managed_status_frame, resolve_stream_config,
-                      status_check_frame, status_frames)
+from .protocol import map_glasses_status, new_stream_id
+from .replies import (
+    Rejection,
+    check_stream_request,
+    managed_status_frame,
+    resolve_stream_config,
+    status_check_frame,
+    status_frames,
+)
 from .state import StreamState, UserSession
 
 
