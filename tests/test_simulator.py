@@ -572,8 +572,8 @@ def test_v3_header_identity_early_request_audio_stream_and_reconnect(clip: Path,
 
 
 def test_v3_reconnect_refusals() -> None:
-    """`reconnect` from a v2 SDK is refused and closed (1008); after the app stopped it is NOT_RUNNING;
-    D knows no reconnect (unbound frame: SESSION_NOT_FOUND, as before)."""
+    """`reconnect` from a v2 SDK is refused and closed (1008); one with a wrong or missing key in its upgrade
+    headers gets INVALID_API_KEY and 1008; after the app stopped it is NOT_RUNNING; D knows no reconnect (unbound frame: SESSION_NOT_FOUND, as before)."""
     async def body() -> None:
         async with FakeApp() as app, sim_for(app, "V3") as sim:
             hook, ws, _ = await started(app, sim)
@@ -582,6 +582,15 @@ def test_v3_reconnect_refusals() -> None:
                 rej = await recv_json(old_sdk)
                 assert (rej["type"], rej["code"]) == ("reconnect_rejected", "SESSION_NOT_FOUND")
                 assert (await expect_close(old_sdk))[0] == 1008
+            wrong_key = {**v3_headers(hook), "x-api-key": "not-the-key"}  # the frame has no key: the headers do
+            for headers in (wrong_key, {k: v for k, v in v3_headers(hook).items() if k != "x-api-key"}):
+                async with connect(sim.miniapp_ws_url, additional_headers=headers) as thief:
+                    await thief.send(json.dumps({"type": "reconnect", "sessionId": hook["sessionId"],
+                                                 "sdkVersion": "3.0.0"}))
+                    err = await recv_json(thief)
+                    assert (err["type"], err["code"]) == ("tpa_connection_error", "INVALID_API_KEY"), err
+                    assert (await expect_close(thief))[0] == 1008
+            assert not ws.close_code, "a refused reconnect must not take the running session's socket"
             await sim.stop_session(USER)
             async with connect(sim.miniapp_ws_url, additional_headers=v3_headers(hook)) as late:
                 await late.send(json.dumps({"type": "reconnect", "sessionId": hook["sessionId"], "sdkVersion": "3.0.0"}))

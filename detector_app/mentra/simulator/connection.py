@@ -21,6 +21,7 @@ from .replies import (
     ack_frames,
     check_init,
     check_reconnect,
+    check_reconnect_credentials,
     filter_by_permission,
     init_user,
     is_v3_sdk,
@@ -105,6 +106,10 @@ class AppConnections:
         """A 3.x SDK resumes after a drop with `reconnect` instead of an init (§3.8): `reconnect_ack`
         (the ack's fields) when the app is still running here, else `reconnect_rejected`."""
         core = self.core
+        if core.gen.accepts_reconnect and is_v3_sdk(data.get("sdkVersion")) and (
+                rejection := check_reconnect_credentials(headers, core.config.package_name, core.config.api_key)):
+            await core.reject(ws, None, rejection)
+            return None
         user = init_user(core.gen, headers, data, core.config.package_name)
         s = core.sessions.get(user) if user else None
         refusal = check_reconnect(core.gen, data, s.app_state if s is not None else None)

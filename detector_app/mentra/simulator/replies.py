@@ -55,6 +55,15 @@ def check_init(data: dict[str, Any], package_name: str, api_key: str) -> Rejecti
     return None
 
 
+def check_reconnect_credentials(headers: dict[str, str], package_name: str, api_key: str) -> Rejection | None:
+    """A `reconnect` frame carries no key: a 3.x SDK names its app and key in the upgrade headers
+    (`x-package-name`, `x-api-key`) of every socket, so the resumed socket is checked by those, as an
+    init is by its fields (a client that resumes with a wrong or missing key must not get its session)."""
+    if headers.get("x-package-name") != package_name or headers.get("x-api-key") != api_key:
+        return Rejection("INVALID_API_KEY", "Invalid API key")
+    return None
+
+
 def init_user(gen: GenerationProfile, headers: dict[str, str], data: dict[str, Any], package_name: str) -> str | None:
     """Whose session an init (or v3 `reconnect`) names: `userId || ws.data.userId ||
     parseUserIdFromLegacySessionId(init.sessionId)` ([D] bun-websocket.ts). Only V3 reads the upgrade
