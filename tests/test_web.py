@@ -27,7 +27,7 @@ from detector_app.glasses.publish import Publisher
 from detector_app.ingest.addresses import free_port, wait_listening
 from detector_app.ingest.factory import open_listener
 from detector_app.pipeline import Pipeline
-from detector_app.web.auth import COOKIE, Access, decide, token_middleware
+from detector_app.web.auth import COOKIE, Access, cookie_value, decide, token_middleware
 from detector_app.web.server import WebConfig, WebViewer, WebViewerError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,8 @@ def test_token_decision():
     assert decide(TOKEN, authorization=f"bearer {TOKEN}") is Access.ALLOW
     assert decide(TOKEN, authorization=f"Basic {TOKEN}") is Access.DENY
     assert decide(TOKEN, authorization="Bearer " + TOKEN[:-1]) is Access.DENY
-    assert decide(TOKEN, cookie=TOKEN) is Access.ALLOW
+    assert decide(TOKEN, cookie=cookie_value(TOKEN)) is Access.ALLOW
+    assert decide(TOKEN, cookie=TOKEN) is Access.DENY  # the cookie holds the derived value, never the token
     assert decide(TOKEN, cookie="nope") is Access.DENY
     assert decide(TOKEN, query_token=TOKEN) is Access.ALLOW_SET_COOKIE
     assert decide(TOKEN, query_token=TOKEN + "x") is Access.DENY
@@ -130,8 +131,9 @@ def test_token_middleware_without_sockets():
         once = await check(make_mocked_request("GET", f"/?a=1&token={TOKEN}"), handler)
         assert once.status == 303 and once.headers["Location"] == "/?a=1"  # the token leaves the address bar
         cookie = once.cookies[COOKIE]
-        assert cookie.value == TOKEN and cookie["httponly"] and cookie["samesite"] == "Strict"
-        with_cookie = await check(make_mocked_request("GET", "/", headers={"Cookie": f"{COOKIE}={TOKEN}"}), handler)
+        assert cookie.value == cookie_value(TOKEN) != TOKEN and cookie["httponly"] and cookie["samesite"] == "Strict"
+        with_cookie = await check(make_mocked_request("GET", "/", headers={"Cookie": f"{COOKIE}={cookie.value}"}),
+                                  handler)
         assert with_cookie.status == 200
         open_mw = token_middleware(None)
         assert (await open_mw(make_mocked_request("GET", "/"), handler)).status == 200

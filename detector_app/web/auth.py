@@ -3,13 +3,16 @@
 The viewer shows what a person's glasses see, so on any other address every route (page, API,
 frames, thumbnails, clips, static files) needs the token: ``Authorization: Bearer TOKEN``, or
 ``?token=TOKEN`` once, which sets an HttpOnly cookie and redirects to the same URL without it (so the
-token leaves the address bar and history). Tokens are compared with ``hmac.compare_digest``. The
+token leaves the address bar and history). The cookie holds a value derived from the token (HMAC), not
+the token: cookies are not scoped by port, so other servers on the same host receive it, and it must
+not give them the token itself. Values are compared with ``hmac.compare_digest``. The
 decision is a pure function of the request's credentials; the middleware is a thin shell around it.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 
@@ -25,6 +28,11 @@ class Access(enum.Enum):
     DENY = "deny"
 
 
+def cookie_value(token: str) -> str:
+    """What the viewer's cookie holds for ``token``: proof of the token, from which it cannot be recovered."""
+    return hmac.new(token.encode("utf-8"), b"detector-app viewer cookie v1", hashlib.sha256).hexdigest()
+
+
 def _same(given: str, token: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode("utf-8"))
 
@@ -37,7 +45,7 @@ def decide(token: str | None, *, authorization: str | None = None, query_token: 
     scheme, _, value = (authorization or "").partition(" ")
     if scheme.lower() == "bearer" and _same(value.strip(), token):
         return Access.ALLOW
-    if cookie is not None and _same(cookie, token):
+    if cookie is not None and _same(cookie, cookie_value(token)):
         return Access.ALLOW
     if query_token is not None and _same(query_token, token):
         return Access.ALLOW_SET_COOKIE
@@ -61,7 +69,7 @@ def token_middleware(token: str | None) -> Callable[[web.Request, Handler], Awai
                 and request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
             rest = [(k, v) for k, v in request.query.items() if k != QUERY]
             response = web.Response(status=303, headers={hdrs.LOCATION: str(request.rel_url.with_query(rest))})
-            response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
+            response.set_cookie(COOKIE, cookie_value(token), httponly=True, samesite="Strict", path="/")
             return response
         return await handler(request)
 
