@@ -128,15 +128,18 @@ class SightingStore:
         self.media_dir = media_dir or self.path.with_name(f"{self.path.stem}-media")
         if not create and not self.path.exists():
             raise SightingStoreError(f"no sightings database at {self.path} (run serve, replay or detect with sightings first)")
+        db: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
+            db = self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except (sqlite3.Error, OSError) as exc:
+            if db is not None:  # not a sightings database, or a newer schema: leave no handle open
+                db.close()
             raise SightingStoreError(f"cannot open the sightings database {self.path}: {exc}") from None
         self._lock = threading.Lock()
 
