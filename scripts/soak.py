@@ -365,7 +365,9 @@ def start_children(args: argparse.Namespace, work: Path, obs: Observations, stop
     port, sim_port = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MENTRAOS_API_KEY": key, "PACKAGE_NAME": PKG, "PORT": str(port),
            "WEBHOOK_HOST": "127.0.0.1", "INGEST_HOST": "127.0.0.1", "MENTRAOS_WS_ALLOWLIST": "127.0.0.1,localhost",
-           "PYTHONUNBUFFERED": "1", "DATA_DIR": str(work / "data")}  # serve's sightings stay in the workdir
+           "PYTHONUNBUFFERED": "1", "DATA_DIR": str(work / "data"),  # serve's sightings stay in the workdir
+           # its own ingest port (nginx's default 1935 may be another serve's: two soaks, or a soak beside a demo)
+           "INGEST_PORT": os.environ.get("INGEST_PORT") or str(free_port(outside_ephemeral=True))}
     cli = [sys.executable, "-m", "detector_app.cli"]
     with serve_log.open("wb") as out:
         serve = subprocess.Popen(cli + ["serve", "--model", str(args.model), "--headless", "--feed-port", "0",
