@@ -131,17 +131,20 @@ class DecodeThread(threading.Thread):
             self.finished.set()
             self.slot.close()
 
-    def _run_session(self, container: av.container.InputContainer) -> None:
-        vstream = container.streams.video[0]
-        ctx = vstream.codec_context
-        self.health.session_started(ctx.name, ctx.width, ctx.height)
+    def _begin_session(self, codec: str, what: str, width: int = 0, height: int = 0) -> int:
+        """A publisher session starts (either kind): health, log line, and media time from zero again."""
+        self.health.session_started(codec, width, height)
         session = self.health.sessions
-        logger.info(
-            "{}: publisher session {} started: {} {}x{}", self.source.name, session, ctx.name, ctx.width, ctx.height
-        )
+        logger.info("{}: publisher session {} started: {} {}", self.source.name, session, codec, what)
         if self.pts_sampler is not None:
             self.pts_sampler.reset()
         self._clock.reset()
+        return session
+
+    def _run_session(self, container: av.container.InputContainer) -> None:
+        vstream = container.streams.video[0]
+        ctx = vstream.codec_context
+        session = self._begin_session(ctx.name, f"{ctx.width}x{ctx.height}", ctx.width, ctx.height)
         error: str | None = None
         bad_in_a_row = 0
         tap = self.packet_tap
@@ -191,12 +194,7 @@ class DecodeThread(threading.Thread):
         """A session that arrives decoded (WebRTC): same slot, clock, health and session semantics;
         no frames for ``FRAME_STALL_S`` (a publisher gone without a word; ``FIRST_FRAME_S`` before the
         first frame) ends it like a read timeout."""
-        self.health.session_started(frames.codec, 0, 0)
-        session = self.health.sessions
-        logger.info("{}: publisher session {} started: {} (WebRTC)", self.source.name, session, frames.codec)
-        if self.pts_sampler is not None:
-            self.pts_sampler.reset()
-        self._clock.reset()
+        session = self._begin_session(frames.codec, "(WebRTC)")
         error: str | None = None
         feed = None
         first_index = self._index
