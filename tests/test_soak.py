@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -126,6 +127,9 @@ def test_short_soak_with_stream_and_socket_drops(fixture_videos, detector, tmp_p
          str(fixture_videos["cat_480p15"]), "--model", str(MODEL), "--workdir", str(tmp_path / "run"),
          "--json", str(report)],
         capture_output=True, text=True, timeout=140, cwd=ROOT,
+        # Sightings off here: their bounded caches (packet ring, SQLite pages, clip muxing) fill for ~5 minutes
+        # (+2–3 MB, then flat in the 30-minute run in the README), which a 2-minute run cannot tell from a leak.
+        env={**os.environ, "SIGHTINGS": "0"},
     )
     print(r.stdout[-3000:], r.stderr[-2000:])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
