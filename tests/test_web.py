@@ -201,23 +201,26 @@ def test_state_and_snapshot_of_a_live_stream(live):
     pipe, _ = live
     viewer = _viewer(lambda: [pipe])
 
-    def healthy(h: dict) -> bool:  # a loaded box can stall the publisher for a moment: look for 5 s
+    def healthy(h: dict) -> bool:
         return h["connected"] and 10 <= h["fps"] <= 20 and h["bitrate_kbps"] > 100 and h["frame_age_ms"] < 500
+
+    def steady(s: dict) -> bool:  # the 5 s detection rate still holds the start-up (CI saw 4.62/s once)
+        return healthy(s["health"]) and s["detections_per_s"] > 5
 
     async def run() -> None:
         async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + 5.0
+            deadline = time.monotonic() + 10.0  # a loaded box can stall the publisher for a moment
             while True:
                 async with http.get(f"http://127.0.0.1:{viewer.port}/api/state") as r:
                     state = await r.json()
-                if healthy(state["streams"][0]["health"]) or time.monotonic() > deadline:
+                if steady(state["streams"][0]) or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.5)
             assert state["sightings"] is False and len(state["streams"]) == 1
             s = state["streams"][0]
             assert s["id"] == 1 and s["name"] == "rtmp test stream" and "fixture-animals" in s["model"]
             assert healthy(s["health"]), s["health"]
-            assert s["health"]["width"] == 854 and s["detections_per_s"] > 5
+            assert s["health"]["width"] == 854 and s["detections_per_s"] > 5, s
             assert s["jpegs"] == 0, "a JPEG was made while nobody watched"
             async with http.get(f"http://127.0.0.1:{viewer.port}/api/streams/1/frame.jpg") as r:
                 assert r.status == 200 and r.content_type == "image/jpeg"
