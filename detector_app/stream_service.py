@@ -170,7 +170,7 @@ class DetectionService:
     PORT_SPAN = 32  # with a fixed first port, concurrent sessions take the next free ones
 
     def open_playback_stream(self, webrtc_url: str | None, hls_url: str | None, stream_id: str = "",
-                             prefer: str = "webrtc") -> StreamSession:
+                             prefer: str = "webrtc", label: str = "") -> StreamSession:
         """A managed stream: nothing listens, we pull the cloud's playback URL (WHEP by default, HLS
         as the fallback: ``ingest.managed``). Same pipeline, listeners and close as ``open_stream``."""
         from detector_app.ingest.managed import open_playback_source
@@ -181,20 +181,21 @@ class DetectionService:
             source = open_playback_source(webrtc_url, hls_url, prefer)  # type: ignore[arg-type]
             url = webrtc_url or hls_url or ""
             endpoint = IngestEndpoint("managed", stream_id or "managed", 0, "", "", publish_url=url, local_publish_url=url)
-            stream, closed = self._adopt(endpoint, source)
+            stream, closed = self._adopt(endpoint, source, label)
         return self._opened(stream, closed)
 
-    def open_stream(self, protocol: str = "rtmp") -> StreamSession:
-        """A listener with a fresh key on its own port (one publisher per listener)."""
+    def open_stream(self, protocol: str = "rtmp", *, label: str = "") -> StreamSession:
+        """A listener with a fresh key on its own port (one publisher per listener); ``label`` names it
+        for people (``serve``: the wearer), before its redacted ingest URL."""
         # Sessions open concurrently (one worker thread each) and our listeners bind lazily (in their
         # decode thread), so choosing a port and registering the stream happen under one lock.
         with self._open_lock:
             if self._closed:
                 raise ServiceClosedError("the detection service is shutting down")
             if protocol.lower() == "rtmp" and self.ingest.mode == "nginx":
-                return self._open_nginx_stream()
+                return self._open_nginx_stream(label)
             if protocol.lower() == "whip" and self._whip_port is not None:
-                return self._open_whip_stream()
+                return self._open_whip_stream(label)
             taken = {s.endpoint.port for s in self.streams()}
             ports = [0] if self.ingest.port == 0 else [
                 p for p in range(self.ingest.port, self.ingest.port + self.PORT_SPAN) if p not in taken
@@ -213,19 +214,19 @@ class DetectionService:
                     f"no free ingest port in {self.ingest.port}–{self.ingest.port + self.PORT_SPAN - 1}; "
                     "set another INGEST_PORT (or 0 for any free port)"
                 )
-            stream, closed = self._adopt(*opened)
+            stream, closed = self._adopt(*opened, label)
         return self._opened(stream, closed)
 
-    def _open_nginx_stream(self) -> StreamSession:
+    def _open_nginx_stream(self, label: str) -> StreamSession:
         """Caller holds ``_open_lock``. The puller is waiting in nginx before the URL is handed out:
         nginx keeps no GOP cache, so a late puller would wait a whole GOP for its first frame."""
         endpoint, source = self._nginx_ingest().open()
-        stream, closed = self._adopt(endpoint, source)
+        stream, closed = self._adopt(endpoint, source, label)
         if not closed and not source.wait_attached(PULLER_ATTACH_S):
             logger.warning("{}: puller not attached to nginx within {} s", source.name, PULLER_ATTACH_S)
         return self._opened(stream, closed)
 
-    def _open_whip_stream(self) -> StreamSession:
+    def _open_whip_stream(self, label: str) -> StreamSession:
         """Caller holds ``_open_lock``: a key on the miniapp's ``/whip`` routes, no port of its own."""
         from detector_app.ingest.addresses import advertise_host, new_stream_key
         from detector_app.ingest.rtc import ice_hosts_for, set_ice_hosts
@@ -237,12 +238,13 @@ class DetectionService:
             self._whip = WhipIngest()
         endpoint = whip_endpoint(new_stream_key(), self._whip_port, self.ingest.bind_host,
                                  advertise_host(self.ingest.advertise_host, True))
-        stream, closed = self._adopt(endpoint, self._whip.register(endpoint))
+        stream, closed = self._adopt(endpoint, self._whip.register(endpoint), label)
         return self._opened(stream, closed)
 
-    def _adopt(self, endpoint: IngestEndpoint, source: VideoSource) -> tuple[StreamSession, bool]:
+    def _adopt(self, endpoint: IngestEndpoint, source: VideoSource, label: str = "") -> tuple[StreamSession, bool]:
+        name = f"{label} · {endpoint.redacted()}" if label else endpoint.redacted()
         pipeline = Pipeline(
-            source, self.detector, fps=self.ingest.fps, sinks=list(self.sinks), source_label=endpoint.redacted(),
+            source, self.detector, fps=self.ingest.fps, sinks=list(self.sinks), source_label=name,
             recorder=self.sightings.recorder() if self.sightings is not None else None, track=self.ingest.track,
         )
         pipeline.start()

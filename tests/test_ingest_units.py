@@ -277,9 +277,12 @@ def test_fixed_ingest_port_gives_concurrent_sessions_the_next_free_ports():
     first = free_port("127.0.0.1", outside_ephemeral=True)
     svc = DetectionService(None, IngestConfig(bind_host="127.0.0.1", advertise_host="127.0.0.1", port=first))  # type: ignore[arg-type]
     try:
-        a, b = svc.open_stream("rtmp"), svc.open_stream("rtmp")
+        a, b = svc.open_stream("rtmp", label="alice@example.com"), svc.open_stream("rtmp")
         assert a.endpoint.port == first and b.endpoint.port > first
         assert a.key != b.key and a.key in a.publish_url and b.key in b.publish_url
+        # named for people: the wearer first, then the URL without its key
+        assert a.view.source_label == f"alice@example.com · {a.endpoint.redacted()}" and a.key not in a.view.source_label
+        assert b.view.source_label == b.endpoint.redacted()
     finally:
         svc.close()
 

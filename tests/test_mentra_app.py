@@ -83,13 +83,15 @@ class FakeService:
     def __init__(self, fail_after: int | None = None, open_delay_s: float = 0.0, close_delay_s: float = 0.0) -> None:
         self.close_delay_s = close_delay_s
         self.streams: list[FakeStream] = []
+        self.labels: list[str] = []  # who each stream was opened for (the wearer)
         self.closed = False
         self.attempts = 0
         self.fail_after = fail_after
         self.open_delay_s = open_delay_s
 
-    def open_stream(self, protocol: str) -> FakeStream:
+    def open_stream(self, protocol: str, *, label: str = "") -> FakeStream:
         assert protocol == "rtmp"
+        self.labels.append(label)
         self.attempts += 1
         time.sleep(self.open_delay_s)
         if self.fail_after is not None and len(self.streams) >= self.fail_after:
@@ -244,6 +246,7 @@ def test_full_session_feedback_and_voice_stop():
         subs = cloud.of_type("subscription_update")[0]["subscriptions"]
         assert {"transcription:en-US", "button_press", "rtmp_stream_status"} <= set(subs)
         [stream] = service.streams
+        assert service.labels == ["alice@example.com"], "the stream is named after its wearer (window, web viewer)"
         req = cloud.of_type("rtmp_stream_request")[0]
         assert req["rtmpUrl"] == stream.publish_url and req["packageName"] == PKG
 
@@ -483,7 +486,7 @@ CHILD = textwrap.dedent("""
         def close(self, timeout=5.0): print("STREAM-CLOSED", flush=True)
 
     class Service:
-        def open_stream(self, protocol): return Stream()
+        def open_stream(self, protocol, label=""): return Stream()
         def close(self): print("SERVICE-CLOSED", flush=True)
 
     port = int(sys.argv[1])
@@ -543,13 +546,14 @@ class ReceiverService(FakeService):
         self.url = url
         self.playback: list[tuple[str | None, str | None]] = []
 
-    def open_stream(self, protocol: str) -> FakeStream:
-        stream = super().open_stream(protocol)
+    def open_stream(self, protocol: str, *, label: str = "") -> FakeStream:
+        stream = super().open_stream(protocol, label=label)
         stream.publish_url = self.url
         return stream
 
-    def open_playback_stream(self, *, webrtc_url: str | None, hls_url: str | None) -> FakeStream:
+    def open_playback_stream(self, *, webrtc_url: str | None, hls_url: str | None, label: str = "") -> FakeStream:
         self.playback.append((webrtc_url, hls_url))
+        self.labels.append(label)
         stream = FakeStream(len(self.streams))
         stream.publish_url = webrtc_url or hls_url or ""
         self.streams.append(stream)

@@ -132,7 +132,7 @@ def test_wrong_method_is_4xx():
 # ---------------------------------------------------------------------------------- port clash
 
 class NoService:
-    def open_stream(self, protocol):
+    def open_stream(self, protocol, label=""):
         raise AssertionError("not used")
 
     def close(self):

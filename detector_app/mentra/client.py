@@ -85,6 +85,12 @@ class SessionRunner:
         return self.session.session_id
 
     @property
+    def wearer(self) -> str:
+        """Who this stream is from, for the operator's window and web viewer (the user id, as the
+        cloud names the wearer; the session id until the cloud has said)."""
+        return self.session.user_id or self.session.session_id
+
+    @property
     def task(self) -> asyncio.Task[SessionEnded | None] | None:
         return self._task
 
@@ -285,9 +291,9 @@ class SessionRunner:
             if not isinstance(service, PlaybackServiceLike):
                 raise RuntimeError("this detection service cannot pull a managed stream (no open_playback_stream)")
             stream = service.open_playback_stream(webrtc_url=start.playback.webrtc_url,
-                                                  hls_url=start.playback.hls_url)
+                                                  hls_url=start.playback.hls_url, label=self.wearer)
         else:
-            stream = service.open_stream(start.protocol)
+            stream = service.open_stream(start.protocol, label=self.wearer)
         stream.add_listener(self._on_result_threadsafe)
         with self._stream_lock:
             if not self._streams_closed:

@@ -39,7 +39,8 @@ class StreamSessionLike(Protocol):
 class DetectionServiceLike(Protocol):
     """The loaded model; opens one stream per glasses session."""
 
-    def open_stream(self, protocol: str) -> StreamSessionLike: ...
+    def open_stream(self, protocol: str, *, label: str = "") -> StreamSessionLike:
+        """``label`` names the stream for people (the wearer), in the window title and the web viewer."""
 
     def close(self) -> None: ...
 
@@ -49,4 +50,5 @@ class PlaybackServiceLike(Protocol):
     """A detection service that can also pull a managed stream's playback URLs (WebRTC/WHEP first,
     HLS as the fallback) instead of listening for a publisher."""
 
-    def open_playback_stream(self, *, webrtc_url: str | None, hls_url: str | None) -> StreamSessionLike: ...
+    def open_playback_stream(self, *, webrtc_url: str | None, hls_url: str | None,
+                             label: str = "") -> StreamSessionLike: ...

@@ -43,7 +43,7 @@ class Sighting:
     since the publisher session's first frame (``FrameResult.pts``)."""
 
     id: int
-    stream: str  # the stream's label (redacted publish URL, file name)
+    stream: str  # the stream's label (serve: wearer · redacted publish URL; a file name)
     session: int  # publisher session of that stream
     track_id: int
     label: str
