@@ -46,7 +46,8 @@ class Protocol(str, Enum):
 
 
 class ServeProtocol(str, Enum):
-    """How serve gets the glasses' video: pushed to our ingest, or (managed) pulled from the cloud's relay."""
+    """How serve (and bench) gets the glasses' video: pushed to our ingest, or (managed) pulled from the
+    cloud's relay."""
 
     rtmp = "rtmp"
     srt = "srt"
@@ -621,7 +622,9 @@ def demo(
 @app.command()
 def bench(
     duration: Annotated[float, typer.Option("--duration", min=2.0, help="Seconds of video to publish per side (≤ the video's length).")] = 60.0,
-    protocol: Annotated[Protocol, typer.Option("--protocol", "-p", help="Our ingest (the baseline always pulls RTMP from nginx).")] = Protocol.rtmp,
+    protocol: Annotated[ServeProtocol, typer.Option(
+        "--protocol", "-p", help="Our ingest; managed: we pull WHEP from a simulated cloud relay (the baseline always "
+        "pulls RTMP from nginx).")] = ServeProtocol.rtmp,
     model: Annotated[str | None, typer.Option("--model", "-m", help="A .pt model (both sides). Default: the bundled fixture model.")] = None,
     video: Annotated[Path | None, typer.Option("--video", help="Recorded video with the frame-counter barcode (default: the bench_720p30 fixture).")] = None,
     backend: BackendOpt = Backend.auto,

@@ -248,6 +248,34 @@ def test_bench_two_streams_floor_and_baseline(tmp_path, fixture_videos):
     assert png.exists() and png.stat().st_size > 10_000
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_bench_managed_pulls_each_stream_from_the_relay(tmp_path, fixture_videos):
+    """``--protocol managed``: the relay child serves one WHEP stream per session, each pipeline pulls its
+    own, and every frame's send time is logged once (its barcode is what the detector saw)."""
+    if not MODEL.exists():
+        pytest.fail(f"test model missing: {MODEL}")
+    out = tmp_path / "bench"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--protocol", "managed", "--duration", "6",
+           "--streams", "2", "--no-baseline", "--video", str(fixture_videos["cat_720p30"]), "--model", str(MODEL),
+           "--out-dir", str(out), "--raw-calls", "10", "--log-level", "WARNING"]
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    log = proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode in (EXIT_OK, EXIT_MISS), log
+    summary = json.loads((out / "bench.json").read_text())
+    assert summary["config"]["protocol"] == "managed" and "MANAGED" in proc.stdout
+    assert summary["baseline"] is None and summary["ours"]["error"] is None, summary["ours"]
+    for i, s in enumerate(summary["ours"]["per_stream"]):
+        assert s["frames_sent"] >= 170 and s["results_matched"] > 10, (i, s)
+        assert 0 < s["latency_ms_p50"] < 2000, (i, s)  # a real glasses→detection time, not a clock mix-up
+    for i in range(2):  # each stream's frames were sent once: a frame id never appears twice
+        frames = [json.loads(ln)["frame"] for ln in (out / f"sends-ours-{i}.jsonl").read_text().splitlines()
+                  if '"frame"' in ln]
+        assert len(frames) == len(set(frames)) >= 170
+    raw = json.loads((out / "ours.json").read_text())
+    assert raw["sessions"] == [1, 1] and min(raw["frames_decoded"]) >= 170, raw["sessions"]  # one WHEP pull each
+
+
 def test_inference_server_batches_are_the_difference_over_our_side():
     from detector_app.bench.runner import batch_delta, server_batches
 

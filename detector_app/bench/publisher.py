@@ -1,5 +1,5 @@
-"""The benchmark's timed publisher: remux a recorded video to RTMP or SRT (or send it over WHIP) in real
-time and log send times.
+"""The benchmark's timed publisher: remux a recorded video to RTMP or SRT (or send it over WHIP, or serve
+it as a managed stream's WHEP relay) in real time and log send times.
 
 Run it as its own process (``python -m detector_app.bench.publisher``): publishing and listening with
 PyAV in one interpreter deadlocks on the GIL (field notes), and the pipeline's CPU must not include it.
@@ -88,6 +88,66 @@ def publish_whip(video: Path, url: str, duration: float, log_path: Path, wait_go
     return sent
 
 
+def relay_managed(video: Path, duration: float, log_paths: list[Path], wait_go: bool = False) -> int:
+    """Managed streams: here the glasses' side is the cloud's relay, and the worker pulls from it. This
+    process plays the simulator's relay (``ManagedMedia``: WHEP, plus its HLS/DASH packager), one managed
+    stream per log, and prints the WHEP URLs with PUBLISHER_READY. The worker's viewers connect before
+    "go"; every track holds its first frame until then, so the video starts at "go" as a push does. A
+    frame's send time is when it is handed to aiortc, as for WHIP. Returns the frames sent."""
+    import asyncio
+    import threading
+
+    from detector_app.glasses.whip_client import FileVideoTrack
+    from detector_app.mentra.simulator.managed_media import ManagedMedia
+
+    logs = [open(p, "w") for p in log_paths]  # noqa: SIM115 - closed below
+    gate = asyncio.Event()  # waited on by the tracks, on the WebRTC loop
+    tracks: dict[int, FileVideoTrack] = {}
+    lock = threading.Lock()
+
+    def make_track(stream_id: str, path: Path) -> FileVideoTrack:
+        i = int(stream_id.removeprefix("bench"))
+        log = logs[i]
+        with lock:
+            if i in tracks:  # a viewer that reconnects gets the video again, but its frames are not logged:
+                log.write(json.dumps({"event": "viewer_again", "t": time.time()}) + "\n")  # frame k is sent once
+                return FileVideoTrack(path, duration=duration, gate=gate)
+
+            def on_sent(k: int, t: float) -> None:
+                if k == 0:
+                    log.write(json.dumps({"event": "connected", "t": t}) + "\n")
+                log.write(json.dumps({"frame": k, "t": t}) + "\n")
+
+            tracks[i] = FileVideoTrack(path, duration=duration, on_sent=on_sent, gate=gate)
+            return tracks[i]
+
+    media = ManagedMedia(make_track=make_track)
+    try:
+        urls = [asyncio.run(media.start(f"bench{i}", video)).webrtc_url for i in range(len(logs))]
+        print("PUBLISHER_READY " + json.dumps({"urls": urls}), flush=True)
+        if wait_go:
+            sys.stdin.readline()
+        t_go = time.time()
+        for log in logs:
+            log.write(json.dumps({"event": "connect_start", "t": t_go}) + "\n")
+        media.rtc.loop.call_soon_threadsafe(gate.set)
+        deadline = time.monotonic() + duration + 5.0  # a viewer that never came: its log has no frames
+        while time.monotonic() < deadline:
+            with lock:
+                if len(tracks) == len(logs) and all(t.readyState == "ended" for t in tracks.values()):
+                    break
+            time.sleep(0.05)
+        t_end = time.time()
+        for i, log in enumerate(logs):
+            sent = tracks[i].sent if i in tracks else 0
+            log.write(json.dumps({"event": "end", "t": t_end, "frames": sent}) + "\n")
+        return sum(t.sent for t in tracks.values())
+    finally:
+        asyncio.run(media.close())
+        for log in logs:
+            log.close()
+
+
 def publish(video: Path, url: str, duration: float, log_path: Path, wait_go: bool = False) -> int:
     """Publish ``duration`` seconds of ``video`` to ``url`` in real time; returns the number of video frames sent."""
     if url.lower().startswith(("http://", "https://")):
@@ -152,13 +212,19 @@ def publish(video: Path, url: str, duration: float, log_path: Path, wait_go: boo
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--video", type=Path, required=True)
-    ap.add_argument("--url", required=True)
+    ap.add_argument("--url", required=True, help="rtmp://, srt://, http(s):// (WHIP), or 'managed' (serve WHEP)")
     ap.add_argument("--duration", type=float, required=True)
-    ap.add_argument("--log", type=Path, required=True, help="JSONL of send times, one line per video frame")
+    ap.add_argument("--log", type=Path, action="append", required=True,
+                    help="JSONL of send times, one line per video frame (managed: once per stream)")
     ap.add_argument("--wait-go", action="store_true", help="print PUBLISHER_READY, then wait for a line on stdin")
     args = ap.parse_args(argv)
+    if args.url != "managed" and len(args.log) != 1:
+        ap.error("one --log per publisher (several only with --url managed)")
     try:
-        n = publish(args.video, args.url, args.duration, args.log, wait_go=args.wait_go)
+        if args.url == "managed":
+            n = relay_managed(args.video, args.duration, args.log, wait_go=args.wait_go)
+        else:
+            n = publish(args.video, args.url, args.duration, args.log[0], wait_go=args.wait_go)
     except (av.error.FFmpegError, OSError, RuntimeError) as exc:  # RuntimeError: WhipRefused
         print(f"publisher failed: {exc}", file=sys.stderr)
         return 1

@@ -175,12 +175,14 @@ class Worker:
         self._log.close()
 
 
-def _publish(video: Path, url: str, duration: float, sends_log: Path, log_path: Path) -> subprocess.Popen:
-    """Start the publisher and wait until it has loaded (imports, input opened) but not yet connected."""
+def _publish(video: Path, url: str, duration: float, sends_logs: list[Path], log_path: Path) -> tuple[subprocess.Popen, dict]:
+    """Start the publisher and wait until it has loaded (imports, input opened) but not yet connected;
+    returns it and what its PUBLISHER_READY line said (the managed relay: the URLs it serves)."""
+    logs = [a for p in sends_logs for a in ("--log", str(p))]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "detector_app.bench.publisher", "--video", str(video), "--url", url,
-             "--duration", f"{duration:.3f}", "--log", str(sends_log), "--wait-go"],
+             "--duration", f"{duration:.3f}", *logs, "--wait-go"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=PROJECT_ROOT,
             env=_child_env(), start_new_session=True,
         )
@@ -191,10 +193,15 @@ def _publish(video: Path, url: str, duration: float, sends_log: Path, log_path: 
         line = got.get(timeout=30.0)
     except queue.Empty:
         line = ""
-    if "PUBLISHER_READY" not in line:
+    tag, _, payload = line.partition(" ")
+    if tag.strip() != "PUBLISHER_READY":
         _kill_group(proc)
         raise BenchError(f"publisher did not start (see {log_path})")
-    return proc
+    try:
+        return proc, json.loads(payload) if payload.strip() else {}
+    except json.JSONDecodeError:
+        _kill_group(proc)
+        raise BenchError(f"publisher said something unreadable: {line.strip()[:200]} (see {log_path})") from None
 
 
 def _go(proc: subprocess.Popen) -> None:
@@ -226,25 +233,40 @@ def _wait_player_connected(pid: int, port: int, timeout: float = 10.0) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ a side
+def _side_paths(out_dir: Path, name: str, n: int, kind: str, ext: str) -> list[Path]:
+    return [out_dir / (f"{kind}-{name}.{ext}" if n == 1 else f"{kind}-{name}-{i}.{ext}") for i in range(n)]
+
+
 def run_side(name: str, worker_args: list[str], cfg: BenchConfig, publish_urls_of, before_publish=None) -> dict:
     """Start the worker, wait READY, publish to every URL it serves for ``cfg.duration`` (all publishers at
-    once), measure, stop; returns raw records (``sends`` is one list of send-log lines per stream)."""
+    once), measure, stop; returns raw records (``sends`` is one list of send-log lines per stream).
+
+    A managed stream runs the other way round: the relay (the cloud's side) starts first and serves one
+    WHEP URL per stream, the worker pulls them, and "go" starts the relay's video."""
     out_dir = cfg.out_dir
     raw_path = out_dir / f"{name}.json"
-    worker = Worker(name, [*worker_args, "--out", str(raw_path)], out_dir / f"worker-{name}.log")
     publishers: list[subprocess.Popen] = []
+    worker: Worker | None = None
     try:
-        ready = worker.wait_for("BENCH_READY", READY_TIMEOUT_S)
+        if name == "ours" and cfg.protocol == "managed":
+            sends_paths = _side_paths(out_dir, name, cfg.streams, "sends", "jsonl")
+            logs = [out_dir / f"relay-{name}.log"]
+            relay, said = _publish(cfg.video, "managed", cfg.duration, sends_paths, logs[0])
+            publishers.append(relay)
+            pulls = [a for u in said.get("urls", []) for a in ("--playback-url", u)]
+            worker = Worker(name, [*worker_args, *pulls, "--out", str(raw_path)], out_dir / f"worker-{name}.log")
+            ready = worker.wait_for("BENCH_READY", READY_TIMEOUT_S)
+        else:
+            worker = Worker(name, [*worker_args, "--out", str(raw_path)], out_dir / f"worker-{name}.log")
+            ready = worker.wait_for("BENCH_READY", READY_TIMEOUT_S)
+            if before_publish is not None:
+                before_publish(worker, ready)
+            urls = publish_urls_of(ready)
+            sends_paths = _side_paths(out_dir, name, len(urls), "sends", "jsonl")
+            logs = _side_paths(out_dir, name, len(urls), "publisher", "log")
+            for url, sp, lp in zip(urls, sends_paths, logs, strict=True):
+                publishers.append(_publish(cfg.video, url, cfg.duration, [sp], lp)[0])
         logger.info("{}: worker ready (pid {}, {} imgsz {})", name, worker.proc.pid, ready.get("model"), ready.get("imgsz"))
-        if before_publish is not None:
-            before_publish(worker, ready)
-        urls = publish_urls_of(ready)
-        sends_paths = [out_dir / (f"sends-{name}.jsonl" if len(urls) == 1 else f"sends-{name}-{i}.jsonl")
-                       for i in range(len(urls))]
-        logs = [out_dir / (f"publisher-{name}.log" if len(urls) == 1 else f"publisher-{name}-{i}.log")
-                for i in range(len(urls))]
-        for url, sp, lp in zip(urls, sends_paths, logs, strict=True):
-            publishers.append(_publish(cfg.video, url, cfg.duration, sp, lp))
         cpu0, t0, busy0 = proc_cpu_seconds(worker.proc.pid), time.time(), machine_busy_seconds()
         for pub in publishers:
             _go(pub)
@@ -275,7 +297,8 @@ def run_side(name: str, worker_args: list[str], cfg: BenchConfig, publish_urls_o
     finally:
         for pub in publishers:
             _kill_group(pub)
-        worker.kill()
+        if worker is not None:
+            worker.kill()
 
 
 # ----------------------------------------------------------------------------------------------- floor

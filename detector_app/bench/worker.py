@@ -12,7 +12,8 @@ Protocol with the parent (line based, nothing else is written to stdout by us):
 ours:     the real app path, ``--streams N`` times in one process: N × (``open_listener`` → ``Pipeline``:
           decode thread, latest-frame slot, 10 FPS sampler) sharing ONE ``Detector`` (as ``serve`` shares it
           between wearers), with ``frame_counter_probe`` reading the frame number drawn in each fixture
-          frame. A 30 Hz "display" thread peeks every slot like a preview window would.
+          frame. A 30 Hz "display" thread peeks every slot like a preview window would. ``--protocol
+          managed``: each stream pulls the relay's WHEP URL (``--playback-url``) instead of listening.
 baseline: Ultralytics' own streaming: ``YOLO(pt).predict(source=url, stream=True)`` with its defaults
           (PyTorch, OpenCV's FFmpeg reader), same model, long side, confidence and NMS IoU as ours (so both
           sides post-process the same boxes); the frame number is read
@@ -226,6 +227,7 @@ def run_ours(args: argparse.Namespace) -> None:
     from detector_app.fixtures.scene import frame_counter_probe
     from detector_app.ingest.addresses import wait_listening
     from detector_app.ingest.factory import open_listener
+    from detector_app.ingest.managed import open_playback_source
     from detector_app.pipeline import Pipeline
 
     frame_size = tuple(int(v) for v in args.frame_size.lower().split("x"))
@@ -234,9 +236,14 @@ def run_ours(args: argparse.Namespace) -> None:
 
     results: list[dict] = []  # list.append is atomic: every pipeline's inference thread appends here
     endpoints, pipelines = [], []
+    if args.protocol == "managed" and len(args.playback_url or []) != args.streams:
+        raise SystemExit(f"--protocol managed needs one --playback-url per stream ({args.streams})")
     for i in range(args.streams):
-        endpoint, source = open_listener(args.protocol, port=0, bind_host="127.0.0.1", advertise="127.0.0.1",
-                                         for_glasses=False)
+        if args.protocol == "managed":  # we pull the relay's WHEP URL (no HLS fallback: WebRTC is measured)
+            endpoint, source = None, open_playback_source(args.playback_url[i], None)
+        else:
+            endpoint, source = open_listener(args.protocol, port=0, bind_host="127.0.0.1", advertise="127.0.0.1",
+                                             for_glasses=False)
 
         def sink(r, i: int = i) -> None:
             results.append({
@@ -245,7 +252,8 @@ def run_ours(args: argparse.Namespace) -> None:
                 "n_all": r.all_detections,
             })
 
-        endpoints.append(endpoint)
+        if endpoint is not None:
+            endpoints.append(endpoint)
         pipelines.append(Pipeline(source, det, fps=args.fps, sinks=[sink], frame_probe=frame_counter_probe,
                                   source_label=f"bench {args.protocol} #{i}"))
     for p in pipelines:
@@ -291,7 +299,7 @@ def run_ours(args: argparse.Namespace) -> None:
         long_side = int(max(imgsz)) if isinstance(imgsz, (tuple, list)) else int(imgsz)
         resolved = getattr(det, "resolved", None)
         _say("BENCH_READY", {
-            "urls": [ep.local_publish_url for ep in endpoints], "backend": det.backend, "model": det.description,
+            "urls": [ep.local_publish_url for ep in endpoints] or list(args.playback_url or []), "backend": det.backend, "model": det.description,
             "imgsz": list(imgsz) if isinstance(imgsz, (tuple, list)) else imgsz, "long_side": long_side,
             "export": getattr(resolved, "path", None), "runtime": runtime_config(det),
             "precision": getattr(det.cfg, "precision", None), "pid": os.getpid(), "usage": _usage(),
@@ -383,7 +391,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--conf", type=float, default=0.35)
     ap.add_argument("--imgsz", type=int, default=None, help="network input long side (baseline: required)")
     ap.add_argument("--frame-size", default="1280x720")
-    ap.add_argument("--protocol", default="rtmp", choices=("rtmp", "srt", "whip"))
+    ap.add_argument("--protocol", default="rtmp", choices=("rtmp", "srt", "whip", "managed"))
+    ap.add_argument("--playback-url", action="append", help="ours, managed: a stream's WHEP URL to pull (once per stream)")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--fps", type=float, default=10.0)
     ap.add_argument("--streams", type=int, default=1, help="ours: concurrent sessions sharing one Detector")

@@ -54,13 +54,16 @@ class FileVideoTrack(MediaStreamTrack):
     """A video file as a live WebRTC track, paced in real time; H.264 passes through as packets.
 
     ``on_sent(index, wall_time)`` is called as each frame is handed to aiortc (the bench's send log).
-    The file is read in a worker thread, one packet at a time: nothing is read ahead."""
+    ``gate``, when given, holds the first frame until it is set (the bench's managed relay connects its
+    viewers first and starts the video at "go"). The file is read in a worker thread, one packet at a
+    time: nothing is read ahead."""
 
     kind = "video"
 
     def __init__(self, video: Path, loop: bool = False, duration: float | None = None,
-                 on_sent: Callable[[int, float], None] | None = None) -> None:
+                 on_sent: Callable[[int, float], None] | None = None, gate: asyncio.Event | None = None) -> None:
         super().__init__()
+        self._gate = gate
         self._container = av.open(str(video))
         self._stream = self._container.streams.video[0]
         self._copy = self._stream.codec_context.name == "h264"
@@ -113,6 +116,8 @@ class FileVideoTrack(MediaStreamTrack):
     async def recv(self):
         if self.readyState != "live":
             raise MediaStreamError
+        if self._gate is not None and self._t0 is None:
+            await self._gate.wait()
         got = await asyncio.to_thread(self._read)
         if got is None or (self._duration is not None and got[1] >= self._duration):
             self.stop()

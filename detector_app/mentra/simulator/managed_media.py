@@ -27,8 +27,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from loguru import logger
@@ -37,6 +39,9 @@ from detector_app.glasses.publish import find_ffmpeg
 from detector_app.ingest.addresses import free_port
 from detector_app.ingest.rtc import RtcLoop, ice_hosts_for, set_ice_hosts
 from detector_app.procs import die_with_parent, stop_process
+
+if TYPE_CHECKING:
+    from aiortc import MediaStreamTrack
 
 HLS_TIME_S = 1
 HLS_LIST_SIZE = 4
@@ -61,12 +66,21 @@ class _Stream:
     started_at: float = field(default_factory=time.time)  # ≈ the HLS packager's media time 0
 
 
+def _looped(video: Path) -> MediaStreamTrack:
+    from detector_app.glasses.whip_client import FileVideoTrack
+
+    return FileVideoTrack(video, loop=True)
+
+
 class ManagedMedia:
     """Serves every managed stream of one simulator (``ManagedMediaServer`` in ``simulator.managed``)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, public_host: str | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, public_host: str | None = None,
+                 make_track: Callable[[str, Path], MediaStreamTrack] | None = None) -> None:
         """``host`` is where it listens; ``public_host`` goes into the URLs (default: ``host``, or
-        127.0.0.1 for a wildcard bind)."""
+        127.0.0.1 for a wildcard bind). ``make_track(stream_id, video)`` builds each WHEP viewer's track
+        (default: the video looped in real time; the bench logs every frame's send time instead)."""
+        self.make_track = make_track or (lambda _sid, video: _looped(video))
         self.host = host
         self.public_host = public_host or ("127.0.0.1" if host in ("", "0.0.0.0", "::") else host)
         self.port = port
@@ -193,7 +207,6 @@ class ManagedMedia:
     async def _whep_offer(self, request: web.Request) -> web.Response:
         from aiortc import RTCPeerConnection, RTCSessionDescription
 
-        from detector_app.glasses.whip_client import FileVideoTrack
         from detector_app.ingest.rtc import prefer_h264
 
         stream = self._streams.get(request.match_info["sid"])
@@ -202,7 +215,7 @@ class ManagedMedia:
         if request.content_type != "application/sdp":
             return web.Response(status=415, text="offer must be application/sdp\n")
         pc = RTCPeerConnection()
-        track = FileVideoTrack(stream.video, loop=True)
+        track = self.make_track(stream.stream_id, stream.video)
         resource = secrets.token_urlsafe(9)
         try:
             # Our transceiver first, H.264 only: the offer's video m-line binds to it, so the answer
