@@ -303,6 +303,48 @@ def test_a_failing_access_unit_tap_never_stops_the_video():
     assert inner.qsize() == 2 and calls == [0] and tap.on_access_unit is None
 
 
+def test_a_starved_decoder_never_queues_more_than_its_bound():
+    """aiortc's decoder queue is unbounded: with nobody decoding (a CPU-starved box), the tap holds it at
+    ``max_backlog`` units, drops the backlog, asks for a keyframe, and resumes exactly at the next IDR;
+    the clip ring still gets every unit, and the receiver's stop sentinel is never dropped."""
+    import queue
+    import threading
+    from types import SimpleNamespace
+
+    from detector_app.ingest.rtc import _Tap
+
+    h264 = SimpleNamespace(name="H264")
+    idr, p = b"\x00\x00\x00\x01\x67sps\x00\x00\x01\x65idr", b"\x00\x00\x00\x01\x41p"
+    inner: queue.Queue = queue.Queue()
+    want_keyframe = threading.Event()
+    clips: list[int] = []
+    tap = _Tap(inner, lambda n: None, lambda data, ts: clips.append(ts), max_backlog=10, want_keyframe=want_keyframe)
+
+    def put(i: int, data: bytes) -> None:
+        tap.put((h264, SimpleNamespace(data=data, timestamp=i)))
+
+    put(0, idr)
+    for i in range(1, 200):  # 199 more, no keyframe among them, nobody decoding
+        put(i, p)
+        assert inner.qsize() <= 10
+    assert tap.skipping and want_keyframe.is_set() and tap.dropped == 200 - inner.qsize()
+    assert inner.qsize() == 0  # dropped at 10 waiting; nothing after it could decode without them
+    put(200, p)
+    assert inner.qsize() == 0
+    put(201, idr)
+    put(202, p)
+    assert not tap.skipping and [inner.get_nowait()[1].timestamp for _ in range(2)] == [201, 202]
+    assert clips == list(range(203)), "the clip ring saw every received unit"
+
+    for i in range(9):  # a stop while the backlog is dropped: the sentinel survives the drain
+        put(300 + i, p)
+    tap.put(None)
+    for i in range(3):
+        put(400 + i, p)
+    left = [inner.get_nowait() for _ in range(inner.qsize())]
+    assert left.count(None) == 1
+
+
 def test_whip_port_in_use_is_one_clear_error_and_the_port_can_be_reused():
     import socket
 

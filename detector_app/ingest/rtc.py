@@ -6,7 +6,8 @@
 * ``TrackSession``: one publisher session arriving as an aiortc video track. aiortc depacketizes and
   decodes H.264 itself and hands ``av.VideoFrame``s to ``track.recv()``; a pump on the loop takes each
   frame at once (aiortc's own queue behind ``recv()`` is unbounded, so it must never wait) and puts it
-  into a one-frame handoff the decode thread reads: latest frame wins, nothing queues.
+  into a one-frame handoff the decode thread reads: latest frame wins, nothing queues. aiortc's queue
+  in front of its decoder is bounded by ``_Tap`` (past 1 s of backlog: drop, skip to a keyframe).
 * ``set_ice_hosts``: which local addresses ICE offers (aioice skips loopback; tests and replay need
   exactly loopback, ``serve`` every interface).
 """
@@ -17,6 +18,7 @@ import asyncio
 import concurrent.futures
 import fractions
 import io
+import queue
 import re
 import threading
 import time
@@ -113,35 +115,91 @@ class RtcLoop:
         return await asyncio.wrap_future(self.submit(coro))
 
 
+MAX_DECODE_BACKLOG = 30  # access units waiting for aiortc's decoder: 1 s of 30 fps video
+
+
 class _Tap:
-    """Stands in for aiortc's receiver → decoder queue to count the bytes of every received access
-    unit (bitrate) and, optionally, hand the Annex-B access unit to ``on_access_unit``.
+    """Stands in for aiortc's receiver → decoder queue: counts the bytes of every received access unit
+    (bitrate), optionally hands the Annex-B access unit to ``on_access_unit``, and bounds the queue.
+
+    aiortc's decoder queue is unbounded: on a CPU-starved box (inference holding both cores) decoding
+    falls behind and every frame would be decoded late, later and later. Past ``max_backlog`` waiting
+    units the tap drops them all and skips to the next keyframe (the only frame that decodes without
+    them), and flags a decode error so aiortc sends the publisher a PLI (keyframe request). Latest wins
+    here too, as in our frame handoff; the clip ring still gets every unit (the received bytes).
 
     aiortc 1.16 keeps that queue in a private attribute (``RTCRtpReceiver.__decoder_queue``); if it is
     missing (another aiortc), the tap is skipped and bitrate reads 0: nothing else changes."""
 
     def __init__(self, inner: Any, on_bytes: Callable[[int], None],
-                 on_access_unit: Callable[[bytes, int], None] | None) -> None:
+                 on_access_unit: Callable[[bytes, int], None] | None, *,
+                 max_backlog: int = MAX_DECODE_BACKLOG, want_keyframe: threading.Event | None = None) -> None:
         self._inner = inner
         self._on_bytes = on_bytes
         self.on_access_unit = on_access_unit
+        self.max_backlog = max_backlog
+        self._want_keyframe = want_keyframe  # aiortc's decode-error flag: set → PLI on the next packet
+        self.skipping = False
+        self.dropped = 0  # access units never decoded (backlog dropped, or skipped to a keyframe)
 
     def put(self, item: Any, *args: Any, **kwargs: Any) -> None:
-        if item is not None:
-            encoded = item[1]
-            data = getattr(encoded, "data", b"")
-            self._on_bytes(len(data))
-            if self.on_access_unit is not None:
-                try:
-                    self.on_access_unit(data, getattr(encoded, "timestamp", 0))  # 90 kHz RTP clock
-                except Exception as exc:  # noqa: BLE001 - inside aiortc's receive path: the clip ring's
-                    #                        failure must never stop the video itself
-                    self.on_access_unit = None
-                    logger.warning("WebRTC access-unit tap failed, no clips for this session: {!r}", exc)
+        if item is None:  # the receiver stopping: always delivered
+            self._inner.put(item, *args, **kwargs)
+            return
+        codec, encoded = item
+        data = getattr(encoded, "data", b"")
+        self._on_bytes(len(data))
+        if self.on_access_unit is not None:
+            try:
+                self.on_access_unit(data, getattr(encoded, "timestamp", 0))  # 90 kHz RTP clock
+            except Exception as exc:  # noqa: BLE001 - inside aiortc's receive path: the clip ring's
+                #                        failure must never stop the video itself
+                self.on_access_unit = None
+                logger.warning("WebRTC access-unit tap failed, no clips for this session: {!r}", exc)
+        if not self.skipping and self._inner.qsize() >= self.max_backlog:
+            self.dropped += self._drain()
+            self.skipping = True
+            if self._want_keyframe is not None:
+                self._want_keyframe.set()
+            logger.warning("WebRTC decoding fell {} frames behind (CPU starved): dropped them, waiting for "
+                           "a keyframe ({} dropped this session)", self.max_backlog, self.dropped)
+        if self.skipping:
+            if not _is_keyframe(getattr(codec, "name", "h264"), data):
+                self.dropped += 1
+                return
+            self.skipping = False
         self._inner.put(item, *args, **kwargs)
+
+    def _drain(self) -> int:
+        """Take every waiting unit off the queue (the decoder thread may take one meanwhile); a stop
+        sentinel found there goes back."""
+        n, stop = 0, False
+        while True:
+            try:
+                got = self._inner.get_nowait()
+            except queue.Empty:
+                break
+            if got is None:
+                stop = True
+            else:
+                n += 1
+        if stop:
+            self._inner.put(None)
+        return n
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+def _is_keyframe(codec: str, data: bytes) -> bool:
+    """Whether a received frame decodes on its own: an H.264 IDR inside, a VP8 key frame (RFC 6386:
+    bit 0 of the first byte clear); any other codec is taken as decodable."""
+    name = codec.lower()
+    if name == "h264":
+        return 5 in _nal_types(data)
+    if name == "vp8":
+        return bool(data) and not data[0] & 0x01
+    return True
 
 
 def tap_receiver(receiver: Any, on_bytes: Callable[[int], None],
@@ -151,7 +209,9 @@ def tap_receiver(receiver: Any, on_bytes: Callable[[int], None],
     if inner is None or not hasattr(inner, "put"):
         logger.debug("aiortc receiver has no decoder queue to tap: WebRTC bitrate reads 0")
         return False
-    setattr(receiver, attr, _Tap(inner, on_bytes, on_access_unit))
+    error = getattr(receiver, "_RTCRtpReceiver__decoder_error", None)
+    setattr(receiver, attr, _Tap(inner, on_bytes, on_access_unit,
+                                 want_keyframe=error if isinstance(error, threading.Event) else None))
     return True
 
 
