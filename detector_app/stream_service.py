@@ -229,12 +229,10 @@ class DetectionService:
     def _open_whip_stream(self, label: str) -> StreamSession:
         """Caller holds ``_open_lock``: a key on the miniapp's ``/whip`` routes, no port of its own."""
         from detector_app.ingest.addresses import advertise_host, new_stream_key
-        from detector_app.ingest.rtc import ice_hosts_for, set_ice_hosts
         from detector_app.ingest.whip import WhipIngest, whip_endpoint
 
         assert self._whip_port is not None
         if self._whip is None:
-            set_ice_hosts(ice_hosts_for(self.ingest.bind_host))
             self._whip = WhipIngest()
         endpoint = whip_endpoint(new_stream_key(), self._whip_port, self.ingest.bind_host,
                                  advertise_host(self.ingest.advertise_host, True))

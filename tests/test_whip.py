@@ -345,6 +345,32 @@ def test_a_starved_decoder_never_queues_more_than_its_bound():
     assert left.count(None) == 1
 
 
+def test_ice_hosts_are_chosen_per_peer_connection():
+    """Peer connections gathering at the same time on the one WebRTC loop each offer their own host
+    addresses (a WHIP ingest on one address, a WHEP pull towards another), and outside a block aioice's
+    own choice is back. Loopback addresses only: nothing is bound or sent elsewhere."""
+    import aioice.ice
+    from aiortc import RTCPeerConnection
+
+    from detector_app.ingest.rtc import RtcLoop, _original_host_addresses, ice_hosts
+
+    async def gather(hosts: list[str]) -> set[str]:
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video", direction="recvonly")
+        try:
+            with ice_hosts(hosts):
+                await pc.setLocalDescription(await pc.createOffer())
+            return {ln.split()[4] for ln in pc.localDescription.sdp.splitlines() if ln.startswith("a=candidate")}
+        finally:
+            await pc.close()
+
+    async def together() -> list[set[str]]:
+        return list(await asyncio.gather(gather(["127.0.0.1"]), gather(["127.0.0.2"]), gather(["127.0.0.1"])))
+
+    assert RtcLoop.get().run(together(), 20.0) == [{"127.0.0.1"}, {"127.0.0.2"}, {"127.0.0.1"}]
+    assert aioice.ice.get_host_addresses(True, False) == _original_host_addresses(True, False)
+
+
 def test_whip_port_in_use_is_one_clear_error_and_the_port_can_be_reused():
     import socket
 

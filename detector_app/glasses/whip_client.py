@@ -29,14 +29,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
 import av
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from detector_app.ingest.rtc import prefer_h264, set_ice_hosts
+from detector_app.ingest.rtc import ice_hosts, ice_hosts_towards, prefer_h264
 
 OFFER_TIMEOUT_S = 10.0
 DELETE_TIMEOUT_S = 2.0
@@ -155,8 +155,6 @@ async def publish(url: str, video: Path, *, loop: bool = False, duration: float 
                   stop: asyncio.Event | None = None) -> int:
     """One WHIP session: offer → 201 answer → send until the video ends (or ``stop``) → DELETE.
     Returns the frames sent; ``WhipRefused`` for a non-201 answer."""
-    host = urlsplit(url).hostname or ""
-    set_ice_hosts(["127.0.0.1"] if host in ("127.0.0.1", "localhost") else None)
     stop = stop or asyncio.Event()
     pc = RTCPeerConnection()
     track = FileVideoTrack(video, loop=loop, duration=duration, on_sent=on_sent)
@@ -173,7 +171,8 @@ async def publish(url: str, video: Path, *, loop: bool = False, duration: float 
     timeout = aiohttp.ClientTimeout(total=OFFER_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         try:
-            await pc.setLocalDescription(await pc.createOffer())  # gathers every candidate first
+            with ice_hosts(ice_hosts_towards(url)):
+                await pc.setLocalDescription(await pc.createOffer())  # gathers every candidate first
             async with http.post(url, data=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}) as r:
                 text = await r.text()
                 if r.status != 201:

@@ -8,14 +8,16 @@
   frame at once (aiortc's own queue behind ``recv()`` is unbounded, so it must never wait) and puts it
   into a one-frame handoff the decode thread reads: latest frame wins, nothing queues. aiortc's queue
   in front of its decoder is bounded by ``_Tap`` (past 1 s of backlog: drop, skip to a keyframe).
-* ``set_ice_hosts``: which local addresses ICE offers (aioice skips loopback; tests and replay need
-  exactly loopback, ``serve`` every interface).
+* ``ice_hosts``: which local addresses ICE offers, per peer connection (aioice skips loopback; tests
+  and replay need exactly loopback, ``serve`` its bind address or every interface).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import contextvars
 import fractions
 import io
 import queue
@@ -33,16 +35,31 @@ from detector_app.procs import name_os_thread
 
 T = TypeVar("T")
 _original_host_addresses = aioice.ice.get_host_addresses
+_ALL = None  # every interface: aioice's own choice (never loopback)
+_ice_hosts: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar("ice_hosts", default=_ALL)
 
 
-def set_ice_hosts(hosts: Sequence[str] | None) -> None:
-    """Offer ICE host candidates on ``hosts`` only (e.g. ``["127.0.0.1"]``); None = every interface
-    (aioice's default, which never offers loopback). Process-wide, as aioice has no per-connection knob."""
-    if not hosts:
-        aioice.ice.get_host_addresses = _original_host_addresses
-        return
-    chosen = list(hosts)
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(chosen)
+def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    chosen = _ice_hosts.get()
+    return list(chosen) if chosen else _original_host_addresses(use_ipv4, use_ipv6)
+
+
+# aioice has no per-connection setting and looks this function up at gathering time: ours answers
+# from a context variable, which the task gathering (and the tasks aiortc starts for it) carries.
+aioice.ice.get_host_addresses = _host_addresses
+
+
+@contextlib.contextmanager
+def ice_hosts(hosts: Sequence[str] | None):
+    """ICE host candidates on ``hosts`` only (e.g. ``["127.0.0.1"]``; None = every interface) for the
+    peer connections whose ``setLocalDescription`` runs inside this block, in this task. Two peer
+    connections on the one WebRTC loop (a WHIP ingest on one address, a WHEP pull from a remote
+    relay) each get their own."""
+    token = _ice_hosts.set(tuple(hosts) if hosts else _ALL)
+    try:
+        yield
+    finally:
+        _ice_hosts.reset(token)
 
 
 def ice_hosts_for(bind_host: str) -> list[str] | None:
@@ -50,6 +67,13 @@ def ice_hosts_for(bind_host: str) -> list[str] | None:
     if bind_host in ("", "0.0.0.0", "::"):
         return None
     return ["127.0.0.1" if bind_host == "localhost" else bind_host]
+
+
+def ice_hosts_towards(url: str) -> list[str] | None:
+    """A peer on loopback gets loopback candidates only; a remote one our real interfaces."""
+    from urllib.parse import urlsplit
+
+    return ["127.0.0.1"] if urlsplit(url).hostname in ("127.0.0.1", "localhost") else None
 
 
 def prefer_h264(transceiver: Any) -> None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
 from loguru import logger
 
 from detector_app.ingest.base import IngestError
-from detector_app.ingest.rtc import RtcLoop, TrackSession, prefer_h264, set_ice_hosts, video_codec_of_sdp
+from detector_app.ingest.rtc import RtcLoop, TrackSession, ice_hosts, ice_hosts_towards, prefer_h264, video_codec_of_sdp
 from detector_app.ingest.url import redact_url
 
 CONNECT_TIMEOUT_S = 8.0
@@ -50,8 +50,6 @@ class WhepSource:
         self._closed = threading.Event()
         self._current: TrackSession | None = None
         self._lock = threading.Lock()
-        # A loopback server offers loopback candidates only; a remote one needs our real interfaces.
-        set_ice_hosts(["127.0.0.1"] if urlsplit(url).hostname in ("127.0.0.1", "localhost") else None)
 
     def connect(self, stop: threading.Event) -> TrackSession:
         """One offer/answer (bounded by the connect timeout); ``WhepError`` when it fails."""
@@ -83,7 +81,8 @@ class WhepSource:
 
         prefer_h264(pc.addTransceiver("video", direction="recvonly"))  # the glasses' codec: no transcoding
         try:
-            await pc.setLocalDescription(await pc.createOffer())
+            with ice_hosts(ice_hosts_towards(self.url)):  # a loopback relay: loopback candidates only
+                await pc.setLocalDescription(await pc.createOffer())
             timeout = aiohttp.ClientTimeout(total=self._connect_timeout_s)
             async with aiohttp.ClientSession(timeout=timeout) as http, http.post(
                 self.url, data=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}

@@ -30,7 +30,7 @@ from loguru import logger
 
 from detector_app.ingest.addresses import new_stream_key
 from detector_app.ingest.base import IngestEndpoint
-from detector_app.ingest.rtc import RtcLoop, TrackSession, ice_hosts_for, set_ice_hosts, video_codec_of_sdp
+from detector_app.ingest.rtc import RtcLoop, TrackSession, ice_hosts, ice_hosts_for, video_codec_of_sdp
 
 WHIP_PATH = "/whip"
 OFFER_TIMEOUT_S = 10.0
@@ -198,7 +198,8 @@ class WhipIngest:
             for t in pc.getTransceivers():
                 if t.kind != "video":
                     t.direction = "inactive"  # we never use the glasses' audio: do not decode it
-            await pc.setLocalDescription(await pc.createAnswer())
+            with ice_hosts(ice_hosts_for(source.endpoint.bind_host)):  # where this stream's ingest listens
+                await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
             await pc.close()
             raise
@@ -299,7 +300,6 @@ class WhipServer:
 
 def open_whip_listener(port: int, bind_host: str, advertise: str, key: str | None = None) -> tuple[IngestEndpoint, WhipSource]:
     """A WHIP endpoint on its own port (the ``open_listener`` shape): one server, one key."""
-    set_ice_hosts(ice_hosts_for(bind_host))
     endpoint = whip_endpoint(key or new_stream_key(), port, bind_host, advertise)
     ingest = WhipIngest()
     server = WhipServer(ingest, bind_host, port).start()

@@ -37,7 +37,7 @@ from loguru import logger
 
 from detector_app.glasses.publish import find_ffmpeg
 from detector_app.ingest.addresses import free_port
-from detector_app.ingest.rtc import RtcLoop, ice_hosts_for, set_ice_hosts
+from detector_app.ingest.rtc import RtcLoop, ice_hosts, ice_hosts_for
 from detector_app.procs import die_with_parent, stop_process
 
 if TYPE_CHECKING:
@@ -118,7 +118,6 @@ class ManagedMedia:
     async def _serve(self) -> None:
         if self._runner is not None:
             return
-        set_ice_hosts(ice_hosts_for(self.host))  # ICE where the HTTP side listens
         app = web.Application()
         app.add_routes([
             web.post("/whep/{sid}", self._whep_offer),
@@ -224,7 +223,8 @@ class ManagedMedia:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=await request.text(), type="offer"))
             if not any(t.kind == "video" and t.mid is not None for t in pc.getTransceivers()):
                 raise ValueError("the offer has no video")
-            await pc.setLocalDescription(await pc.createAnswer())
+            with ice_hosts(ice_hosts_for(self.host)):  # ICE where the HTTP side listens
+                await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # noqa: BLE001 - a bad offer is the viewer's 400
             track.stop()
             await pc.close()
