@@ -266,7 +266,7 @@ def test_serve_kill_9_mid_session_keeps_every_closed_sighting(fixture_videos, tm
                 await asyncio.wait_for(proc.wait(), 5)
 
     asyncio.run(main())
-    check_after_kill(db, video, "rtmp://")
+    check_after_kill(db, video, "bob@example.com · rtmp://")  # named after its wearer, then the ingest URL
 
 
 @pytest.mark.slow
