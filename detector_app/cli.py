@@ -798,6 +798,10 @@ def inference_server(
 
 
 # -- sightings -------------------------------------------------------------------------------------
+StreamOpt = Annotated[str | None, typer.Option(
+    "--stream", help="Only streams whose name contains this (serve names each by its wearer: --stream alice@example.com).")]
+
+
 def _sightings_db(db: Path | None, data_dir: Path | None) -> Path:
     from detector_app.sightings.recorder import default_db
 
@@ -810,6 +814,7 @@ def sightings_list(
     data_dir: DataDirOpt = None,
     since: Annotated[str | None, typer.Option("--since", help="Only sightings last seen after: 30m, 1h, 2d, or a date (2026-12-01[T08:30]).")] = None,
     label: Annotated[str | None, typer.Option("--label", help="Only this animal (cat, dog, …).")] = None,
+    stream: StreamOpt = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many, newest first.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of the table.")] = False,
 ) -> None:
@@ -819,7 +824,7 @@ def sightings_list(
 
     store = cmd.open_store(_sightings_db(db, data_dir))
     try:
-        rows = cmd.select(store, since, label, limit)
+        rows = cmd.select(store, since, label, limit, stream)
     finally:
         store.close()
     print(cmd.as_json_lines(rows) if as_json else cmd.table(rows))
@@ -838,6 +843,7 @@ def sightings_export(
     fmt: Annotated[ExportFormat, typer.Option("--format", help="The index file: index.json or index.csv.")] = ExportFormat.json,
     since: Annotated[str | None, typer.Option("--since", help="Only sightings last seen after: 30m, 1h, 2d, or a date.")] = None,
     label: Annotated[str | None, typer.Option("--label", help="Only this animal.")] = None,
+    stream: StreamOpt = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many, newest first.")] = 10_000,
 ) -> None:
     """Copy the sightings' thumbnails and clips into a directory, with an index naming them."""
@@ -848,7 +854,7 @@ def sightings_export(
 
     store = cmd.open_store(_sightings_db(db, data_dir))
     try:
-        rows = cmd.select(store, since, label, limit)
+        rows = cmd.select(store, since, label, limit, stream)
         index = cmd.export(store, rows, out or Path(f"sightings-export-{_time.strftime('%Y%m%d-%H%M%S')}"), fmt.value)
     finally:
         store.close()

@@ -614,6 +614,29 @@ def test_cli_list_and_export(offline, tmp_path):
         assert (out / f"{s.id:06d}-cat.jpg").stat().st_size == store.thumbnail_path(s).stat().st_size
 
 
+def test_sightings_of_one_wearer(tmp_path):
+    """serve names each stream after its wearer: ``--stream`` keeps one wearer's sightings (a plain substring:
+    ``%`` and ``_`` are not wildcards), in the store and on the command line."""
+    db = tmp_path / "s.db"
+    store = SightingStore(db)
+    now = time.time()
+    for i, who in enumerate(("alice@example.com", "bob@example.com", "alice@example.com")):
+        store.insert(stream=f"{who} · rtmp://127.0.0.1:1935/live/Ab1…", session=1, track_id=i + 1, label="cat",
+                     first_seen=now - 10 + i, last_seen=now - 5 + i, best_confidence=0.9, status="closed")
+    try:
+        assert [s.track_id for s in store.list(stream="alice@example.com")] == [3, 1]
+        assert [s.track_id for s in store.list(stream="bob@")] == [2] and len(store.list()) == 3
+        assert store.list(stream="%") == [] and store.list(stream="_") == []
+    finally:
+        store.close()
+    listed = _cli("list", "--db", str(db), "--json", "--stream", "bob@example.com")
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line)["track_id"] for line in listed.stdout.splitlines()] == [2]
+    out = tmp_path / "alice"
+    assert _cli("export", "--db", str(db), "--out", str(out), "--stream", "alice@").returncode == 0
+    assert [r["track_id"] for r in json.loads((out / "index.json").read_text())["sightings"]] == [3, 1]
+
+
 def test_cli_errors_are_one_line(tmp_path):
     missing = _cli("list", "--db", str(tmp_path / "none.db"))
     assert missing.returncode == 2 and "no sightings database at" in missing.stderr

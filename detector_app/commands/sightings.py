@@ -50,8 +50,9 @@ def open_store(db: Path) -> SightingStore:
     return SightingStore(db, create=False)
 
 
-def select(store: SightingStore, since: str | None, label: str | None, limit: int) -> list[Sighting]:
-    return store.list(limit=limit, label=label, since=parse_since(since) if since else None)
+def select(store: SightingStore, since: str | None, label: str | None, limit: int,
+           stream: str | None = None) -> list[Sighting]:
+    return store.list(limit=limit, label=label, since=parse_since(since) if since else None, stream=stream)
 
 
 def _when(t: float) -> str:

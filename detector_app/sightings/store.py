@@ -180,8 +180,9 @@ class SightingStore:
 
     # -- reads ----------------------------------------------------------------------------------
     def list(self, limit: int = 50, before_id: int | None = None, label: str | None = None,
-             since: float | None = None) -> list[Sighting]:
-        """Newest first; ``before_id`` pages back, ``since`` (wall time) keeps sightings last seen after it."""
+             since: float | None = None, stream: str | None = None) -> list[Sighting]:
+        """Newest first; ``before_id`` pages back, ``since`` (wall time) keeps sightings last seen after it,
+        ``stream`` keeps those whose stream name contains it (``serve`` names a stream by its wearer)."""
         where, args = [], []
         if before_id is not None:
             where.append("id < ?")
@@ -192,6 +193,9 @@ class SightingStore:
         if since is not None:
             where.append("last_seen >= ?")
             args.append(since)
+        if stream:
+            where.append("instr(stream, ?) > 0")  # a plain substring: no LIKE wildcards to escape
+            args.append(stream)
         sql = "SELECT * FROM sightings" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
         with self._lock:
             rows = self._db.execute(sql, (*args, max(0, int(limit)))).fetchall()
