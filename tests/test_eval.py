@@ -45,6 +45,21 @@ def test_mot_and_coco_truth_hold_the_fixture_boxes(cat_horse):
     assert MOT_LABELS == "1=cat,2=horse"
 
 
+@pytest.mark.parametrize("name", ["two_cats_480p15", "cat_returns_480p15", "cat_480p15", "cat_horse_720p30"])
+def test_mot_ids_follow_each_crossing_from_frame_to_frame(fixture_videos, name):
+    """A crossing id never jumps across the frame between consecutive frames: where one cat has just left
+    (its crossing still under way, off the frame) and another enters, the entering one keeps its own id
+    (the MOT writer once gave it the leaving cat's id for a frame, which read as a tracker id switch)."""
+    video = fixture_videos[name]
+    last: dict[int, tuple[int, float]] = {}  # id → (frame, centre x)
+    for ln in mot_path(video).read_text().splitlines():
+        f, tid, x, _y, w, *_ = (float(v) for v in ln.split(",")[:5])
+        cx = x + w / 2
+        if int(tid) in last and last[int(tid)][0] == f - 1:
+            assert abs(cx - last[int(tid)][1]) < 100, f"{name}: id {int(tid)} jumps at frame {int(f)}"
+        last[int(tid)] = (int(f), cx)
+
+
 def _results(truth, fps, step=3, shrink=1.0, drop_every=0, conf=0.9, extra_fp=False):
     """Synthetic detector output built from the truth: exact, shrunk boxes, missing frames, false boxes."""
     out = []
