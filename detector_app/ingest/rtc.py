@@ -265,7 +265,7 @@ class AccessUnitFeed:
         self._probe: Any = None  # the in-memory demuxer whose stream the tap copied
 
     def __call__(self, data: bytes, timestamp: int) -> None:
-        key = 5 in _nal_types(data)
+        key = _is_keyframe("h264", data)
         if not self.started:
             if not key or not self._start(data):
                 return

@@ -66,7 +66,8 @@ class _Stream:
     started_at: float = field(default_factory=time.time)  # ≈ the HLS packager's media time 0
 
 
-def _looped(video: Path) -> MediaStreamTrack:
+def _looped(_stream_id: str, video: Path) -> MediaStreamTrack:
+    """The default viewer track: the stream's video, looped in real time."""
     from detector_app.glasses.whip_client import FileVideoTrack
 
     return FileVideoTrack(video, loop=True)
@@ -80,7 +81,7 @@ class ManagedMedia:
         """``host`` is where it listens; ``public_host`` goes into the URLs (default: ``host``, or
         127.0.0.1 for a wildcard bind). ``make_track(stream_id, video)`` builds each WHEP viewer's track
         (default: the video looped in real time; the bench logs every frame's send time instead)."""
-        self.make_track = make_track or (lambda _sid, video: _looped(video))
+        self.make_track = make_track or _looped
         self.host = host
         self.public_host = public_host or ("127.0.0.1" if host in ("", "0.0.0.0", "::") else host)
         self.port = port
